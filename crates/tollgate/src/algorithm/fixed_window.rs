@@ -1,0 +1,88 @@
+//! Fixed window: a counter per window aligned to multiples of the period, plus what the delay
+//! action has reserved in the next window.
+
+use std::sync::Mutex;
+
+use super::{Meter, Mode, Snapshot, d, lock};
+use crate::quota::Quota;
+
+#[derive(Debug)]
+pub(crate) struct FixedWindow;
+
+/// One key's windows.
+#[derive(Debug, Default)]
+pub(crate) struct FixedState {
+    /// End of the current window (0: never used).
+    end: u64,
+    count: u64,
+    /// Reserved in the window after `end` by delayed checks.
+    next: u64,
+}
+
+impl FixedState {
+    fn roll(&mut self, now: u64, period: u64) {
+        if now < self.end {
+            return; // Same window, or the clock went back: keep counting in this window.
+        }
+        let end = (now / period).saturating_add(1).saturating_mul(period);
+        self.count = if self.end != 0 && now < self.end.saturating_add(period) { self.next } else { 0 };
+        self.next = 0;
+        self.end = end;
+    }
+}
+
+impl Meter for FixedWindow {
+    type State = Mutex<FixedState>;
+
+    fn apply(state: &Mutex<FixedState>, quota: &Quota, now: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot {
+        let period = quota.period_nanos();
+        let n = u64::from(quota.amount().get());
+        let c = u64::from(cost);
+        let mut s = lock(state);
+        s.roll(now, period);
+        let to_end = s.end - now;
+        let reset_after = if s.next > 0 { to_end + period } else { to_end };
+        let mut snap = Snapshot {
+            allowed: true,
+            blocked: false,
+            limit: n,
+            remaining: 0,
+            reset_after: d(reset_after),
+            retry_after: d(0),
+            wait: d(0),
+        };
+        if s.count + c <= n {
+            if mode == Mode::Commit {
+                s.count += c;
+            }
+            snap.remaining = n - s.count - if mode == Mode::Peek { c } else { 0 };
+        } else if s.next + c <= n && to_end <= max_wait {
+            if mode == Mode::Commit {
+                s.next += c;
+            }
+            snap.wait = d(to_end);
+            snap.reset_after = d(to_end + period);
+        } else {
+            snap.allowed = false;
+            snap.remaining = n.saturating_sub(s.count);
+            snap.retry_after = d(if s.next + c <= n { to_end } else { to_end + period });
+        }
+        snap
+    }
+
+    fn refund(state: &Mutex<FixedState>, quota: &Quota, now: u64, cost: u32, snapshot: &Snapshot) {
+        let mut s = lock(state);
+        s.roll(now, quota.period_nanos());
+        let c = u64::from(cost);
+        if snapshot.wait.is_zero() {
+            s.count = s.count.saturating_sub(c);
+        } else {
+            s.next = s.next.saturating_sub(c);
+        }
+    }
+
+    fn is_idle(state: &Mutex<FixedState>, now: u64) -> bool {
+        let s = lock(state);
+        s.next == 0 && now >= s.end
+    }
+}

@@ -1,0 +1,82 @@
+//! GCRA: a token bucket kept as a "theoretical arrival time" (TAT) per key.
+//!
+//! With `T` the time to replenish one unit and capacity `b` (the burst), a check of cost `c` at
+//! `now` passes when `max(tat, now) + c·T <= now + b·T`, and then sets `tat` to the left side.
+//! The key is idle (a full bucket) once `tat <= now`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Meter, Mode, Snapshot, d};
+use crate::quota::Quota;
+
+/// The GCRA meter; its state is one atomic timestamp, updated by compare-and-swap.
+#[derive(Debug)]
+pub(crate) struct Gcra;
+
+/// The arithmetic of one decision, shared by the meter and the tests' reference checks.
+#[inline]
+pub(crate) fn decide(tat: u64, quota: &Quota, now: u64, cost: u32, max_wait: u64) -> (Snapshot, Option<u64>) {
+    let t = quota.emission_interval_nanos();
+    let burst = u64::from(quota.burst().get());
+    let cap = t.saturating_mul(burst);
+    let base = tat.max(now);
+    let new_tat = base.saturating_add(t.saturating_mul(u64::from(cost)));
+    let allow_at = new_tat.saturating_sub(cap);
+    let limit = burst;
+    if allow_at <= now || allow_at - now <= max_wait {
+        let wait = allow_at.saturating_sub(now);
+        let remaining = (now.saturating_add(cap).saturating_sub(new_tat)) / t;
+        let snap = Snapshot {
+            allowed: true,
+            blocked: false,
+            limit,
+            remaining,
+            reset_after: d(new_tat - now),
+            retry_after: d(0),
+            wait: d(wait),
+        };
+        (snap, Some(new_tat))
+    } else {
+        let remaining = (now.saturating_add(cap).saturating_sub(base)) / t;
+        let snap = Snapshot {
+            allowed: false,
+            blocked: false,
+            limit,
+            remaining,
+            reset_after: d(base - now),
+            retry_after: d(allow_at - now),
+            wait: d(0),
+        };
+        (snap, None)
+    }
+}
+
+impl Meter for Gcra {
+    type State = AtomicU64;
+
+    #[inline]
+    fn apply(state: &AtomicU64, quota: &Quota, now: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot {
+        let mut tat = state.load(Ordering::Acquire);
+        loop {
+            let (snap, new_tat) = decide(tat, quota, now, cost, max_wait);
+            let Some(new_tat) = new_tat else { return snap };
+            if mode == Mode::Peek {
+                return snap;
+            }
+            match state.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return snap,
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    fn refund(state: &AtomicU64, quota: &Quota, _now: u64, cost: u32, _snapshot: &Snapshot) {
+        let back = quota.emission_interval_nanos().saturating_mul(u64::from(cost));
+        let _ = state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(tat.saturating_sub(back)));
+    }
+
+    #[inline]
+    fn is_idle(state: &AtomicU64, now: u64) -> bool {
+        state.load(Ordering::Acquire) <= now
+    }
+}

@@ -1,0 +1,108 @@
+//! Decisions: what a check concluded, with everything a response needs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::algorithm::Snapshot;
+use crate::quota::Quota;
+
+/// Why a check ended as it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Within every limit.
+    Allowed,
+    /// The key is on the policy's allow-list: no limit applied.
+    AllowListed,
+    /// Over a limit.
+    RateLimited,
+    /// Under a penalty block after an earlier violation.
+    Blocked,
+    /// The key is on the policy's deny-list.
+    DenyListed,
+    /// The key could not be determined and the limit's rule is to refuse.
+    KeyMissing,
+    /// The store failed and the policy fails closed.
+    StoreUnavailable,
+    /// The store failed and the policy fails open: allowed without counting.
+    StoreUnavailableFailedOpen,
+}
+
+impl Reason {
+    /// A short machine-readable name (`rate_limited`, `blocked`, ...), used in bodies and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::AllowListed => "allow_listed",
+            Reason::RateLimited => "rate_limited",
+            Reason::Blocked => "blocked",
+            Reason::DenyListed => "denied",
+            Reason::KeyMissing => "key_missing",
+            Reason::StoreUnavailable => "store_unavailable",
+            Reason::StoreUnavailableFailedOpen => "store_unavailable_failed_open",
+        }
+    }
+}
+
+/// The standing of the limit a decision reports (the one that refused, or the one with the
+/// least headroom left).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitState {
+    /// The limit's name.
+    pub name: Arc<str>,
+    /// The quota applied to this key.
+    pub quota: Quota,
+    /// The standing after the check.
+    pub snapshot: Snapshot,
+}
+
+/// What a check concluded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may go on (after [`Decision::wait`]).
+    pub allowed: bool,
+    /// Why.
+    pub reason: Reason,
+    /// The policy's name.
+    pub policy: Arc<str>,
+    /// The binding limit, when one applied.
+    pub limit: Option<LimitState>,
+    /// How long to wait before going on (the delay action). Zero for most decisions.
+    pub wait: Duration,
+    /// Set in dry-run mode when the decision would have refused: it was allowed and nothing was
+    /// consumed.
+    pub dry_run_refused: bool,
+}
+
+impl Decision {
+    /// How long until a retry could pass, in whole seconds rounded up: at least 1 on a refusal,
+    /// 0 when allowed.
+    pub fn retry_after_secs(&self) -> u64 {
+        if self.allowed {
+            return 0;
+        }
+        let d = self.limit.as_ref().map_or(Duration::from_secs(1), |l| l.snapshot.retry_after);
+        ceil_secs(d).max(1)
+    }
+
+    /// The status of a refusal: 503 when the store is unavailable, 403 for a deny-listed key, 400
+    /// for a missing key, 429 otherwise; 200 when allowed.
+    pub fn status(&self) -> StatusCode {
+        if self.allowed {
+            return StatusCode::OK;
+        }
+        match self.reason {
+            Reason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::DenyListed => StatusCode::FORBIDDEN,
+            Reason::KeyMissing => StatusCode::BAD_REQUEST,
+            _ => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+}
+
+/// Whole seconds, rounded up.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}

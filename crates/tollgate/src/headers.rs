@@ -1,0 +1,209 @@
+//! Rendering a [`Decision`] into response headers and a refusal body, in one place for every
+//! adapter.
+//!
+//! Header styles (any combination; [`HeaderOptions::default`] is the first):
+//! - **X-RateLimit**: `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`, plus
+//!   `Retry-After` on refusals. `X-RateLimit-Reset` is, per [`ResetStyle`], the seconds until the
+//!   key is back to full capacity (default) or that moment as Unix epoch seconds (as GitHub sends).
+//! - **IETF** (draft-ietf-httpapi-ratelimit-headers-11): `RateLimit-Policy: "per_ip";q=100;w=60`
+//!   and `RateLimit: "per_ip";r=0;t=17`, with `q` the quota's amount, `w` its period in seconds,
+//!   `r` what remains and `t` the seconds until reset.
+//! - **Spring Cloud Gateway**: `X-RateLimit-Replenish-Rate` (units per second, rounded up),
+//!   `X-RateLimit-Burst-Capacity`, `X-RateLimit-Requested-Tokens` and `X-RateLimit-Remaining`.
+//!
+//! `Retry-After` (whole seconds, rounded up, never 0) is on every refusal whatever the style.
+//!
+//! ```
+//! use std::num::NonZeroU32;
+//! use tollgate::{Policy, Limit, Quota, KeyKind, RequestKeys, HeaderOptions};
+//!
+//! # tokio_test_block_on(async {
+//! let policy = Policy::builder("api")
+//!     .limit(Limit::new("per_ip", Quota::per_minute(NonZeroU32::new(1).unwrap())).key(KeyKind::ip()))
+//!     .build()?;
+//! let keys = RequestKeys { ip: Some("10.0.0.1".parse().unwrap()), ..RequestKeys::default() };
+//! assert!(policy.check(&keys, 1).await?.allowed);
+//! let refused = policy.check(&keys, 1).await?;
+//! assert_eq!(refused.status(), 429);
+//!
+//! let mut headers = http::HeaderMap::new();
+//! HeaderOptions::default().render(&refused, &mut headers);
+//! assert_eq!(headers["retry-after"], "60");
+//! assert_eq!(headers["x-ratelimit-remaining"], "0");
+//! let (_content_type, body) = HeaderOptions::default().refusal_body(&refused);
+//! assert_eq!(body, br#"{"error":"rate_limited","policy":"api","limit":"per_ip","retry_after":60}"#);
+//! # Ok::<(), tollgate::Error>(()) }).unwrap();
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+//! ```
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde::{Deserialize, Serialize};
+
+use crate::decision::{Decision, ceil_secs};
+
+/// What `X-RateLimit-Reset` carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetStyle {
+    /// Seconds until the key is back to full capacity (rounded up). The default.
+    #[default]
+    Seconds,
+    /// The Unix time (seconds) at which the key is back to full capacity.
+    EpochSeconds,
+}
+
+/// The refusal body's format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// `application/json`: `{"error":"rate_limited","policy":"api","limit":"per_ip","retry_after":3}`.
+    #[default]
+    Json,
+    /// `application/problem+json` (RFC 9457), with the same fields as extension members.
+    Problem,
+}
+
+/// Which headers and body a decision renders to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeaderOptions {
+    /// `X-RateLimit-Limit`/`-Remaining`/`-Reset` (default on).
+    pub x_ratelimit: bool,
+    /// IETF `RateLimit` / `RateLimit-Policy` (default off).
+    pub ietf: bool,
+    /// Spring Cloud Gateway's headers (default off).
+    pub spring: bool,
+    /// What `X-RateLimit-Reset` carries.
+    pub reset: ResetStyle,
+    /// The refusal body's format.
+    pub body: BodyFormat,
+}
+
+impl Default for HeaderOptions {
+    fn default() -> Self {
+        Self { x_ratelimit: true, ietf: false, spring: false, reset: ResetStyle::Seconds, body: BodyFormat::Json }
+    }
+}
+
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static SPRING_RATE: HeaderName = HeaderName::from_static("x-ratelimit-replenish-rate");
+static SPRING_BURST: HeaderName = HeaderName::from_static("x-ratelimit-burst-capacity");
+static SPRING_REQUESTED: HeaderName = HeaderName::from_static("x-ratelimit-requested-tokens");
+
+fn num(n: u64) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+/// A structured-field string: quotes and backslashes escaped, other non-printable bytes dropped.
+fn sf_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => {}
+        }
+    }
+    out.push('"');
+}
+
+impl HeaderOptions {
+    /// Writes the decision's headers (on allowed and refused decisions alike; nothing when no
+    /// limit applied). Uses the system clock for [`ResetStyle::EpochSeconds`].
+    pub fn render(&self, decision: &Decision, headers: &mut HeaderMap) {
+        self.render_at(decision, headers, SystemTime::now());
+    }
+
+    /// [`HeaderOptions::render`] with the current time given.
+    pub fn render_at(&self, decision: &Decision, headers: &mut HeaderMap, now: SystemTime) {
+        if !decision.allowed {
+            headers.insert(RETRY_AFTER, num(decision.retry_after_secs()));
+        }
+        let Some(limit) = &decision.limit else { return };
+        let s = &limit.snapshot;
+        let reset = ceil_secs(s.reset_after);
+        if self.x_ratelimit {
+            headers.insert(X_LIMIT.clone(), num(s.limit));
+            headers.insert(X_REMAINING.clone(), num(s.remaining));
+            let value = match self.reset {
+                ResetStyle::Seconds => reset,
+                ResetStyle::EpochSeconds => {
+                    let at = now.checked_add(s.reset_after).unwrap_or(now);
+                    ceil_secs(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
+                }
+            };
+            headers.insert(X_RESET.clone(), num(value));
+        }
+        if self.ietf {
+            let mut policy = String::with_capacity(48);
+            sf_string(&limit.name, &mut policy);
+            let _ = write!(policy, ";q={};w={}", limit.quota.amount(), ceil_secs(limit.quota.period()).max(1));
+            let mut state = String::with_capacity(48);
+            sf_string(&limit.name, &mut state);
+            let _ = write!(state, ";r={};t={}", s.remaining, reset);
+            if let Ok(v) = HeaderValue::try_from(policy) {
+                headers.insert(RATELIMIT_POLICY.clone(), v);
+            }
+            if let Ok(v) = HeaderValue::try_from(state) {
+                headers.insert(RATELIMIT.clone(), v);
+            }
+        }
+        if self.spring {
+            let q = limit.quota;
+            let per_sec = (u128::from(q.amount().get()) * 1_000_000_000).div_ceil(q.period().as_nanos().max(1));
+            headers.insert(SPRING_RATE.clone(), num(u64::try_from(per_sec).unwrap_or(u64::MAX)));
+            headers.insert(SPRING_BURST.clone(), num(u64::from(q.burst().get())));
+            headers.insert(SPRING_REQUESTED.clone(), num(1));
+            headers.insert(X_REMAINING.clone(), num(s.remaining));
+        }
+    }
+
+    /// The refusal's body and its content type.
+    pub fn refusal_body(&self, decision: &Decision) -> (HeaderValue, Vec<u8>) {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+            kind: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            title: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            status: Option<u16>,
+            error: &'static str,
+            policy: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            limit: Option<&'a str>,
+            retry_after: u64,
+        }
+        let problem = self.body == BodyFormat::Problem;
+        let body = Body {
+            kind: problem.then_some("about:blank"),
+            title: problem.then_some("Too Many Requests"),
+            status: problem.then(|| decision.status().as_u16()),
+            error: decision.reason.as_str(),
+            policy: &decision.policy,
+            limit: decision.limit.as_ref().map(|l| &*l.name),
+            retry_after: decision.retry_after_secs(),
+        };
+        let content_type = if problem { "application/problem+json" } else { "application/json" };
+        (HeaderValue::from_static(content_type), serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// Writes the refusal's content type into `headers` and returns its body.
+    pub fn refusal(&self, decision: &Decision, headers: &mut HeaderMap) -> Vec<u8> {
+        self.render(decision, headers);
+        let (ct, body) = self.refusal_body(decision);
+        headers.insert(CONTENT_TYPE, ct);
+        body
+    }
+}

@@ -1,0 +1,644 @@
+//! Policies: named limits applied together.
+//!
+//! A request passes a policy only if it passes every limit that applies, and a refused request
+//! consumes nothing from the limits that would have let it through (all-or-nothing).
+//!
+//! ```
+//! use std::num::NonZeroU32;
+//! use tollgate::{KeyKind, Limit, Policy, Quota, RequestKeys};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let five = NonZeroU32::new(5).unwrap();
+//! let policy = Policy::builder("api")
+//!     .limit(Limit::new("per_ip", Quota::per_second(five).with_burst(NonZeroU32::new(10).unwrap())).key(KeyKind::ip()))
+//!     .limit(Limit::new("global", Quota::per_second(NonZeroU32::new(1000).unwrap())))
+//!     .build()?;
+//! let keys = RequestKeys { ip: Some("192.0.2.7".parse().unwrap()), ..RequestKeys::default() };
+//! for _ in 0..10 {
+//!     assert!(policy.check(&keys, 1).await?.allowed);
+//! }
+//! let refused = policy.check(&keys, 1).await?;
+//! assert!(!refused.allowed);
+//! assert_eq!(refused.limit.unwrap().name.as_ref(), "per_ip");
+//! # Ok::<(), tollgate::Error>(()) }).unwrap();
+//! ```
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+use smallvec::SmallVec;
+
+use crate::algorithm::{Algorithm, OnExceed, Snapshot, capacity};
+use crate::decision::{Decision, LimitState, Reason};
+use crate::error::Error;
+use crate::key::{Key, OwnedKey, group_ip};
+use crate::quota::Quota;
+use crate::store::{Check, LimitSpec, MemoryStore, Store, StoreError};
+
+/// The most limits one policy may hold.
+pub const MAX_LIMITS: usize = 32;
+
+/// What a limit counts by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyKind {
+    /// One count for everyone.
+    Global,
+    /// The client address, IPv6 grouped by its first `v6_prefix` bits.
+    Ip {
+        /// Bits of an IPv6 address that identify a client (64 by default).
+        v6_prefix: u8,
+    },
+    /// The identity an authentication layer established ([`RequestKeys::identity`]); anonymous
+    /// clients are counted by address instead.
+    Identity {
+        /// As for [`KeyKind::Ip`], for anonymous clients.
+        v6_prefix: u8,
+    },
+    /// A request header's value (all of its bytes).
+    Header(HeaderName),
+    /// The matched route ([`RequestKeys::route`]).
+    Route,
+    /// The application's own key ([`RequestKeys::custom`]).
+    Custom,
+}
+
+impl KeyKind {
+    /// [`KeyKind::Ip`] with IPv6 grouped by /64.
+    pub const fn ip() -> Self {
+        KeyKind::Ip { v6_prefix: 64 }
+    }
+
+    /// [`KeyKind::Identity`] with anonymous IPv6 clients grouped by /64.
+    pub const fn identity() -> Self {
+        KeyKind::Identity { v6_prefix: 64 }
+    }
+
+    /// The key of `request`, if it has one.
+    pub fn resolve<'a>(&self, request: &RequestKeys<'a>) -> Option<Key<'a>> {
+        match self {
+            KeyKind::Global => Some(Key::Global),
+            KeyKind::Ip { v6_prefix } => request.ip.map(|ip| Key::Ip(group_ip(ip, *v6_prefix))),
+            KeyKind::Identity { v6_prefix } => match request.identity {
+                Some(id) => Some(Key::Text(id)),
+                None => request.ip.map(|ip| Key::Ip(group_ip(ip, *v6_prefix))),
+            },
+            KeyKind::Header(name) => request.headers?.get(name).map(|v| Key::Bytes(v.as_bytes())),
+            KeyKind::Route => request.route.map(Key::Text),
+            KeyKind::Custom => request.custom,
+        }
+    }
+}
+
+/// What a limit does with a request whose key cannot be determined (no address, no header).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Count all such requests under one shared key: omitting a header cannot dodge the limit.
+    /// The default.
+    #[default]
+    Shared,
+    /// The limit does not apply.
+    Skip,
+    /// Refuse the request ([`Reason::KeyMissing`], status 400).
+    Refuse,
+}
+
+/// What is known of a request, from which limits take their keys. Adapters fill it in.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestKeys<'a> {
+    /// The client address (already resolved through trusted proxies).
+    pub ip: Option<IpAddr>,
+    /// The authenticated identity, if any.
+    pub identity: Option<&'a str>,
+    /// The matched route.
+    pub route: Option<&'a str>,
+    /// The request headers.
+    pub headers: Option<&'a HeaderMap>,
+    /// The client's tier (e.g. `free`, `pro`), choosing among a limit's tier quotas.
+    pub tier: Option<&'a str>,
+    /// A key of the application's own.
+    pub custom: Option<Key<'a>>,
+}
+
+/// One limit of a policy.
+#[derive(Clone, Debug)]
+pub struct Limit {
+    name: Arc<str>,
+    quota: Quota,
+    algorithm: Algorithm,
+    key: KeyKind,
+    on_exceed: OnExceed,
+    on_missing: MissingKey,
+    tiers: Vec<(Box<str>, Quota)>,
+    overrides: Vec<(OwnedKey, Quota)>,
+}
+
+impl Limit {
+    /// A GCRA limit counted globally; see the builder methods.
+    pub fn new(name: impl Into<Arc<str>>, quota: Quota) -> Self {
+        Self {
+            name: name.into(),
+            quota,
+            algorithm: Algorithm::Gcra,
+            key: KeyKind::Global,
+            on_exceed: OnExceed::Reject,
+            on_missing: MissingKey::Shared,
+            tiers: Vec::new(),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// What it counts by.
+    #[must_use]
+    pub fn key(mut self, key: KeyKind) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// How it counts.
+    #[must_use]
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// What happens over the limit.
+    #[must_use]
+    pub fn on_exceed(mut self, on_exceed: OnExceed) -> Self {
+        self.on_exceed = on_exceed;
+        self
+    }
+
+    /// What happens when the key cannot be determined.
+    #[must_use]
+    pub fn on_missing_key(mut self, on_missing: MissingKey) -> Self {
+        self.on_missing = on_missing;
+        self
+    }
+
+    /// Another quota for requests of `tier` ([`RequestKeys::tier`]).
+    #[must_use]
+    pub fn tier(mut self, tier: &str, quota: Quota) -> Self {
+        self.tiers.push((tier.into(), quota));
+        self
+    }
+
+    /// Another quota for one key (takes precedence over tiers).
+    #[must_use]
+    pub fn override_key(mut self, key: impl Into<OwnedKey>, quota: Quota) -> Self {
+        self.overrides.push((key.into(), quota));
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The default quota.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// The algorithm.
+    pub fn algorithm_kind(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// What it counts by.
+    pub fn key_kind(&self) -> &KeyKind {
+        &self.key
+    }
+
+    fn quota_for(&self, key: Key<'_>, tier: Option<&str>) -> Quota {
+        if !self.overrides.is_empty()
+            && let Some((_, q)) = self.overrides.iter().find(|(k, _)| key.matches(k))
+        {
+            return *q;
+        }
+        if let Some(tier) = tier
+            && let Some((_, q)) = self.tiers.iter().find(|(t, _)| &**t == tier)
+        {
+            return *q;
+        }
+        self.quota
+    }
+
+    fn max_wait(&self) -> Duration {
+        match self.on_exceed {
+            OnExceed::Reject => Duration::ZERO,
+            OnExceed::Delay { max_wait } => max_wait,
+        }
+    }
+}
+
+/// What a policy does when its store fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureMode {
+    /// Allow, uncounted ([`Reason::StoreUnavailableFailedOpen`]). The default: a rate limiter
+    /// should not take the service down with it.
+    #[default]
+    Open,
+    /// Refuse with 503 ([`Reason::StoreUnavailable`]).
+    Closed,
+    /// Decide with a local in-memory store of the same limits (per instance, so the many
+    /// instances together admit up to N times the quota while the shared store is down).
+    Fallback,
+}
+
+/// A list of keys and networks (for allow- and deny-lists).
+#[derive(Clone, Debug, Default)]
+struct KeyList {
+    keys: Vec<OwnedKey>,
+    nets: Vec<IpNet>,
+}
+
+impl KeyList {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.nets.is_empty()
+    }
+
+    fn contains(&self, request: &RequestKeys<'_>, resolved: &[Key<'_>]) -> bool {
+        if let Some(ip) = request.ip
+            && self.nets.iter().any(|n| n.contains(&ip))
+        {
+            return true;
+        }
+        resolved.iter().any(|k| self.keys.iter().any(|o| k.matches(o)))
+            || request.identity.is_some_and(|id| self.keys.iter().any(|o| Key::Text(id).matches(o)))
+    }
+}
+
+/// Called on each refusal (and each dry-run refusal), e.g. to log or alert.
+pub type ViolationHook = Arc<dyn Fn(&Decision, &RequestKeys<'_>) + Send + Sync>;
+
+/// Builds a [`Policy`].
+pub struct PolicyBuilder {
+    name: Arc<str>,
+    limits: Vec<Limit>,
+    allow: KeyList,
+    deny: KeyList,
+    penalty: Option<Duration>,
+    dry_run: bool,
+    failure: FailureMode,
+    on_violation: Option<ViolationHook>,
+}
+
+impl fmt::Debug for PolicyBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyBuilder").field("name", &self.name).field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl PolicyBuilder {
+    /// Adds a limit.
+    #[must_use]
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// Never limit this key (matched against every limit's key and the identity).
+    #[must_use]
+    pub fn allow(mut self, key: impl Into<OwnedKey>) -> Self {
+        self.allow.keys.push(key.into());
+        self
+    }
+
+    /// Never limit clients in this network.
+    #[must_use]
+    pub fn allow_net(mut self, net: IpNet) -> Self {
+        self.allow.nets.push(net);
+        self
+    }
+
+    /// Always refuse this key (403).
+    #[must_use]
+    pub fn deny(mut self, key: impl Into<OwnedKey>) -> Self {
+        self.deny.keys.push(key.into());
+        self
+    }
+
+    /// Always refuse clients in this network (403).
+    #[must_use]
+    pub fn deny_net(mut self, net: IpNet) -> Self {
+        self.deny.nets.push(net);
+        self
+    }
+
+    /// After a violation, block the offending key on the violated limit for `duration`.
+    #[must_use]
+    pub fn penalty(mut self, duration: Duration) -> Self {
+        self.penalty = Some(duration).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Report what would be refused, but refuse nothing.
+    #[must_use]
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// What happens when the store fails.
+    #[must_use]
+    pub fn failure_mode(mut self, failure: FailureMode) -> Self {
+        self.failure = failure;
+        self
+    }
+
+    /// Called on each refusal.
+    #[must_use]
+    pub fn on_violation(mut self, hook: impl Fn(&Decision, &RequestKeys<'_>) + Send + Sync + 'static) -> Self {
+        self.on_violation = Some(Arc::new(hook));
+        self
+    }
+
+    /// The policy, on the default [`MemoryStore`].
+    pub fn build(self) -> Result<Policy<MemoryStore>, Error> {
+        self.build_with(MemoryStore::default())
+    }
+
+    /// The policy, on `store`.
+    pub fn build_with<S: Store>(self, store: S) -> Result<Policy<S>, Error> {
+        if self.limits.len() > MAX_LIMITS {
+            return Err(Error::config(
+                format!("policies.{}.limits", self.name),
+                self.limits.len(),
+                format!("a policy holds at most {MAX_LIMITS} limits"),
+            ));
+        }
+        let mut limits = Vec::with_capacity(self.limits.len());
+        let mut fallback = Vec::new();
+        let fallback_store = (self.failure == FailureMode::Fallback).then(MemoryStore::default);
+        for (i, limit) in self.limits.into_iter().enumerate() {
+            if limits.iter().any(|l: &PolicyLimit<S::Limit>| l.limit.name == limit.name) {
+                return Err(Error::config(
+                    format!("policies.{}.limits[{i}].name", self.name),
+                    &limit.name,
+                    "limit names must be unique within a policy",
+                ));
+            }
+            let spec =
+                LimitSpec { name: limit.name.to_string(), policy: self.name.to_string(), algorithm: limit.algorithm };
+            let handle = store.register(&spec)?;
+            if let Some(fb) = &fallback_store {
+                fallback.push(fb.register(&spec)?);
+            }
+            limits.push(PolicyLimit { limit, handle });
+        }
+        Ok(Policy {
+            inner: Arc::new(Inner {
+                name: self.name,
+                limits,
+                allow: self.allow,
+                deny: self.deny,
+                penalty: self.penalty,
+                dry_run: self.dry_run,
+                failure: self.failure,
+                on_violation: self.on_violation,
+                store,
+                fallback: fallback_store.map(|s| (s, fallback)),
+            }),
+        })
+    }
+}
+
+struct PolicyLimit<H> {
+    limit: Limit,
+    handle: H,
+}
+
+struct Inner<S: Store> {
+    name: Arc<str>,
+    limits: Vec<PolicyLimit<S::Limit>>,
+    allow: KeyList,
+    deny: KeyList,
+    penalty: Option<Duration>,
+    dry_run: bool,
+    failure: FailureMode,
+    on_violation: Option<ViolationHook>,
+    store: S,
+    fallback: Option<(MemoryStore, Vec<crate::store::memory::MemoryLimit>)>,
+}
+
+/// Named limits applied together, on a store. Cheap to clone.
+pub struct Policy<S: Store = MemoryStore> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: Store> Clone for Policy<S> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<S: Store> fmt::Debug for Policy<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.inner.name)
+            .field("limits", &self.inner.limits.iter().map(|l| &l.limit).collect::<Vec<_>>())
+            .field("dry_run", &self.inner.dry_run)
+            .field("failure", &self.inner.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+type Checks<'a, H> = SmallVec<[Check<'a, H>; 4]>;
+type Snapshots = SmallVec<[Snapshot; 4]>;
+
+impl Policy<MemoryStore> {
+    /// A builder for a policy named `name`.
+    pub fn builder(name: impl Into<Arc<str>>) -> PolicyBuilder {
+        PolicyBuilder {
+            name: name.into(),
+            limits: Vec::new(),
+            allow: KeyList::default(),
+            deny: KeyList::default(),
+            penalty: None,
+            dry_run: false,
+            failure: FailureMode::default(),
+            on_violation: None,
+        }
+    }
+}
+
+impl<S: Store> Policy<S> {
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> impl Iterator<Item = &Limit> {
+        self.inner.limits.iter().map(|l| &l.limit)
+    }
+
+    /// Its store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// Checks a request of `cost` (1 for a request; bytes for a byte limit) against every limit.
+    ///
+    /// Errors only on a cost that can never pass (0, or above a limit's capacity); a store
+    /// failure becomes a decision per the policy's [`FailureMode`].
+    pub async fn check(&self, request: &RequestKeys<'_>, cost: u32) -> Result<Decision, Error> {
+        let inner = &*self.inner;
+        let mut checks: Checks<'_, S::Limit> = SmallVec::new();
+        let mut refs: SmallVec<[usize; 4]> = SmallVec::new();
+        for (i, pl) in inner.limits.iter().enumerate() {
+            let key = match pl.limit.key.resolve(request) {
+                Some(k) => k,
+                None => match pl.limit.on_missing {
+                    MissingKey::Shared => Key::Text("\u{0}missing"),
+                    MissingKey::Skip => continue,
+                    MissingKey::Refuse => {
+                        return Ok(self.finish(self.plain(false, Reason::KeyMissing), request));
+                    }
+                },
+            };
+            let quota = pl.limit.quota_for(key, request.tier);
+            let cap = capacity(pl.limit.algorithm, &quota);
+            if cost == 0 || u64::from(cost) > cap {
+                return Err(Error::InvalidCost { cost, capacity: cap });
+            }
+            checks.push(Check { limit: &pl.handle, key, quota, cost, max_wait: pl.limit.max_wait() });
+            refs.push(i);
+        }
+        if !inner.deny.is_empty() {
+            let keys: SmallVec<[Key<'_>; 4]> = checks.iter().map(|c| c.key).collect();
+            if inner.deny.contains(request, &keys) {
+                return Ok(self.finish(self.plain(false, Reason::DenyListed), request));
+            }
+        }
+        if !inner.allow.is_empty() {
+            let keys: SmallVec<[Key<'_>; 4]> = checks.iter().map(|c| c.key).collect();
+            if inner.allow.contains(request, &keys) {
+                return Ok(self.plain(true, Reason::AllowListed));
+            }
+        }
+        if checks.is_empty() {
+            return Ok(self.plain(true, Reason::Allowed));
+        }
+        let mut out: Snapshots = SmallVec::from_elem(Snapshot::EMPTY, checks.len());
+        let all = match inner.store.check(&checks, &mut out).await {
+            Ok(all) => all,
+            Err(err) => return Ok(self.on_store_error(&err, request, &checks, &refs, &mut out)),
+        };
+        if !all {
+            self.penalize(&checks, &out).await;
+        }
+        Ok(self.finish(self.decide(all, &refs, &checks, &out), request))
+    }
+
+    fn plain(&self, allowed: bool, reason: Reason) -> Decision {
+        Decision {
+            allowed,
+            reason,
+            policy: Arc::clone(&self.inner.name),
+            limit: None,
+            wait: Duration::ZERO,
+            dry_run_refused: false,
+        }
+    }
+
+    fn decide(&self, all: bool, refs: &[usize], checks: &Checks<'_, S::Limit>, out: &[Snapshot]) -> Decision {
+        let mut best: Option<usize> = None;
+        for (i, s) in out.iter().enumerate() {
+            let better = match best {
+                None => true,
+                Some(b) if all => s.headroom() < out[b].headroom(),
+                Some(b) => !s.allowed && (out[b].allowed || s.retry_after > out[b].retry_after),
+            };
+            if better {
+                best = Some(i);
+            }
+        }
+        let limit = best.map(|i| LimitState {
+            name: Arc::clone(&self.inner.limits[refs[i]].limit.name),
+            quota: checks[i].quota,
+            snapshot: out[i],
+        });
+        let blocked = limit.as_ref().is_some_and(|l| l.snapshot.blocked);
+        let wait = if all { out.iter().map(|s| s.wait).max().unwrap_or_default() } else { Duration::ZERO };
+        Decision {
+            allowed: all,
+            reason: if all {
+                Reason::Allowed
+            } else if blocked {
+                Reason::Blocked
+            } else {
+                Reason::RateLimited
+            },
+            policy: Arc::clone(&self.inner.name),
+            limit,
+            wait,
+            dry_run_refused: false,
+        }
+    }
+
+    /// Applies dry-run and the violation hook to a decision.
+    fn finish(&self, mut decision: Decision, request: &RequestKeys<'_>) -> Decision {
+        if !decision.allowed {
+            tracing::debug!(policy = %decision.policy, reason = decision.reason.as_str(),
+                limit = decision.limit.as_ref().map(|l| &*l.name), "tollgate refused a request");
+            if let Some(hook) = &self.inner.on_violation {
+                hook(&decision, request);
+            }
+            if self.inner.dry_run {
+                decision.allowed = true;
+                decision.dry_run_refused = true;
+            }
+        }
+        decision
+    }
+
+    async fn penalize(&self, checks: &Checks<'_, S::Limit>, out: &[Snapshot]) {
+        let (Some(penalty), false) = (self.inner.penalty, self.inner.dry_run) else { return };
+        for (c, s) in checks.iter().zip(out) {
+            if !s.allowed
+                && !s.blocked
+                && let Err(err) = self.inner.store.block(c.limit, c.key, penalty).await
+            {
+                tracing::warn!(policy = %self.inner.name, error = %err, "tollgate could not record a penalty");
+            }
+        }
+    }
+
+    fn on_store_error(
+        &self,
+        err: &StoreError,
+        request: &RequestKeys<'_>,
+        checks: &Checks<'_, S::Limit>,
+        refs: &[usize],
+        out: &mut [Snapshot],
+    ) -> Decision {
+        tracing::warn!(policy = %self.inner.name, error = %err, mode = ?self.inner.failure, "tollgate store failed");
+        match (&self.inner.fallback, self.inner.failure) {
+            (Some((store, handles)), FailureMode::Fallback) => {
+                let local: Checks<'_, _> = checks
+                    .iter()
+                    .zip(refs)
+                    .map(|(c, &i)| Check {
+                        limit: &handles[i],
+                        key: c.key,
+                        quota: c.quota,
+                        cost: c.cost,
+                        max_wait: c.max_wait,
+                    })
+                    .collect();
+                let all = store.check_now(&local, out);
+                self.finish(self.decide(all, refs, checks, out), request)
+            }
+            (_, FailureMode::Closed) => self.finish(self.plain(false, Reason::StoreUnavailable), request),
+            _ => self.plain(true, Reason::StoreUnavailableFailedOpen),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The in-memory store: sharded, no allocation per check of a tracked key, idle keys evicted as
+//! the table grows, and a cap on tracked keys.
+
+use std::fmt;
+use std::future::{Future, ready};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::table::{Full, Table};
+use super::{Check, LimitSpec, Store, StoreError};
+use crate::algorithm::fixed_window::{FixedState, FixedWindow};
+use crate::algorithm::gcra::Gcra;
+use crate::algorithm::sliding_log::{LogState, SlidingLog};
+use crate::algorithm::sliding_window::{SlidingWindow, WindowState};
+use crate::algorithm::{Algorithm, Meter, Mode, Snapshot, capacity, d};
+use crate::clock::{Clock, MonotonicClock};
+use crate::key::{Key, OwnedKey};
+use crate::quota::Quota;
+
+/// What the store does with a new key when it already tracks its maximum number of keys and
+/// none of them is idle.
+///
+/// Tracked keys are never evicted before they are idle, so flooding the store with new keys
+/// cannot erase a client's spent quota or its penalty block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnFull {
+    /// Refuse checks of new keys (retry after one second) until keys fall idle. The default:
+    /// under a flood of distinct keys, known clients keep their limits and new ones wait.
+    #[default]
+    Deny,
+    /// Admit checks of new keys without tracking them.
+    Allow,
+}
+
+/// The default store: state in this process's memory. Cheap to clone (clones share state).
+///
+/// ```
+/// use tollgate::{MemoryStore, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// let store = MemoryStore::builder().clock(clock.clone()).max_keys(100_000).build();
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clock: Arc<dyn Clock>,
+    shards: usize,
+    max_keys: usize,
+    on_full: OnFull,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.inner.shards)
+            .field("max_keys", &self.inner.max_keys)
+            .field("on_full", &self.inner.on_full)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Clone)]
+pub struct MemoryStoreBuilder {
+    clock: Arc<dyn Clock>,
+    shards: usize,
+    max_keys: usize,
+    on_full: OnFull,
+}
+
+impl fmt::Debug for MemoryStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStoreBuilder")
+            .field("shards", &self.shards)
+            .field("max_keys", &self.max_keys)
+            .field("on_full", &self.on_full)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default cap on keys tracked per limit.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+impl MemoryStoreBuilder {
+    /// The clock (default: [`MonotonicClock`]).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Shards per limit, rounded up to a power of two (default: 4 × available cores).
+    #[must_use]
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// The most keys tracked per limit (default [`DEFAULT_MAX_KEYS`]); see [`OnFull`].
+    #[must_use]
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// What happens to new keys when the store is full.
+    #[must_use]
+    pub fn on_full(mut self, on_full: OnFull) -> Self {
+        self.on_full = on_full;
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                clock: self.clock,
+                shards: self.shards,
+                max_keys: self.max_keys,
+                on_full: self.on_full,
+            }),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A builder with the defaults.
+    pub fn builder() -> MemoryStoreBuilder {
+        let cores = std::thread::available_parallelism().map_or(4, usize::from);
+        MemoryStoreBuilder {
+            clock: Arc::new(MonotonicClock::new()),
+            shards: cores * 4,
+            max_keys: DEFAULT_MAX_KEYS,
+            on_full: OnFull::default(),
+        }
+    }
+
+    /// The store's clock reading now.
+    pub fn now(&self) -> u64 {
+        self.inner.clock.now()
+    }
+
+    /// The synchronous form of [`Store::check`]: the in-memory store never waits.
+    pub fn check_now(&self, checks: &[Check<'_, MemoryLimit>], out: &mut [Snapshot]) -> bool {
+        let now = self.inner.clock.now();
+        if let [one] = checks {
+            out[0] = one.limit.apply(one, now, Mode::Commit);
+            return out[0].allowed;
+        }
+        let mut all = true;
+        for (c, o) in checks.iter().zip(out.iter_mut()) {
+            *o = c.limit.apply(c, now, Mode::Peek);
+            all &= o.allowed;
+        }
+        if !all {
+            return false;
+        }
+        for i in 0..checks.len() {
+            let s = checks[i].limit.apply(&checks[i], now, Mode::Commit);
+            out[i] = s;
+            if !s.allowed {
+                // Lost a race with a concurrent check after the peek: undo what was taken.
+                for j in 0..i {
+                    checks[j].limit.refund(&checks[j], now, &out[j]);
+                }
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The in-memory state of one registered limit.
+pub struct MemoryLimit {
+    name: String,
+    tables: Tables,
+    blocks: Table<OwnedKey, AtomicU64>,
+    any_block: AtomicBool,
+    on_full: OnFull,
+}
+
+impl fmt::Debug for MemoryLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLimit").field("name", &self.name).field("keys", &self.len()).finish_non_exhaustive()
+    }
+}
+
+enum Tables {
+    Gcra(Table<OwnedKey, AtomicU64>),
+    Fixed(Table<OwnedKey, Mutex<FixedState>>),
+    Sliding(Table<OwnedKey, Mutex<WindowState>>),
+    Log(Table<OwnedKey, Mutex<LogState>>),
+}
+
+fn run<M: Meter>(
+    table: &Table<OwnedKey, M::State>,
+    key: Key<'_>,
+    quota: &Quota,
+    now: u64,
+    cost: u32,
+    max_wait: u64,
+    mode: Mode,
+) -> Result<Snapshot, Full> {
+    table.with(&key, now, M::is_idle, |s| M::apply(s, quota, now, cost, max_wait, mode))
+}
+
+fn undo<M: Meter>(table: &Table<OwnedKey, M::State>, key: Key<'_>, quota: &Quota, now: u64, cost: u32, snap: &Snapshot) {
+    table.get(&key, |s| M::refund(s, quota, now, cost, snap));
+}
+
+impl MemoryLimit {
+    fn new(spec: &LimitSpec, shards: usize, max_keys: usize, on_full: OnFull) -> Self {
+        let tables = match spec.algorithm {
+            Algorithm::Gcra => Tables::Gcra(Table::new(shards, max_keys)),
+            Algorithm::FixedWindow => Tables::Fixed(Table::new(shards, max_keys)),
+            Algorithm::SlidingWindow => Tables::Sliding(Table::new(shards, max_keys)),
+            Algorithm::SlidingLog => Tables::Log(Table::new(shards, max_keys)),
+        };
+        Self {
+            name: spec.name.clone(),
+            tables,
+            blocks: Table::new(shards.min(16), max_keys),
+            any_block: AtomicBool::new(false),
+            on_full,
+        }
+    }
+
+    fn apply(&self, c: &Check<'_, MemoryLimit>, now: u64, mode: Mode) -> Snapshot {
+        let cap = capacity(self.algorithm(), &c.quota);
+        if self.any_block.load(Ordering::Relaxed) {
+            let until = self.blocks.get(&c.key, |u| u.load(Ordering::Acquire)).unwrap_or(0);
+            if until > now {
+                return Snapshot {
+                    allowed: false,
+                    blocked: true,
+                    limit: cap,
+                    remaining: 0,
+                    reset_after: d(until - now),
+                    retry_after: d(until - now),
+                    wait: d(0),
+                };
+            }
+        }
+        let max_wait = u64::try_from(c.max_wait.as_nanos()).unwrap_or(u64::MAX);
+        let r = match &self.tables {
+            Tables::Gcra(t) => run::<Gcra>(t, c.key, &c.quota, now, c.cost, max_wait, mode),
+            Tables::Fixed(t) => run::<FixedWindow>(t, c.key, &c.quota, now, c.cost, max_wait, mode),
+            Tables::Sliding(t) => run::<SlidingWindow>(t, c.key, &c.quota, now, c.cost, max_wait, mode),
+            Tables::Log(t) => run::<SlidingLog>(t, c.key, &c.quota, now, c.cost, max_wait, mode),
+        };
+        r.unwrap_or_else(|Full| {
+            tracing::warn!(limit = %self.name, "in-memory store full: no idle key to evict");
+            let allowed = self.on_full == OnFull::Allow;
+            Snapshot {
+                allowed,
+                blocked: false,
+                limit: cap,
+                remaining: 0,
+                reset_after: Duration::from_secs(1),
+                retry_after: if allowed { Duration::ZERO } else { Duration::from_secs(1) },
+                wait: Duration::ZERO,
+            }
+        })
+    }
+
+    fn refund(&self, c: &Check<'_, MemoryLimit>, now: u64, snap: &Snapshot) {
+        match &self.tables {
+            Tables::Gcra(t) => undo::<Gcra>(t, c.key, &c.quota, now, c.cost, snap),
+            Tables::Fixed(t) => undo::<FixedWindow>(t, c.key, &c.quota, now, c.cost, snap),
+            Tables::Sliding(t) => undo::<SlidingWindow>(t, c.key, &c.quota, now, c.cost, snap),
+            Tables::Log(t) => undo::<SlidingLog>(t, c.key, &c.quota, now, c.cost, snap),
+        }
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        match self.tables {
+            Tables::Gcra(_) => Algorithm::Gcra,
+            Tables::Fixed(_) => Algorithm::FixedWindow,
+            Tables::Sliding(_) => Algorithm::SlidingWindow,
+            Tables::Log(_) => Algorithm::SlidingLog,
+        }
+    }
+
+    /// How many keys this limit tracks now (idle ones not yet swept included).
+    pub fn len(&self) -> usize {
+        match &self.tables {
+            Tables::Gcra(t) => t.len(),
+            Tables::Fixed(t) => t.len(),
+            Tables::Sliding(t) => t.len(),
+            Tables::Log(t) => t.len(),
+        }
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most keys this limit tracks.
+    pub fn capacity(&self) -> usize {
+        match &self.tables {
+            Tables::Gcra(t) => t.capacity(),
+            Tables::Fixed(t) => t.capacity(),
+            Tables::Sliding(t) => t.capacity(),
+            Tables::Log(t) => t.capacity(),
+        }
+    }
+
+    /// Forgets every idle key now (this also happens by itself as the table grows).
+    pub fn sweep(&self, now: u64) {
+        match &self.tables {
+            Tables::Gcra(t) => t.sweep(now, Gcra::is_idle),
+            Tables::Fixed(t) => t.sweep(now, FixedWindow::is_idle),
+            Tables::Sliding(t) => t.sweep(now, SlidingWindow::is_idle),
+            Tables::Log(t) => t.sweep(now, SlidingLog::is_idle),
+        }
+        self.blocks.sweep(now, |u, now| u.load(Ordering::Acquire) <= now);
+    }
+}
+
+impl Store for MemoryStore {
+    type Limit = MemoryLimit;
+
+    fn register(&self, spec: &LimitSpec) -> Result<MemoryLimit, StoreError> {
+        Ok(MemoryLimit::new(spec, self.inner.shards, self.inner.max_keys, self.inner.on_full))
+    }
+
+    fn check<'a>(
+        &'a self,
+        checks: &'a [Check<'a, MemoryLimit>],
+        out: &'a mut [Snapshot],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'a {
+        ready(Ok(self.check_now(checks, out)))
+    }
+
+    fn block<'a>(
+        &'a self,
+        limit: &'a MemoryLimit,
+        key: Key<'a>,
+        duration: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        let now = self.inner.clock.now();
+        let until = now.saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        let r = limit.blocks.with(&key, now, |u, now| u.load(Ordering::Acquire) <= now, |u| {
+            u.fetch_max(until, Ordering::AcqRel);
+        });
+        limit.any_block.store(true, Ordering::Release);
+        ready(r.map_err(|Full| StoreError::Full(limit.blocks.capacity())))
+    }
+}
