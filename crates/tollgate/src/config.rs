@@ -1,0 +1,573 @@
+//! Configuration from TOML: stores, named policies, per-route limits and WebSocket limits.
+//! Unknown fields are errors; invalid values are errors that name the field and the value.
+//!
+//! ```
+//! use tollgate::config::Config;
+//!
+//! let config: Config = r#"
+//! [policies.per_ip]
+//! limits = [{ name = "per_ip", quota = "5/s burst 10", key = "ip" }]
+//!
+//! [[routes]]
+//! path = "/api/echo"
+//! policy = "per_ip"
+//! max_body = "64KiB"
+//! body_bytes = "1MiB/min"
+//!
+//! [[websocket]]
+//! path = "/ws"
+//! connections = "10/min"
+//! concurrent_per_key = 3
+//! messages = "20/10s"
+//! max_message = "16KiB"
+//! kinds = [{ name = "catch_up", field = "action", equals = "catch_up", quota = "2/min" }]
+//! "#.parse()?;
+//! let policies = config.policies()?;
+//! assert_eq!(policies["per_ip"].name(), "per_ip");
+//! assert_eq!(config.routes[0].max_body.map(|b| b.0), Some(65_536));
+//!
+//! let bad = "[policies.p]\nlimits = [{ name = \"x\", quota = \"5/fortnight\" }]".parse::<Config>();
+//! assert!(bad.unwrap_err().to_string().contains("5/fortnight"));
+//! # Ok::<(), tollgate::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::algorithm::{Algorithm, OnExceed};
+use crate::error::Error;
+use crate::headers::HeaderOptions;
+use crate::key::OwnedKey;
+use crate::policy::{FailureMode, KeyKind, Limit, MissingKey, Policy, PolicyBuilder};
+use crate::quota::{Quota, parse_amount, parse_duration};
+use crate::store::{MemoryStore, Store};
+
+/// A duration written as text: `30s`, `1500ms`, `2min`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationText(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(DurationText).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for DurationText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&crate::quota::DisplayDuration(self.0))
+    }
+}
+
+/// A size in bytes written as text or a number: `16KiB`, `1MB`, `65536`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => parse_amount(&t).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Which headers and body responses carry.
+    #[serde(default)]
+    pub headers: HeaderOptions,
+    /// Proxies whose forwarding headers (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`) are trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Named policies.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// Per-route limits.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// WebSocket limits, per path.
+    #[serde(default)]
+    pub websocket: Vec<WebSocketConfig>,
+}
+
+/// Which store holds state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In this process ([`MemoryStore`]).
+    #[default]
+    Memory,
+    /// Redis (the `tollgate-redis` crate).
+    Redis,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (default) or `redis`.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// The Redis URL (`redis://127.0.0.1:6379`), or several for a cluster.
+    #[serde(default)]
+    pub url: Vec<String>,
+    /// A prefix for every Redis key.
+    pub prefix: Option<String>,
+    /// The longest a Redis decision may take.
+    pub timeout: Option<DurationText>,
+    /// The most keys tracked per limit in memory.
+    pub max_keys: Option<usize>,
+}
+
+/// What to do when the store fails, as written in configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureModeConfig {
+    /// See [`FailureMode::Open`].
+    #[default]
+    Open,
+    /// See [`FailureMode::Closed`].
+    Closed,
+    /// See [`FailureMode::Fallback`].
+    Fallback,
+}
+
+/// `[policies.<name>]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The limits, all applied.
+    pub limits: Vec<LimitConfig>,
+    /// Block a key on a limit it violated for this long.
+    pub penalty: Option<DurationText>,
+    /// Report refusals without refusing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// What to do when the store fails.
+    #[serde(default)]
+    pub failure_mode: FailureModeConfig,
+    /// Keys never limited: IP addresses, networks (`10.0.0.0/8`) or identities.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Keys always refused: IP addresses, networks or identities.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// What a limit counts by, as written: `global`, `ip`, `identity`, `route`, `custom` or
+/// `header:<name>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyText(pub String);
+
+impl Default for KeyText {
+    fn default() -> Self {
+        KeyText("ip".into())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(KeyText)
+    }
+}
+
+impl KeyText {
+    /// The key kind, with IPv6 grouped by `v6_prefix` bits.
+    pub fn kind(&self, v6_prefix: u8, field: &str) -> Result<KeyKind, Error> {
+        Ok(match self.0.as_str() {
+            "global" => KeyKind::Global,
+            "ip" => KeyKind::Ip { v6_prefix },
+            "identity" | "user" => KeyKind::Identity { v6_prefix },
+            "route" => KeyKind::Route,
+            "custom" => KeyKind::Custom,
+            other => match other.strip_prefix("header:") {
+                Some(name) => KeyKind::Header(HeaderName::from_str(name.trim()).map_err(|_| {
+                    Error::config(field, format!("{other:?}"), "not a valid header name")
+                })?),
+                None => {
+                    return Err(Error::config(
+                        field,
+                        format!("{other:?}"),
+                        "expected global, ip, identity, route, custom or header:<name>",
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// What a missing key does, as written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingKeyConfig {
+    /// See [`MissingKey::Shared`].
+    #[default]
+    Shared,
+    /// See [`MissingKey::Skip`].
+    Skip,
+    /// See [`MissingKey::Refuse`].
+    Refuse,
+}
+
+/// What exceeding a limit does, as written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExceedConfig {
+    /// Refuse.
+    #[default]
+    Reject,
+    /// Wait up to `max_delay`, then proceed.
+    Delay,
+}
+
+/// One limit of a policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Unique within the policy; shown in headers and bodies.
+    pub name: String,
+    /// The default quota.
+    pub quota: Quota,
+    /// How it counts (default `gcra`).
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// What it counts by (default `ip`).
+    #[serde(default)]
+    pub key: KeyText,
+    /// Bits of an IPv6 address that identify one client (default 64).
+    #[serde(default = "default_v6_prefix")]
+    pub ipv6_prefix: u8,
+    /// `reject` (default) or `delay`.
+    #[serde(default)]
+    pub on_exceed: ExceedConfig,
+    /// The longest wait with `on_exceed = "delay"` (default 1s).
+    pub max_delay: Option<DurationText>,
+    /// What a request whose key is missing does.
+    #[serde(default)]
+    pub on_missing_key: MissingKeyConfig,
+    /// Quotas per tier.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, Quota>,
+}
+
+fn default_v6_prefix() -> u8 {
+    64
+}
+
+/// `[[routes]]`: limits of one route.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The route (as the router matches it, e.g. `/users/{id}`).
+    pub path: String,
+    /// Methods it applies to (all when empty).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The policy checked for each request.
+    pub policy: Option<String>,
+    /// The largest body (413 above it).
+    pub max_body: Option<ByteSize>,
+    /// Body bytes per period per key (429 above it).
+    pub body_bytes: Option<Quota>,
+    /// What `body_bytes` and `concurrent_per_key` count by (default `ip`).
+    #[serde(default)]
+    pub key: KeyText,
+    /// At most this many requests in flight per key.
+    pub concurrent_per_key: Option<u32>,
+}
+
+/// What a WebSocket message over a rate limit does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageAction {
+    /// Drop it and send an error frame (default).
+    #[default]
+    Drop,
+    /// Hold it until the limit allows (up to `max_delay`).
+    Delay,
+    /// Close the connection (code 4429).
+    Close,
+}
+
+/// A kind of WebSocket message with its own limit, chosen by a JSON field of text messages.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageKindConfig {
+    /// The kind's name (shown in error frames).
+    pub name: String,
+    /// The JSON field to look at (default `action`).
+    #[serde(default = "default_kind_field")]
+    pub field: String,
+    /// The value that makes a message this kind.
+    pub equals: String,
+    /// The kind's quota, per connection.
+    pub quota: Quota,
+}
+
+fn default_kind_field() -> String {
+    "action".into()
+}
+
+/// `[[websocket]]`: limits of one WebSocket endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// The upgrade route.
+    pub path: String,
+    /// What per-key limits count by (default `ip`).
+    #[serde(default)]
+    pub key: KeyText,
+    /// New connections per period per key.
+    pub connections: Option<Quota>,
+    /// Open connections per key.
+    pub concurrent_per_key: Option<u32>,
+    /// Open connections in all (503 when full).
+    pub concurrent_global: Option<u32>,
+    /// Messages per period per connection.
+    pub messages: Option<Quota>,
+    /// Bytes per period per connection.
+    pub bytes: Option<Quota>,
+    /// The largest message (close 1009 above it).
+    pub max_message: Option<ByteSize>,
+    /// What a message over a rate limit does.
+    #[serde(default)]
+    pub on_exceed: MessageAction,
+    /// The longest wait with `on_exceed = "delay"` (default 1s).
+    pub max_delay: Option<DurationText>,
+    /// Message kinds with their own limits.
+    #[serde(default)]
+    pub kinds: Vec<MessageKindConfig>,
+}
+
+impl FromStr for Config {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::ConfigFile { path: "<text>".into(), source: Box::new(e) })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::ConfigFile { path: shown.clone(), source: Box::new(e) })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| Error::ConfigFile { path: shown, source: Box::new(e) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: references between sections, unique names, sizes.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, p) in &self.policies {
+            if p.limits.is_empty() {
+                return Err(Error::config(format!("policies.{name}.limits"), "[]", "a policy needs at least one limit"));
+            }
+            for (i, l) in p.limits.iter().enumerate() {
+                if p.limits[..i].iter().any(|o| o.name == l.name) {
+                    return Err(Error::config(
+                        format!("policies.{name}.limits[{i}].name"),
+                        format!("{:?}", l.name),
+                        "limit names must be unique within a policy",
+                    ));
+                }
+            }
+            self.policy_builder(name)?;
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(p) = &r.policy
+                && !self.policies.contains_key(p)
+            {
+                return Err(Error::config(format!("routes[{i}].policy"), format!("{p:?}"), "no such policy"));
+            }
+            if r.max_body == Some(ByteSize(0)) {
+                return Err(Error::config(format!("routes[{i}].max_body"), 0, "must be at least 1 byte"));
+            }
+            r.key.kind(64, &format!("routes[{i}].key"))?;
+            if let Some(n) = r.concurrent_per_key
+                && n == 0
+            {
+                return Err(Error::config(format!("routes[{i}].concurrent_per_key"), n, "must be at least 1"));
+            }
+        }
+        for (i, w) in self.websocket.iter().enumerate() {
+            w.key.kind(64, &format!("websocket[{i}].key"))?;
+            for (field, v) in [("concurrent_per_key", w.concurrent_per_key), ("concurrent_global", w.concurrent_global)] {
+                if v == Some(0) {
+                    return Err(Error::config(format!("websocket[{i}].{field}"), 0, "must be at least 1"));
+                }
+            }
+            if w.max_message == Some(ByteSize(0)) {
+                return Err(Error::config(format!("websocket[{i}].max_message"), 0, "must be at least 1 byte"));
+            }
+            let mut names: Vec<&str> = w.kinds.iter().map(|k| k.name.as_str()).collect();
+            names.sort_unstable();
+            if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(Error::config(format!("websocket[{i}].kinds"), format!("{:?}", dup[0]), "duplicate kind name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The builder of policy `name` (to add hooks, or build on another store).
+    pub fn policy_builder(&self, name: &str) -> Result<PolicyBuilder, Error> {
+        let p = self
+            .policies
+            .get(name)
+            .ok_or_else(|| Error::config("policies", format!("{name:?}"), "no such policy"))?;
+        let mut b = Policy::builder(name)
+            .dry_run(p.dry_run)
+            .failure_mode(match p.failure_mode {
+                FailureModeConfig::Open => FailureMode::Open,
+                FailureModeConfig::Closed => FailureMode::Closed,
+                FailureModeConfig::Fallback => FailureMode::Fallback,
+            });
+        if let Some(d) = p.penalty {
+            b = b.penalty(d.0);
+        }
+        for (list, deny) in [(&p.allow, false), (&p.deny, true)] {
+            for (i, entry) in list.iter().enumerate() {
+                let field = format!("policies.{name}.{}[{i}]", if deny { "deny" } else { "allow" });
+                if entry.is_empty() {
+                    return Err(Error::config(field, "\"\"", "an empty key matches nothing"));
+                }
+                b = match (entry.parse::<IpNet>(), entry.parse::<std::net::IpAddr>()) {
+                    (Ok(net), _) if deny => b.deny_net(net),
+                    (Ok(net), _) => b.allow_net(net),
+                    (_, Ok(ip)) if deny => b.deny_net(IpNet::from(ip)),
+                    (_, Ok(ip)) => b.allow_net(IpNet::from(ip)),
+                    _ if deny => b.deny(OwnedKey::from(entry.as_str())),
+                    _ => b.allow(OwnedKey::from(entry.as_str())),
+                };
+            }
+        }
+        for (i, l) in p.limits.iter().enumerate() {
+            let field = format!("policies.{name}.limits[{i}]");
+            let mut limit = Limit::new(l.name.as_str(), l.quota)
+                .algorithm(l.algorithm)
+                .key(l.key.kind(l.ipv6_prefix, &format!("{field}.key"))?)
+                .on_missing_key(match l.on_missing_key {
+                    MissingKeyConfig::Shared => MissingKey::Shared,
+                    MissingKeyConfig::Skip => MissingKey::Skip,
+                    MissingKeyConfig::Refuse => MissingKey::Refuse,
+                });
+            if l.ipv6_prefix > 128 {
+                return Err(Error::config(format!("{field}.ipv6_prefix"), l.ipv6_prefix, "must be 0..=128"));
+            }
+            match (l.on_exceed, l.max_delay) {
+                (ExceedConfig::Delay, d) => {
+                    limit = limit.on_exceed(OnExceed::Delay { max_wait: d.map_or(Duration::from_secs(1), |d| d.0) });
+                }
+                (ExceedConfig::Reject, Some(_)) => {
+                    return Err(Error::config(
+                        format!("{field}.max_delay"),
+                        "(set)",
+                        "only meaningful with on_exceed = \"delay\"",
+                    ));
+                }
+                (ExceedConfig::Reject, None) => {}
+            }
+            for (tier, q) in &l.tiers {
+                limit = limit.tier(tier, *q);
+            }
+            b = b.limit(limit);
+        }
+        Ok(b)
+    }
+
+    /// Every policy, on in-memory stores (one store shared by all, honouring `store.max_keys`).
+    pub fn policies(&self) -> Result<BTreeMap<String, Policy<MemoryStore>>, Error> {
+        let mut store = MemoryStore::builder();
+        if let Some(n) = self.store.max_keys {
+            store = store.max_keys(n);
+        }
+        self.policies_with(&store.build())
+    }
+
+    /// Every policy, on clones of `store`.
+    pub fn policies_with<S: Store + Clone>(&self, store: &S) -> Result<BTreeMap<String, Policy<S>>, Error> {
+        self.policies.keys().map(|name| Ok((name.clone(), self.policy_builder(name)?.build_with(store.clone())?))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        text.parse::<Config>().expect_err(text).to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_value() {
+        assert!(err("[policies.p]\nlimits = []").contains("policies.p.limits"));
+        let e = err("[policies.p]\nlimits = [{ name = \"x\", quota = \"5/s\", key = \"cookie\" }]");
+        assert!(e.contains("policies.p.limits[0].key") && e.contains("cookie"), "{e}");
+        let e = err("[[routes]]\npath = \"/\"\npolicy = \"nope\"");
+        assert!(e.contains("routes[0].policy") && e.contains("nope"), "{e}");
+        let e = err("[store]\nkind = \"memory\"\nflavour = 1");
+        assert!(e.contains("flavour"), "unknown fields are errors: {e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\nmax_message = \"16KiZ\"");
+        assert!(e.contains("KiZ"), "{e}");
+        let e = err("[[routes]]\nmax_body = \"1KiB\"");
+        assert!(e.contains("path"), "missing fields are errors: {e}");
+        let e = err("[policies.p]\nlimits = [{ name = \"a\", quota = \"1/s\" }, { name = \"a\", quota = \"2/s\" }]");
+        assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn reads_a_full_file() {
+        let c: Config = r#"
+            trusted_proxies = ["10.0.0.0/8"]
+            [headers]
+            ietf = true
+            reset = "epoch_seconds"
+            [store]
+            max_keys = 1000
+            [policies.api]
+            penalty = "30s"
+            failure_mode = "fallback"
+            allow = ["127.0.0.1", "admin"]
+            deny = ["192.0.2.0/24"]
+            limits = [
+              { name = "per_user", quota = "100/min", key = "identity", tiers = { pro = "1000/min" } },
+              { name = "per_key", quota = "10/s", key = "header:x-api-key", algorithm = "sliding_window", on_exceed = "delay", max_delay = "500ms" },
+            ]
+        "#
+        .parse()
+        .unwrap();
+        assert!(c.headers.ietf);
+        let p = c.policies().unwrap();
+        assert_eq!(p["api"].limits().count(), 2);
+    }
+}
