@@ -40,8 +40,8 @@ impl Meter for FixedWindow {
         let c = u64::from(cost);
         let mut s = lock(state);
         s.roll(now, period);
-        let to_end = s.end - now;
-        let reset_after = if s.next > 0 { to_end + period } else { to_end };
+        let to_end = s.end.saturating_sub(now);
+        let reset_after = if s.next > 0 { to_end.saturating_add(period) } else { to_end };
         let mut snap = Snapshot {
             allowed: true,
             blocked: false,
@@ -61,11 +61,11 @@ impl Meter for FixedWindow {
                 s.next += c;
             }
             snap.wait = d(to_end);
-            snap.reset_after = d(to_end + period);
+            snap.reset_after = d(to_end.saturating_add(period));
         } else {
             snap.allowed = false;
             snap.remaining = n.saturating_sub(s.count);
-            snap.retry_after = d(if s.next + c <= n { to_end } else { to_end + period });
+            snap.retry_after = d(if s.next + c <= n { to_end } else { to_end.saturating_add(period) });
         }
         snap
     }

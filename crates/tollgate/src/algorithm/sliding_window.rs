@@ -71,7 +71,7 @@ impl Meter for SlidingWindow {
         // Earliest time the check fits: this window, else the next one.
         let at = if s.cur + c <= n {
             let e = elapsed_for_room(s.prev, n - s.cur - c, p).max(e_now);
-            if e < p { Some(s.start + e) } else { None }
+            if e < p { Some(s.start.saturating_add(e)) } else { None }
         } else {
             None
         };
@@ -105,12 +105,11 @@ impl Meter for SlidingWindow {
             now
         };
         let spent = if allowed && !in_next { c } else { 0 };
-        let pending = if mode == Mode::Peek { spent } else { 0 };
         Snapshot {
             allowed,
             blocked: false,
             limit: n,
-            remaining: n.saturating_sub(used + pending + if mode == Mode::Commit { spent } else { 0 }),
+            remaining: n.saturating_sub(used + spent),
             reset_after: d(reset_at.saturating_sub(now)),
             retry_after: d(if allowed { 0 } else { wait.max(1) }),
             wait: d(if allowed { wait } else { 0 }),

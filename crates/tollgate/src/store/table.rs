@@ -74,10 +74,13 @@ impl<K, S> std::fmt::Debug for Table<K, S> {
 }
 
 impl<K: Hash, S: Default> Table<K, S> {
-    /// `shards` is rounded up to a power of two; `max_keys` is spread evenly over the shards.
+    /// `shards` is rounded up to a power of two; `max_keys` is spread over the shards, each
+    /// allowed an eighth more than its even share (plus 16) so that uneven hashing does not
+    /// refuse keys before the table holds `max_keys`.
     pub(crate) fn new(shards: usize, max_keys: usize) -> Self {
         let n = shards.clamp(1, 1 << 16).next_power_of_two();
-        let shard_cap = max_keys.div_ceil(n).max(1);
+        let even = max_keys.div_ceil(n).max(1);
+        let shard_cap = even.saturating_add(even / 8).saturating_add(16);
         let shards = (0..n)
             .map(|_| Padded(RwLock::new(Shard { map: HashTable::new(), sweep_at: MIN_SWEEP.min(shard_cap) })))
             .collect();
