@@ -1,0 +1,243 @@
+//! Policies end to end on the in-memory store with a manual clock.
+
+use std::future::{Future, ready};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use tollgate::{
+    Check, Error, FailureMode, KeyKind, Limit, LimitSpec, ManualClock, MemoryStore, MissingKey, OnExceed, Policy,
+    Quota, Reason, RequestKeys, Snapshot, Store, StoreError,
+};
+
+fn q(s: &str) -> Quota {
+    s.parse().unwrap()
+}
+
+fn store(clock: &ManualClock) -> MemoryStore {
+    MemoryStore::builder().clock(clock.clone()).build()
+}
+
+fn ip(last: u8) -> RequestKeys<'static> {
+    RequestKeys { ip: Some([198, 51, 100, last].into()), ..RequestKeys::default() }
+}
+
+#[tokio::test]
+async fn refused_requests_consume_nothing_from_other_limits() {
+    let clock = ManualClock::new();
+    let policy = Policy::builder("api")
+        .limit(Limit::new("per_ip", q("2/min")).key(KeyKind::ip()))
+        .limit(Limit::new("global", q("5/min")))
+        .build_with(store(&clock))
+        .unwrap();
+    for _ in 0..2 {
+        assert!(policy.check(&ip(1), 1).await.unwrap().allowed);
+    }
+    for _ in 0..10 {
+        let d = policy.check(&ip(1), 1).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.limit.as_ref().unwrap().name.as_ref(), "per_ip");
+        assert_eq!(d.retry_after_secs(), 30);
+    }
+    // Three of the global five remain for others.
+    for last in 2..5 {
+        assert!(policy.check(&ip(last), 1).await.unwrap().allowed);
+    }
+    let d = policy.check(&ip(9), 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.limit.unwrap().name.as_ref(), "global");
+}
+
+#[tokio::test]
+async fn allowed_decisions_report_the_tightest_limit() {
+    let policy = Policy::builder("api")
+        .limit(Limit::new("loose", q("100/min")).key(KeyKind::ip()))
+        .limit(Limit::new("tight", q("3/min")).key(KeyKind::ip()))
+        .build()
+        .unwrap();
+    let d = policy.check(&ip(1), 1).await.unwrap();
+    let l = d.limit.unwrap();
+    assert_eq!((l.name.as_ref(), l.snapshot.remaining), ("tight", 2));
+}
+
+#[tokio::test]
+async fn dry_run_reports_but_never_refuses() {
+    let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = refusals.clone();
+    let policy = Policy::builder("api")
+        .limit(Limit::new("per_ip", q("1/min")).key(KeyKind::ip()))
+        .dry_run(true)
+        .on_violation(move |_, _| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    assert!(policy.check(&ip(1), 1).await.unwrap().allowed);
+    let d = policy.check(&ip(1), 1).await.unwrap();
+    assert!(d.allowed && d.dry_run_refused);
+    assert_eq!(refusals.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn penalty_blocks_after_a_violation_until_it_ends() {
+    let clock = ManualClock::new();
+    let policy = Policy::builder("login")
+        .limit(Limit::new("per_ip", q("2/s")).key(KeyKind::ip()))
+        .penalty(Duration::from_secs(60))
+        .build_with(store(&clock))
+        .unwrap();
+    policy.check(&ip(1), 1).await.unwrap();
+    policy.check(&ip(1), 1).await.unwrap();
+    let d = policy.check(&ip(1), 1).await.unwrap();
+    assert_eq!(d.reason, Reason::RateLimited);
+    clock.advance(Duration::from_secs(5)); // the quota alone would allow again
+    let d = policy.check(&ip(1), 1).await.unwrap();
+    assert_eq!((d.allowed, d.reason), (false, Reason::Blocked));
+    assert_eq!(d.retry_after_secs(), 55);
+    assert!(policy.check(&ip(2), 1).await.unwrap().allowed, "the block is per key");
+    clock.advance(Duration::from_secs(55));
+    assert!(policy.check(&ip(1), 1).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn allow_and_deny_lists() {
+    let policy = Policy::builder("api")
+        .limit(Limit::new("per_user", q("1/min")).key(KeyKind::identity()))
+        .allow("admin")
+        .allow_net("10.0.0.0/8".parse().unwrap())
+        .deny_net("203.0.113.0/24".parse().unwrap())
+        .build()
+        .unwrap();
+    let admin = RequestKeys { identity: Some("admin"), ..ip(1) };
+    for _ in 0..5 {
+        assert_eq!(policy.check(&admin, 1).await.unwrap().reason, Reason::AllowListed);
+    }
+    let internal = RequestKeys { ip: Some([10, 1, 2, 3].into()), ..RequestKeys::default() };
+    assert_eq!(policy.check(&internal, 1).await.unwrap().reason, Reason::AllowListed);
+    let bad = RequestKeys { ip: Some([203, 0, 113, 5].into()), ..RequestKeys::default() };
+    let d = policy.check(&bad, 1).await.unwrap();
+    assert_eq!((d.allowed, d.reason, d.status().as_u16()), (false, Reason::DenyListed, 403));
+}
+
+#[tokio::test]
+async fn tiers_and_identity_fallback() {
+    let policy = Policy::builder("api")
+        .limit(Limit::new("per_user", q("1/min")).key(KeyKind::identity()).tier("pro", q("3/min")))
+        .build()
+        .unwrap();
+    let pro = RequestKeys { identity: Some("carol"), tier: Some("pro"), ..ip(1) };
+    for _ in 0..3 {
+        assert!(policy.check(&pro, 1).await.unwrap().allowed);
+    }
+    assert!(!policy.check(&pro, 1).await.unwrap().allowed);
+    // An anonymous client on the same address is counted by address, separately.
+    assert!(policy.check(&ip(1), 1).await.unwrap().allowed);
+    assert!(!policy.check(&ip(1), 1).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn missing_keys_follow_the_limit_rule() {
+    let name = http::HeaderName::from_static("x-api-key");
+    let shared = Policy::builder("a").limit(Limit::new("k", q("1/min")).key(KeyKind::Header(name.clone()))).build().unwrap();
+    let none = RequestKeys::default();
+    assert!(shared.check(&none, 1).await.unwrap().allowed);
+    assert!(!shared.check(&none, 1).await.unwrap().allowed, "keyless requests share one count");
+    let refuse = Policy::builder("b")
+        .limit(Limit::new("k", q("1/min")).key(KeyKind::Header(name)).on_missing_key(MissingKey::Refuse))
+        .build()
+        .unwrap();
+    let d = refuse.check(&none, 1).await.unwrap();
+    assert_eq!((d.reason, d.status().as_u16()), (Reason::KeyMissing, 400));
+}
+
+#[tokio::test]
+async fn costs_that_can_never_pass_are_errors() {
+    let policy = Policy::builder("bytes").limit(Limit::new("b", q("1KiB/min"))).build().unwrap();
+    assert!(matches!(policy.check(&ip(1), 0).await, Err(Error::InvalidCost { cost: 0, .. })));
+    assert!(matches!(policy.check(&ip(1), 2048).await, Err(Error::InvalidCost { capacity: 1024, .. })));
+    assert!(policy.check(&ip(1), 1024).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn delay_action_says_how_long_to_wait() {
+    let clock = ManualClock::new();
+    let policy = Policy::builder("shape")
+        .limit(
+            Limit::new("per_ip", Quota::per_second(NonZeroU32::new(2).unwrap()))
+                .key(KeyKind::ip())
+                .on_exceed(OnExceed::Delay { max_wait: Duration::from_secs(1) }),
+        )
+        .build_with(store(&clock))
+        .unwrap();
+    let waits: Vec<u128> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let d = policy.check(&ip(1), 1).await.unwrap();
+            v.push(if d.allowed { d.wait.as_millis() } else { u128::MAX });
+        }
+        v
+    };
+    assert_eq!(waits, [0, 0, 500, 1000, u128::MAX]);
+}
+
+/// A store that always fails: the one fault a real store cannot produce on demand here.
+#[derive(Clone, Debug)]
+struct Down;
+
+impl Store for Down {
+    type Limit = ();
+    fn register(&self, _: &LimitSpec) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn check<'a>(
+        &'a self,
+        _: &'a [Check<'a, ()>],
+        _: &'a mut [Snapshot],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'a {
+        ready(Err(StoreError::Unavailable("connection refused".into())))
+    }
+    fn block<'a>(
+        &'a self,
+        _: &'a (),
+        _: tollgate::Key<'a>,
+        _: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        ready(Err(StoreError::Unavailable("connection refused".into())))
+    }
+}
+
+#[tokio::test]
+async fn failure_modes() {
+    let limit = || Limit::new("per_ip", q("1/min")).key(KeyKind::ip());
+    let open = Policy::builder("o").limit(limit()).failure_mode(FailureMode::Open).build_with(Down).unwrap();
+    for _ in 0..3 {
+        let d = open.check(&ip(1), 1).await.unwrap();
+        assert_eq!((d.allowed, d.reason), (true, Reason::StoreUnavailableFailedOpen));
+    }
+    let closed = Policy::builder("c").limit(limit()).failure_mode(FailureMode::Closed).build_with(Down).unwrap();
+    let d = closed.check(&ip(1), 1).await.unwrap();
+    assert_eq!((d.allowed, d.status().as_u16()), (false, 503));
+    let fallback = Policy::builder("f").limit(limit()).failure_mode(FailureMode::Fallback).build_with(Down).unwrap();
+    assert!(fallback.check(&ip(1), 1).await.unwrap().allowed);
+    let d = fallback.check(&ip(1), 1).await.unwrap();
+    assert_eq!((d.allowed, d.reason), (false, Reason::RateLimited), "the local limiter still limits");
+}
+
+#[tokio::test]
+async fn a_flood_of_new_keys_cannot_erase_a_spent_quota() {
+    let clock = ManualClock::new();
+    let store = MemoryStore::builder().clock(clock.clone()).shards(1).max_keys(100).build();
+    let policy = Policy::builder("api").limit(Limit::new("per_ip", q("1/hour")).key(KeyKind::ip())).build_with(store).unwrap();
+    assert!(policy.check(&ip(1), 1).await.unwrap().allowed);
+    let mut refused_new = 0;
+    for i in 0..5_000u32 {
+        let k = RequestKeys { ip: Some(std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))), ..RequestKeys::default() };
+        if !policy.check(&k, 1).await.unwrap().allowed {
+            refused_new += 1;
+        }
+    }
+    assert!(refused_new > 4_000, "new keys over the cap are refused ({refused_new})");
+    assert!(!policy.check(&ip(1), 1).await.unwrap().allowed, "the spent key is still limited");
+    clock.advance(Duration::from_secs(3600));
+    assert!(policy.check(&RequestKeys { ip: Some([10, 9, 9, 9].into()), ..RequestKeys::default() }, 1).await.unwrap().allowed,
+        "idle keys are evicted to make room");
+}
