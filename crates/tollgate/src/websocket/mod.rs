@@ -39,7 +39,7 @@ mod classifier;
 mod gate;
 
 pub use classifier::{Classifier, JsonFieldClassifier};
-pub use gate::{KindLimit, MessageAction, MessageGate, MessageLimits};
+pub use gate::{DEFAULT_CONTROL_QUOTA, KindLimit, MessageAction, MessageGate, MessageLimits};
 
 use std::time::Duration;
 

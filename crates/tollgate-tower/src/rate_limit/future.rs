@@ -1,0 +1,120 @@
+//! The response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Full, Limited};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use super::body::ResponseBody;
+use super::layer::plain_error;
+use super::service::{Extra, Prepared};
+
+/// Checks still running (a remote store, or the delay action's wait).
+pub(crate) type BoxPrepare<B> = Pin<Box<dyn Future<Output = Prepared<B>> + Send>>;
+
+pin_project! {
+    /// The response future of [`RateLimit`](super::RateLimit): a refusal, or the inner service's
+    /// response with the rate-limit headers added. It holds any concurrency lease until the
+    /// response body takes it over, so dropping the future releases it.
+    pub struct ResponseFuture<F, S, B> {
+        #[pin]
+        state: State<F, S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, B> {
+        Refused { response: Option<Response<Full<Bytes>>> },
+        Preparing { prep: BoxPrepare<B>, service: Option<S> },
+        Inner { #[pin] future: F, extra: Option<Extra> },
+    }
+}
+
+impl<F, S, B> fmt::Debug for ResponseFuture<F, S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Refused { .. } => "refused",
+            State::Preparing { .. } => "preparing",
+            State::Inner { .. } => "inner",
+        };
+        f.debug_struct("ResponseFuture").field("state", &state).finish()
+    }
+}
+
+impl<F, S, B> ResponseFuture<F, S, B> {
+    pub(crate) fn refused(response: Response<Full<Bytes>>) -> Self {
+        Self { state: State::Refused { response: Some(response) } }
+    }
+
+    pub(crate) fn preparing(prep: BoxPrepare<B>, service: S) -> Self {
+        Self { state: State::Preparing { prep, service: Some(service) } }
+    }
+
+    pub(crate) fn inner(future: F, extra: Extra) -> Self {
+        Self { state: State::Inner { future, extra: Some(extra) } }
+    }
+}
+
+impl<F, S, B, ResBody, E> Future for ResponseFuture<F, S, B>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    S: Service<Request<Limited<B>>, Response = Response<ResBody>, Error = E, Future = F>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut state = self.as_mut().project().state;
+            match state.as_mut().project() {
+                StateProj::Refused { response } => {
+                    // Polled again after completion: answer rather than panic.
+                    let response = response
+                        .take()
+                        .unwrap_or_else(|| plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None));
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+                StateProj::Preparing { prep, service } => match ready!(prep.as_mut().poll(cx)) {
+                    Prepared::Go { request, extra, .. } => {
+                        let Some(mut service) = service.take() else {
+                            let response = plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None);
+                            return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                        };
+                        let future = service.call(request);
+                        state.set(State::Inner { future, extra: Some(extra) });
+                    }
+                    Prepared::Refuse(response) => return Poll::Ready(Ok(response.map(ResponseBody::full))),
+                },
+                StateProj::Inner { future, extra } => {
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(finish(response, extra.take())));
+                }
+            }
+        }
+    }
+}
+
+/// Adds the decision's headers and moves the lease into the body.
+fn finish<B>(mut response: Response<B>, extra: Option<Extra>) -> Response<ResponseBody<B>> {
+    let Some(extra) = extra else { return response.map(|b| ResponseBody::inner(b, None)) };
+    if let Some(decision) = &extra.decision {
+        extra.headers.render(decision, response.headers_mut());
+    }
+    if let Some(upgrade) = &extra.upgrade
+        && upgrade.release_untaken()
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        tracing::warn!(
+            "a WebSocket upgrade succeeded but its handler did not take the connection lease \
+             (use `LimitedUpgrade` or `UpgradeLease::take`); the connection is not counted"
+        );
+    }
+    let lease = extra.lease;
+    response.map(|b| ResponseBody::inner(b, lease))
+}

@@ -1,0 +1,283 @@
+//! Configuration of the middleware.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use tollgate::websocket::MessageLimits;
+use tollgate::{ClientIpResolver, ConcurrencyLimiter, Decision, HeaderOptions, KeyKind, MemoryStore, Policy, Store};
+use tower::Layer;
+
+use super::service::RateLimit;
+use crate::keys::{KeyExtractor, route};
+
+/// Builds a custom refusal from the decision and the default response (status, rate-limit
+/// headers and JSON body already set): return it as is, changed, or replaced.
+pub type RefusalHook = Arc<dyn Fn(&Decision, Response<Bytes>) -> Response<Bytes> + Send + Sync>;
+
+/// The limits applied to one route (or to every route without its own).
+pub struct Limits<St: Store = MemoryStore> {
+    pub(crate) policy: Option<Policy<St>>,
+    pub(crate) max_body: Option<u64>,
+    pub(crate) body_bytes: Option<Policy<St>>,
+    pub(crate) in_flight: Option<ConcurrencyLimiter>,
+    pub(crate) websocket: Option<WebSocketLimits>,
+}
+
+/// The WebSocket limits of a route: concurrent connections (the lease lives as long as the
+/// socket) and the limits on each connection's messages. The connection *rate* is the route's
+/// request policy, checked on the upgrade request.
+#[derive(Clone, Debug)]
+pub struct WebSocketLimits {
+    pub(crate) connections: ConcurrencyLimiter,
+    pub(crate) messages: Arc<MessageLimits>,
+}
+
+impl WebSocketLimits {
+    /// At most what `connections` allows open at once (per key and globally), each connection's
+    /// messages limited by `messages`.
+    pub fn new(connections: ConcurrencyLimiter, messages: MessageLimits) -> Self {
+        Self { connections, messages: Arc::new(messages) }
+    }
+}
+
+impl<St: Store> Clone for Limits<St> {
+    fn clone(&self) -> Self {
+        Self {
+            policy: self.policy.clone(),
+            max_body: self.max_body,
+            body_bytes: self.body_bytes.clone(),
+            in_flight: self.in_flight.clone(),
+            websocket: self.websocket.clone(),
+        }
+    }
+}
+
+impl<St: Store> fmt::Debug for Limits<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limits")
+            .field("policy", &self.policy)
+            .field("max_body", &self.max_body)
+            .field("body_bytes", &self.body_bytes)
+            .field("in_flight", &self.in_flight)
+            .field("websocket", &self.websocket)
+            .finish()
+    }
+}
+
+impl Limits<MemoryStore> {
+    /// No limit yet.
+    pub fn new() -> Self {
+        Self::empty()
+    }
+}
+
+impl Default for Limits<MemoryStore> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<St: Store> Limits<St> {
+    /// No limit yet, on any store.
+    pub fn empty() -> Self {
+        Self { policy: None, max_body: None, body_bytes: None, in_flight: None, websocket: None }
+    }
+
+    /// Each request costs 1 against `policy` (all of its limits, all-or-nothing).
+    #[must_use]
+    pub fn policy(mut self, policy: Policy<St>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The largest request body in bytes: larger ones get 413, from `Content-Length` before the
+    /// handler runs, or while the body is read (the handler's body extraction fails with
+    /// `http_body_util::LengthLimitError`, which axum answers with 413).
+    #[must_use]
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.max_body = Some(bytes);
+        self
+    }
+
+    /// Request body bytes per period: each request costs its `Content-Length` against `policy`
+    /// (429 over it). A body of unknown length costs [`Limits::max_body`]; without a `max_body`
+    /// such a request gets 411 Length Required.
+    #[must_use]
+    pub fn body_bytes(mut self, policy: Policy<St>) -> Self {
+        self.body_bytes = Some(policy);
+        self
+    }
+
+    /// In-flight requests: a lease from `limiter` is held until the response body is finished or
+    /// dropped (429 when the key holds its maximum, 503 when the global cap is full).
+    #[must_use]
+    pub fn in_flight(mut self, limiter: ConcurrencyLimiter) -> Self {
+        self.in_flight = Some(limiter);
+        self
+    }
+
+    /// WebSocket upgrades: see [`WebSocketLimits`] and [`crate::UpgradeLease`].
+    #[must_use]
+    pub fn websocket(mut self, limits: WebSocketLimits) -> Self {
+        self.websocket = Some(limits);
+        self
+    }
+}
+
+/// Applies [`Limits`] to requests: see the [module docs](crate::rate_limit).
+pub struct RateLimitLayer<St: Store = MemoryStore> {
+    pub(crate) config: Arc<Config<St>>,
+}
+
+pub(crate) struct Config<St: Store> {
+    pub(crate) default: Limits<St>,
+    pub(crate) routes: Vec<(Box<str>, Limits<St>)>,
+    pub(crate) keys: KeyExtractor,
+    pub(crate) lease_key: KeyKind,
+    pub(crate) headers: HeaderOptions,
+    pub(crate) refusal: Option<RefusalHook>,
+}
+
+impl<St: Store> Clone for Config<St> {
+    fn clone(&self) -> Self {
+        Self {
+            default: self.default.clone(),
+            routes: self.routes.clone(),
+            keys: self.keys.clone(),
+            lease_key: self.lease_key.clone(),
+            headers: self.headers,
+            refusal: self.refusal.clone(),
+        }
+    }
+}
+
+impl<St: Store> Clone for RateLimitLayer<St> {
+    fn clone(&self) -> Self {
+        Self { config: Arc::clone(&self.config) }
+    }
+}
+
+impl<St: Store> fmt::Debug for RateLimitLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &*self.config;
+        f.debug_struct("RateLimitLayer")
+            .field("default", &c.default)
+            .field("routes", &c.routes)
+            .field("keys", &c.keys)
+            .field("lease_key", &c.lease_key)
+            .field("headers", &c.headers)
+            .field("refusal", &c.refusal.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl<St: Store> RateLimitLayer<St> {
+    /// Each request costs 1 against `policy`.
+    pub fn new(policy: Policy<St>) -> Self {
+        Self::with_limits(Limits::empty().policy(policy))
+    }
+
+    /// Applies `limits` to every route without its own.
+    pub fn with_limits(limits: Limits<St>) -> Self {
+        Self {
+            config: Arc::new(Config {
+                default: limits,
+                routes: Vec::new(),
+                keys: KeyExtractor::new(),
+                lease_key: KeyKind::ip(),
+                headers: HeaderOptions::default(),
+                refusal: None,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config<St>)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Applies `limits` instead of the default ones to the route `path` — axum's matched path
+    /// (`/users/{id}`) with the `axum` feature, else a [`crate::RouteName`] or the URI's path.
+    #[must_use]
+    pub fn route(self, path: &str, limits: Limits<St>) -> Self {
+        let path: Box<str> = path.into();
+        self.edit(|c| c.routes.push((path, limits)))
+    }
+
+    /// How keys are taken from requests.
+    #[must_use]
+    pub fn keys(self, keys: KeyExtractor) -> Self {
+        self.edit(|c| c.keys = keys)
+    }
+
+    /// Trusts the proxies of `resolver` for the client address.
+    #[must_use]
+    pub fn client_ip_resolver(self, resolver: ClientIpResolver) -> Self {
+        self.edit(|c| c.keys = c.keys.clone().client_ip_resolver(resolver))
+    }
+
+    /// What concurrency leases (in-flight requests, WebSocket connections) are counted by
+    /// (default: the client IP, IPv6 by /64).
+    #[must_use]
+    pub fn lease_key(self, key: KeyKind) -> Self {
+        self.edit(|c| c.lease_key = key)
+    }
+
+    /// Which headers and body style decisions render to.
+    #[must_use]
+    pub fn headers(self, headers: HeaderOptions) -> Self {
+        self.edit(|c| c.headers = headers)
+    }
+
+    /// Builds refusals with `hook` (it gets the default refusal to adjust or replace).
+    #[must_use]
+    pub fn on_refusal(self, hook: impl Fn(&Decision, Response<Bytes>) -> Response<Bytes> + Send + Sync + 'static) -> Self {
+        let hook: RefusalHook = Arc::new(hook);
+        self.edit(|c| c.refusal = Some(hook))
+    }
+}
+
+impl<S, St: Store> Layer<S> for RateLimitLayer<St> {
+    type Service = RateLimit<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::from_config(inner, Arc::clone(&self.config))
+    }
+}
+
+impl<St: Store> Config<St> {
+    pub(crate) fn limits_for<B>(&self, request: &Request<B>) -> &Limits<St> {
+        if self.routes.is_empty() {
+            return &self.default;
+        }
+        let path = route(request.extensions()).unwrap_or_else(|| request.uri().path());
+        self.routes.iter().find(|(p, _)| **p == *path).map_or(&self.default, |(_, l)| l)
+    }
+
+    /// A refusal rendered by the core, then through the hook.
+    pub(crate) fn refusal(&self, decision: &Decision, status: StatusCode) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Bytes::new());
+        let body = self.headers.refusal(decision, response.headers_mut());
+        *response.body_mut() = Bytes::from(body);
+        *response.status_mut() = status;
+        if let Some(hook) = &self.refusal {
+            response = hook(decision, response);
+        }
+        response.map(Full::new)
+    }
+}
+
+/// A plain JSON error response (for statuses the core has no decision for: 411, 413, 500).
+pub(crate) fn plain_error(status: StatusCode, error: &str, limit: Option<u64>) -> Response<Full<Bytes>> {
+    let body = match limit {
+        Some(limit) => format!(r#"{{"error":"{error}","limit":{limit}}}"#),
+        None => format!(r#"{{"error":"{error}"}}"#),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,55 @@
+//! The HTTP middleware: [`RateLimitLayer`] and [`RateLimit`].
+//!
+//! For each request, in order, the limits of its route (or the default ones) are checked:
+//! the request [policy](tollgate::Policy) (cost 1, all of its limits or none), the body size
+//! (413), the body bytes per period (429), and the concurrency leases — in-flight requests, held
+//! until the response body is finished or dropped, and WebSocket connections, moved into the
+//! upgraded socket (see [`crate::websocket`]). A refusal is a response, rendered by the core's
+//! [`HeaderOptions`](tollgate::HeaderOptions): status, `Retry-After`, rate-limit headers and a JSON
+//! body; allowed responses carry the same rate-limit headers. With the delay action the request
+//! waits (up to the limit's bound) instead of being refused.
+//!
+//! The in-memory store decides inline, with nothing boxed on the allow path; a remote store's
+//! check runs in a boxed future.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use http::{Request, Response, StatusCode};
+//! use tollgate::{KeyKind, Limit, Policy};
+//! use tollgate_tower::RateLimitLayer;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let policy = Policy::builder("api")
+//!     .limit(Limit::new("per_ip", "2/min".parse()?).key(KeyKind::ip()))
+//!     .build()?;
+//! let mut service = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(policy))
+//!     .service_fn(|_req: Request<_>| async { Ok::<_, std::convert::Infallible>(Response::new(String::from("hello"))) });
+//!
+//! let request = || {
+//!     let mut req = Request::new(String::new());
+//!     req.extensions_mut().insert("203.0.113.9:50000".parse::<SocketAddr>().unwrap());
+//!     req
+//! };
+//! let ok = service.ready().await?.call(request()).await?;
+//! assert_eq!(ok.status(), StatusCode::OK);
+//! assert_eq!(ok.headers()["x-ratelimit-remaining"], "1");
+//! service.ready().await?.call(request()).await?;
+//!
+//! let refused = service.ready().await?.call(request()).await?;
+//! assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(refused.headers()["retry-after"], "30");
+//! assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+
+mod body;
+mod future;
+mod layer;
+mod service;
+
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use layer::{Limits, RateLimitLayer, RefusalHook, WebSocketLimits};
+pub use service::RateLimit;

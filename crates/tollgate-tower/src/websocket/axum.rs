@@ -1,0 +1,71 @@
+//! axum's upgrade extractor with the lease and message limits.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tollgate::ConnectionLease;
+use tollgate::websocket::MessageLimits;
+
+use super::{LimitedWebSocket, UpgradeLease};
+
+/// axum's `WebSocketUpgrade` for a route with [`WebSocketLimits`](crate::WebSocketLimits): the
+/// socket handed to [`LimitedUpgrade::on_upgrade`] limits its messages and holds the
+/// connection's lease until it is dropped.
+///
+/// Rejected with 500 when the route has no WebSocket limits (the middleware is missing), and as
+/// `WebSocketUpgrade` is when the request is not an upgrade.
+pub struct LimitedUpgrade {
+    upgrade: WebSocketUpgrade,
+    lease: Option<ConnectionLease>,
+    limits: Arc<MessageLimits>,
+}
+
+impl fmt::Debug for LimitedUpgrade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LimitedUpgrade").field("lease", &self.lease).field("limits", &self.limits).finish()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for LimitedUpgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Some(slot) = parts.extensions.get::<UpgradeLease>().cloned() else {
+            tracing::error!("LimitedUpgrade used on a route without WebSocket limits");
+            return Err((StatusCode::INTERNAL_SERVER_ERROR, "WebSocket limits are not configured").into_response());
+        };
+        let mut upgrade = WebSocketUpgrade::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        let limits = Arc::clone(slot.message_limits());
+        if let Some(max) = limits.max_message_size {
+            // Room above the limit so that an oversized message reaches the gate and gets its
+            // 1009 close frame; far larger ones are cut off by the protocol layer.
+            let cap = max.saturating_mul(4).max(64 * 1024);
+            upgrade = upgrade.max_message_size(cap).max_frame_size(cap);
+        }
+        Ok(Self { upgrade, lease: slot.take(), limits })
+    }
+}
+
+impl LimitedUpgrade {
+    /// Finishes the upgrade and runs `callback` with the limited socket.
+    pub fn on_upgrade<F, Fut>(self, callback: F) -> Response
+    where
+        F: FnOnce(LimitedWebSocket<WebSocket, Message>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Self { upgrade, lease, limits } = self;
+        upgrade.on_upgrade(move |socket| callback(LimitedWebSocket::new(socket, limits).with_lease(lease)))
+    }
+
+    /// The underlying upgrade, for its other settings.
+    pub fn map_upgrade(mut self, f: impl FnOnce(WebSocketUpgrade) -> WebSocketUpgrade) -> Self {
+        self.upgrade = f(self.upgrade);
+        self
+    }
+}

@@ -1,0 +1,69 @@
+//! WebSocket limits: the upgrade guard's lease and the message-limiting socket wrapper.
+//!
+//! **Upgrade guard.** A route with [`WebSocketLimits`](crate::WebSocketLimits) checks the
+//! connection rate (the route's policy) and takes a concurrency lease before the handler runs;
+//! over a per-client limit the upgrade gets 429 with rate-limit headers, and a full global cap
+//! gets 503 — never a half-open socket. The lease is put in the request's extensions as an
+//! [`UpgradeLease`]; the handler moves it into the upgraded socket (axum's [`LimitedUpgrade`]
+//! does this for you), so it is released when the socket is dropped: after a close, when the
+//! client vanishes, or when the handler panics — not at the `101`.
+//!
+//! **Message limits.** [`LimitedWebSocket`] wraps any socket that is a
+//! `Stream<Item = Result<M, E>> + Sink<M, Error = E>` — axum's `WebSocket` (feature `axum`),
+//! tokio-tungstenite's `WebSocketStream` (feature `tungstenite`) — and runs every incoming
+//! message through a [`tollgate::websocket::MessageGate`]: allowed messages come out unchanged,
+//! refused ones are dropped and answered with a JSON error frame, delayed, or end the connection
+//! with a close frame (1009, 1008, 4429). The application's loop stays the same.
+
+#[cfg(feature = "axum")]
+mod axum;
+mod message;
+mod stream;
+
+#[cfg(feature = "axum")]
+pub use self::axum::LimitedUpgrade;
+pub use message::WsMessage;
+pub use stream::LimitedWebSocket;
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tollgate::ConnectionLease;
+use tollgate::websocket::MessageLimits;
+
+/// A WebSocket connection's concurrency lease, put in the upgrade request's extensions by the
+/// middleware, with the route's message limits. Take the lease and keep it as long as the socket
+/// (see [`LimitedWebSocket::with_lease`]); if the handler never takes it, it is released when the
+/// response is sent.
+#[derive(Clone)]
+pub struct UpgradeLease {
+    slot: Arc<Mutex<Option<ConnectionLease>>>,
+    messages: Arc<MessageLimits>,
+}
+
+impl fmt::Debug for UpgradeLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpgradeLease").field("messages", &self.messages).finish_non_exhaustive()
+    }
+}
+
+impl UpgradeLease {
+    pub(crate) fn new(lease: ConnectionLease, messages: Arc<MessageLimits>) -> Self {
+        Self { slot: Arc::new(Mutex::new(Some(lease))), messages }
+    }
+
+    /// Takes the lease (once; later calls get `None`).
+    pub fn take(&self) -> Option<ConnectionLease> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// The route's message limits.
+    pub fn message_limits(&self) -> &Arc<MessageLimits> {
+        &self.messages
+    }
+
+    /// Releases the lease if no one took it; whether there was one.
+    pub(crate) fn release_untaken(&self) -> bool {
+        self.take().is_some()
+    }
+}

@@ -1,0 +1,437 @@
+//! The per-connection message gate.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::classifier::Classifier;
+use super::{CloseFrame, MessageKind, Refusal, Verdict, close_code};
+use crate::algorithm::gcra;
+use crate::clock::{Clock, MonotonicClock};
+use crate::quota::Quota;
+
+/// What happens to a message over a rate or byte limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageAction {
+    /// Drop the message and send the client a JSON error frame. The default.
+    #[default]
+    Drop,
+    /// Hold the message until it fits, waiting at most `max_wait`; past that, drop it as
+    /// [`MessageAction::Drop`] does.
+    Delay {
+        /// The longest a message is held.
+        max_wait: Duration,
+    },
+    /// Close the connection with [`close_code::RATE_LIMITED`].
+    Close,
+}
+
+/// A limit on the messages of one kind (see [`Classifier`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindLimit {
+    /// The kind, as the classifier names it.
+    pub kind: String,
+    /// Messages of that kind per period.
+    pub quota: Quota,
+}
+
+/// The limits applied to each connection's messages. Build once, share as `Arc<MessageLimits>`
+/// by every connection's [`MessageGate`].
+#[derive(Clone)]
+pub struct MessageLimits {
+    /// Messages (text and binary) per period.
+    pub messages: Option<Quota>,
+    /// Bytes of text and binary payload per period.
+    pub bytes: Option<Quota>,
+    /// The largest message in bytes; larger ones close the connection with 1009.
+    pub max_message_size: Option<usize>,
+    /// Per-kind limits, applied on top of `messages`.
+    pub kinds: Vec<KindLimit>,
+    /// Picks a text message's kind.
+    pub classifier: Option<Arc<dyn Classifier>>,
+    /// Pings and pongs per period (they are not messages, but must not flood). Over it the
+    /// connection is closed with 1008. `None` leaves them unlimited.
+    pub control: Option<Quota>,
+    /// What happens over a rate or byte limit.
+    pub on_exceed: MessageAction,
+}
+
+impl fmt::Debug for MessageLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageLimits")
+            .field("messages", &self.messages)
+            .field("bytes", &self.bytes)
+            .field("max_message_size", &self.max_message_size)
+            .field("kinds", &self.kinds)
+            .field("classifier", &self.classifier.as_ref().map(|_| "..."))
+            .field("control", &self.control)
+            .field("on_exceed", &self.on_exceed)
+            .finish()
+    }
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The default cap on pings and pongs: 10 per second, burst 20.
+pub const DEFAULT_CONTROL_QUOTA: Quota = match NonZeroU32::new(10) {
+    Some(n) => match NonZeroU32::new(20) {
+        Some(b) => Quota::per_second(n).with_burst(b),
+        None => Quota::per_second(n),
+    },
+    None => unreachable_quota(),
+};
+
+const fn unreachable_quota() -> Quota {
+    Quota::per_second(NonZeroU32::MIN)
+}
+
+impl MessageLimits {
+    /// No message limit; pings and pongs capped at [`DEFAULT_CONTROL_QUOTA`]; action drop.
+    pub fn new() -> Self {
+        Self {
+            messages: None,
+            bytes: None,
+            max_message_size: None,
+            kinds: Vec::new(),
+            classifier: None,
+            control: Some(DEFAULT_CONTROL_QUOTA),
+            on_exceed: MessageAction::Drop,
+        }
+    }
+
+    /// Limits messages per period.
+    #[must_use]
+    pub fn messages(mut self, quota: Quota) -> Self {
+        self.messages = Some(quota);
+        self
+    }
+
+    /// Limits payload bytes per period.
+    #[must_use]
+    pub fn bytes(mut self, quota: Quota) -> Self {
+        self.bytes = Some(quota);
+        self
+    }
+
+    /// Limits the size of one message.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// Limits the messages of `kind` (as named by the classifier).
+    #[must_use]
+    pub fn kind(mut self, kind: impl Into<String>, quota: Quota) -> Self {
+        self.kinds.push(KindLimit { kind: kind.into(), quota });
+        self
+    }
+
+    /// Sets the classifier choosing a text message's kind.
+    #[must_use]
+    pub fn classifier(mut self, classifier: impl Classifier) -> Self {
+        self.classifier = Some(Arc::new(classifier));
+        self
+    }
+
+    /// Caps pings and pongs (`None`: unlimited).
+    #[must_use]
+    pub fn control(mut self, quota: Option<Quota>) -> Self {
+        self.control = quota;
+        self
+    }
+
+    /// What happens over a rate or byte limit.
+    #[must_use]
+    pub fn on_exceed(mut self, action: MessageAction) -> Self {
+        self.on_exceed = action;
+        self
+    }
+}
+
+/// One connection's message limiter: decides each message with [`MessageGate::check`].
+///
+/// The state is a few timestamps owned by the connection (no locks, no allocation per message);
+/// it goes away with the connection.
+pub struct MessageGate<C: Clock = MonotonicClock> {
+    limits: Arc<MessageLimits>,
+    clock: C,
+    messages: u64,
+    bytes: u64,
+    control: u64,
+    kinds: Vec<u64>,
+}
+
+impl<C: Clock> fmt::Debug for MessageGate<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageGate").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl MessageGate {
+    /// A gate on the default clock.
+    pub fn new(limits: Arc<MessageLimits>) -> Self {
+        Self::with_clock(limits, MonotonicClock::new())
+    }
+}
+
+/// One limit's share of a decision.
+struct Step {
+    slot: Slot,
+    quota: Quota,
+    cost: u32,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Messages,
+    Bytes,
+    Kind(usize),
+}
+
+impl<C: Clock> MessageGate<C> {
+    /// A gate on `clock`.
+    pub fn with_clock(limits: Arc<MessageLimits>, clock: C) -> Self {
+        let kinds = vec![0; limits.kinds.len()];
+        Self { limits, clock, messages: 0, bytes: 0, control: 0, kinds }
+    }
+
+    /// The limits applied.
+    pub fn limits(&self) -> &Arc<MessageLimits> {
+        &self.limits
+    }
+
+    /// Decides one message the client sent: its kind, its payload length in bytes, and for text
+    /// its content (for the classifier; `None` skips classification).
+    pub fn check(&mut self, kind: MessageKind, len: usize, text: Option<&str>) -> Verdict {
+        let now = self.clock.now();
+        match kind {
+            MessageKind::Close => return Verdict::Allow,
+            MessageKind::Ping | MessageKind::Pong => {
+                let Some(quota) = self.limits.control else { return Verdict::Allow };
+                let (_, new_tat) = gcra::decide(self.control, &quota, now, 1, 0);
+                return match new_tat {
+                    Some(tat) => {
+                        self.control = tat;
+                        Verdict::Allow
+                    }
+                    None => Verdict::Close(CloseFrame::new(close_code::POLICY_VIOLATION, "too many pings or pongs")),
+                };
+            }
+            MessageKind::Text | MessageKind::Binary => {}
+        }
+        if let Some(max) = self.limits.max_message_size.filter(|max| len > *max) {
+            return too_big(len, max);
+        }
+        let limits = Arc::clone(&self.limits);
+        let cost = u32::try_from(len).unwrap_or(u32::MAX);
+        let mut steps: [Option<Step>; 3] = [None, None, None];
+        if let Some(quota) = limits.messages {
+            steps[0] = Some(Step { slot: Slot::Messages, quota, cost: 1 });
+        }
+        if let Some(quota) = limits.bytes.filter(|_| cost > 0) {
+            if cost > quota.burst().get() {
+                // It could never pass.
+                return too_big(len, quota.burst().get() as usize);
+            }
+            steps[1] = Some(Step { slot: Slot::Bytes, quota, cost });
+        }
+        let class = match (&limits.classifier, text) {
+            (Some(classifier), Some(text)) if !limits.kinds.is_empty() => classifier.classify(text),
+            _ => None,
+        };
+        if let Some(i) = class.and_then(|class| limits.kinds.iter().position(|k| k.kind == class)) {
+            steps[2] = Some(Step { slot: Slot::Kind(i), quota: limits.kinds[i].quota, cost: 1 });
+        }
+        let max_wait = match limits.on_exceed {
+            MessageAction::Delay { max_wait } => u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX),
+            _ => 0,
+        };
+        // All-or-nothing: decide every step first, then commit all or none.
+        let mut new_tats = [0u64; 3];
+        let mut wait = Duration::ZERO;
+        let mut refused: Option<Refusal> = None;
+        for (i, step) in steps.iter().enumerate() {
+            let Some(step) = step else { continue };
+            let (snap, new_tat) = gcra::decide(self.tat(step.slot), &step.quota, now, step.cost, max_wait);
+            match new_tat {
+                Some(t) => {
+                    new_tats[i] = t;
+                    wait = wait.max(snap.wait);
+                }
+                None => {
+                    if refused.as_ref().is_none_or(|r| snap.retry_after > r.retry_after) {
+                        let limit = match step.slot {
+                            Slot::Messages => "messages".to_owned(),
+                            Slot::Bytes => "bytes".to_owned(),
+                            Slot::Kind(k) => limits.kinds[k].kind.clone(),
+                        };
+                        refused = Some(Refusal { limit, retry_after: snap.retry_after });
+                    }
+                }
+            }
+        }
+        if let Some(refusal) = refused {
+            return match limits.on_exceed {
+                MessageAction::Close => {
+                    let reason = format!("rate limited: {} (retry after {}s)", refusal.limit, refusal.retry_after_secs());
+                    Verdict::Close(CloseFrame::new(close_code::RATE_LIMITED, &reason))
+                }
+                MessageAction::Drop | MessageAction::Delay { .. } => Verdict::Drop(refusal),
+            };
+        }
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(step) = step {
+                *self.tat_mut(step.slot) = new_tats[i];
+            }
+        }
+        if wait.is_zero() { Verdict::Allow } else { Verdict::Delay(wait) }
+    }
+
+    fn tat(&self, slot: Slot) -> u64 {
+        match slot {
+            Slot::Messages => self.messages,
+            Slot::Bytes => self.bytes,
+            Slot::Kind(i) => self.kinds.get(i).copied().unwrap_or(0),
+        }
+    }
+
+    fn tat_mut(&mut self, slot: Slot) -> &mut u64 {
+        match slot {
+            Slot::Messages => &mut self.messages,
+            Slot::Bytes => &mut self.bytes,
+            Slot::Kind(i) => {
+                if i >= self.kinds.len() {
+                    self.kinds.resize(i + 1, 0);
+                }
+                &mut self.kinds[i]
+            }
+        }
+    }
+}
+
+fn too_big(len: usize, max: usize) -> Verdict {
+    Verdict::Close(CloseFrame::new(close_code::MESSAGE_TOO_BIG, &format!("message of {len} bytes over the limit of {max}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::websocket::JsonFieldClassifier;
+
+    fn q(s: &str) -> Quota {
+        s.parse().unwrap()
+    }
+
+    fn demo_limits() -> MessageLimits {
+        MessageLimits::new()
+            .messages(q("20/10s"))
+            .bytes(q("256KiB/min"))
+            .max_message_size(16 * 1024)
+            .kind("catch_up", q("2/min"))
+            .classifier(JsonFieldClassifier::new("action", ["catch_up"]))
+    }
+
+    fn gate(limits: MessageLimits) -> (MessageGate<ManualClock>, ManualClock) {
+        let clock = ManualClock::at(1_000_000_000_000);
+        (MessageGate::with_clock(Arc::new(limits), clock.clone()), clock)
+    }
+
+    fn text(g: &mut MessageGate<ManualClock>, s: &str) -> Verdict {
+        g.check(MessageKind::Text, s.len(), Some(s))
+    }
+
+    #[test]
+    fn message_rate_drops_with_error_frame_and_recovers() {
+        let (mut g, clock) = gate(demo_limits());
+        for _ in 0..20 {
+            assert_eq!(text(&mut g, "hi"), Verdict::Allow);
+        }
+        let Verdict::Drop(r) = text(&mut g, "hi") else { panic!("expected a drop") };
+        assert_eq!(r.limit, "messages");
+        assert_eq!(r.retry_after, Duration::from_millis(500));
+        assert_eq!(r.error_frame(), r#"{"error":"rate_limited","limit":"messages","retry_after":1}"#);
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(text(&mut g, "hi"), Verdict::Allow);
+        assert!(matches!(text(&mut g, "hi"), Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn oversized_message_closes_1009() {
+        let (mut g, _) = gate(demo_limits());
+        let Verdict::Close(c) = g.check(MessageKind::Binary, 16 * 1024 + 1, None) else { panic!() };
+        assert_eq!(c.code, 1009);
+        assert_eq!(g.check(MessageKind::Binary, 16 * 1024, None), Verdict::Allow);
+    }
+
+    #[test]
+    fn bytes_per_period() {
+        let (mut g, clock) = gate(MessageLimits::new().bytes(q("1000/min")));
+        assert_eq!(g.check(MessageKind::Binary, 600, None), Verdict::Allow);
+        let Verdict::Drop(r) = g.check(MessageKind::Binary, 600, None) else { panic!() };
+        assert_eq!(r.limit, "bytes");
+        // 200 bytes short, at 60 ms per byte.
+        assert_eq!(r.retry_after, Duration::from_secs(12));
+        assert_eq!(g.check(MessageKind::Binary, 400, None), Verdict::Allow);
+        clock.advance(Duration::from_secs(36));
+        assert_eq!(g.check(MessageKind::Binary, 600, None), Verdict::Allow);
+        // A message that could never fit closes with 1009.
+        assert!(matches!(g.check(MessageKind::Binary, 1001, None), Verdict::Close(c) if c.code == 1009));
+    }
+
+    #[test]
+    fn per_kind_limit_is_all_or_nothing() {
+        let (mut g, clock) = gate(demo_limits());
+        let catch_up = r#"{"action":"catch_up","since":1}"#;
+        assert_eq!(text(&mut g, catch_up), Verdict::Allow);
+        assert_eq!(text(&mut g, catch_up), Verdict::Allow);
+        let Verdict::Drop(r) = text(&mut g, catch_up) else { panic!() };
+        assert_eq!(r.limit, "catch_up");
+        assert_eq!(r.retry_after_secs(), 30);
+        // The refused catch_up spent nothing of the message quota: 18 ordinary messages remain.
+        for _ in 0..18 {
+            assert_eq!(text(&mut g, r#"{"action":"say"}"#), Verdict::Allow);
+        }
+        assert!(matches!(text(&mut g, "x"), Verdict::Drop(r) if r.limit == "messages"));
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(text(&mut g, catch_up), Verdict::Allow);
+    }
+
+    #[test]
+    fn pings_are_not_messages_but_cannot_flood() {
+        let (mut g, _) = gate(MessageLimits::new().messages(q("1/min")).control(Some(q("5/s"))));
+        for _ in 0..5 {
+            assert_eq!(g.check(MessageKind::Ping, 4, None), Verdict::Allow);
+        }
+        let Verdict::Close(c) = g.check(MessageKind::Pong, 4, None) else { panic!() };
+        assert_eq!(c.code, close_code::POLICY_VIOLATION);
+        assert_eq!(text(&mut g, "still allowed"), Verdict::Allow);
+        assert_eq!(g.check(MessageKind::Close, 2, None), Verdict::Allow);
+    }
+
+    #[test]
+    fn close_action_uses_4429() {
+        let (mut g, _) = gate(MessageLimits::new().messages(q("1/min")).on_exceed(MessageAction::Close));
+        assert_eq!(text(&mut g, "a"), Verdict::Allow);
+        let Verdict::Close(c) = text(&mut g, "a") else { panic!() };
+        assert_eq!(c.code, close_code::RATE_LIMITED);
+        assert_eq!(c.reason, "rate limited: messages (retry after 60s)");
+    }
+
+    #[test]
+    fn delay_action_waits_up_to_its_bound() {
+        let limits = MessageLimits::new().messages(q("1/s")).on_exceed(MessageAction::Delay { max_wait: Duration::from_secs(2) });
+        let (mut g, _) = gate(limits);
+        assert_eq!(text(&mut g, "a"), Verdict::Allow);
+        assert_eq!(text(&mut g, "a"), Verdict::Delay(Duration::from_secs(1)));
+        assert_eq!(text(&mut g, "a"), Verdict::Delay(Duration::from_secs(2)));
+        assert!(matches!(text(&mut g, "a"), Verdict::Drop(r) if r.retry_after == Duration::from_secs(1)));
+    }
+}
