@@ -24,6 +24,7 @@
 //! Features: `axum` (axum's `ConnectInfo`/`MatchedPath` keys, [`LimitedUpgrade`] and limits on
 //! axum's `WebSocket`), `tungstenite` (limits on tokio-tungstenite's `WebSocketStream`).
 
+pub mod config;
 pub mod keys;
 pub mod rate_limit;
 pub mod websocket;

@@ -75,15 +75,16 @@ where
             match state.as_mut().project() {
                 StateProj::Refused { response } => {
                     // Polled again after completion: answer rather than panic.
-                    let response = response
-                        .take()
-                        .unwrap_or_else(|| plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None));
+                    let response = response.take().unwrap_or_else(|| {
+                        plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None)
+                    });
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
                 StateProj::Preparing { prep, service } => match ready!(prep.as_mut().poll(cx)) {
                     Prepared::Go { request, extra, .. } => {
                         let Some(mut service) = service.take() else {
-                            let response = plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None);
+                            let response =
+                                plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None);
                             return Poll::Ready(Ok(response.map(ResponseBody::full)));
                         };
                         let future = service.call(request);

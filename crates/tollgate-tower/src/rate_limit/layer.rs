@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use tollgate::websocket::MessageLimits;
 use tollgate::{ClientIpResolver, ConcurrencyLimiter, Decision, HeaderOptions, KeyKind, MemoryStore, Policy, Store};
@@ -134,11 +134,33 @@ pub struct RateLimitLayer<St: Store = MemoryStore> {
 
 pub(crate) struct Config<St: Store> {
     pub(crate) default: Limits<St>,
-    pub(crate) routes: Vec<(Box<str>, Limits<St>)>,
+    pub(crate) routes: Vec<RouteEntry<St>>,
     pub(crate) keys: KeyExtractor,
     pub(crate) lease_key: KeyKind,
     pub(crate) headers: HeaderOptions,
     pub(crate) refusal: Option<RefusalHook>,
+}
+
+pub(crate) struct RouteEntry<St: Store> {
+    pub(crate) path: Box<str>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) limits: Limits<St>,
+}
+
+impl<St: Store> Clone for RouteEntry<St> {
+    fn clone(&self) -> Self {
+        Self { path: self.path.clone(), methods: self.methods.clone(), limits: self.limits.clone() }
+    }
+}
+
+impl<St: Store> fmt::Debug for RouteEntry<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("path", &self.path)
+            .field("methods", &self.methods)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl<St: Store> Clone for Config<St> {
@@ -203,8 +225,14 @@ impl<St: Store> RateLimitLayer<St> {
     /// (`/users/{id}`) with the `axum` feature, else a [`crate::RouteName`] or the URI's path.
     #[must_use]
     pub fn route(self, path: &str, limits: Limits<St>) -> Self {
-        let path: Box<str> = path.into();
-        self.edit(|c| c.routes.push((path, limits)))
+        self.route_methods(path, [], limits)
+    }
+
+    /// As [`RateLimitLayer::route`], for requests with one of `methods` only (all when empty).
+    #[must_use]
+    pub fn route_methods(self, path: &str, methods: impl IntoIterator<Item = Method>, limits: Limits<St>) -> Self {
+        let entry = RouteEntry { path: path.into(), methods: methods.into_iter().collect(), limits };
+        self.edit(|c| c.routes.push(entry))
     }
 
     /// How keys are taken from requests.
@@ -234,7 +262,10 @@ impl<St: Store> RateLimitLayer<St> {
 
     /// Builds refusals with `hook` (it gets the default refusal to adjust or replace).
     #[must_use]
-    pub fn on_refusal(self, hook: impl Fn(&Decision, Response<Bytes>) -> Response<Bytes> + Send + Sync + 'static) -> Self {
+    pub fn on_refusal(
+        self,
+        hook: impl Fn(&Decision, Response<Bytes>) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
         let hook: RefusalHook = Arc::new(hook);
         self.edit(|c| c.refusal = Some(hook))
     }
@@ -254,7 +285,11 @@ impl<St: Store> Config<St> {
             return &self.default;
         }
         let path = route(request.extensions()).unwrap_or_else(|| request.uri().path());
-        self.routes.iter().find(|(p, _)| **p == *path).map_or(&self.default, |(_, l)| l)
+        let method = request.method();
+        self.routes
+            .iter()
+            .find(|r| *r.path == *path && (r.methods.is_empty() || r.methods.contains(method)))
+            .map_or(&self.default, |r| &r.limits)
     }
 
     /// A refusal rendered by the core, then through the hook.

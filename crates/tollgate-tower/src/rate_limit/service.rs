@@ -103,7 +103,9 @@ where
                 match fut.poll(&mut Context::from_waker(Waker::noop())) {
                     Poll::Ready(prepared) => prepared,
                     // Unreachable with the in-memory store, whose futures are always ready.
-                    Poll::Pending => Prepared::Refuse(plain_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None)),
+                    Poll::Pending => {
+                        Prepared::Refuse(plain_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None))
+                    }
                 }
             };
             return match prepared {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use tollgate::ConnectionLease;
 use tollgate::websocket::MessageLimits;
@@ -40,7 +40,8 @@ impl<S: Send + Sync> FromRequestParts<S> for LimitedUpgrade {
             tracing::error!("LimitedUpgrade used on a route without WebSocket limits");
             return Err((StatusCode::INTERNAL_SERVER_ERROR, "WebSocket limits are not configured").into_response());
         };
-        let mut upgrade = WebSocketUpgrade::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        let mut upgrade =
+            WebSocketUpgrade::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
         let limits = Arc::clone(slot.message_limits());
         if let Some(max) = limits.max_message_size {
             // Room above the limit so that an oversized message reaches the gate and gets its

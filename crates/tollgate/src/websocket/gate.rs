@@ -155,6 +155,33 @@ impl MessageLimits {
     }
 }
 
+impl MessageLimits {
+    /// The message limits of a `[[websocket]]` entry of the configuration.
+    pub fn from_config(config: &crate::config::WebSocketConfig) -> Self {
+        use crate::config::MessageAction as Action;
+        let mut limits = MessageLimits::new();
+        limits.messages = config.messages;
+        limits.bytes = config.bytes;
+        limits.max_message_size = config.max_message.map(|b| usize::try_from(b.0).unwrap_or(usize::MAX));
+        limits.on_exceed = match config.on_exceed {
+            Action::Drop => MessageAction::Drop,
+            Action::Close => MessageAction::Close,
+            Action::Delay => {
+                MessageAction::Delay { max_wait: config.max_delay.map_or(Duration::from_secs(1), |d| d.0) }
+            }
+        };
+        if !config.kinds.is_empty() {
+            let mut classifier = super::JsonFieldClassifier::default();
+            for kind in &config.kinds {
+                classifier = classifier.rule(&kind.field, &kind.equals, &kind.name);
+                limits.kinds.push(KindLimit { kind: kind.name.clone(), quota: kind.quota });
+            }
+            limits.classifier = Some(Arc::new(classifier));
+        }
+        limits
+    }
+}
+
 /// One connection's message limiter: decides each message with [`MessageGate::check`].
 ///
 /// The state is a few timestamps owned by the connection (no locks, no allocation per message);
@@ -280,7 +307,8 @@ impl<C: Clock> MessageGate<C> {
         if let Some(refusal) = refused {
             return match limits.on_exceed {
                 MessageAction::Close => {
-                    let reason = format!("rate limited: {} (retry after {}s)", refusal.limit, refusal.retry_after_secs());
+                    let reason =
+                        format!("rate limited: {} (retry after {}s)", refusal.limit, refusal.retry_after_secs());
                     Verdict::Close(CloseFrame::new(close_code::RATE_LIMITED, &reason))
                 }
                 MessageAction::Drop | MessageAction::Delay { .. } => Verdict::Drop(refusal),
@@ -317,7 +345,10 @@ impl<C: Clock> MessageGate<C> {
 }
 
 fn too_big(len: usize, max: usize) -> Verdict {
-    Verdict::Close(CloseFrame::new(close_code::MESSAGE_TOO_BIG, &format!("message of {len} bytes over the limit of {max}")))
+    Verdict::Close(CloseFrame::new(
+        close_code::MESSAGE_TOO_BIG,
+        &format!("message of {len} bytes over the limit of {max}"),
+    ))
 }
 
 #[cfg(test)]
@@ -427,7 +458,9 @@ mod tests {
 
     #[test]
     fn delay_action_waits_up_to_its_bound() {
-        let limits = MessageLimits::new().messages(q("1/s")).on_exceed(MessageAction::Delay { max_wait: Duration::from_secs(2) });
+        let limits = MessageLimits::new()
+            .messages(q("1/s"))
+            .on_exceed(MessageAction::Delay { max_wait: Duration::from_secs(2) });
         let (mut g, _) = gate(limits);
         assert_eq!(text(&mut g, "a"), Verdict::Allow);
         assert_eq!(text(&mut g, "a"), Verdict::Delay(Duration::from_secs(1)));

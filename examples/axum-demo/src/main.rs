@@ -1,0 +1,43 @@
+//! Run with: cargo run -p axum-demo
+//!
+//! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
+//! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
+//! built-in ones (printed at start-up).
+
+// A console demo: it talks to its user on stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use tollgate::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("axum-demo: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let config = match std::env::var_os("TOLLGATE_CONFIG") {
+        Some(path) => {
+            println!("limits from {}", path.to_string_lossy());
+            Config::from_path(path)?
+        }
+        None => {
+            println!("limits (built-in; set TOLLGATE_CONFIG to a TOML file to change them):\n");
+            println!("{}", axum_demo::DEFAULT_CONFIG);
+            axum_demo::DEFAULT_CONFIG.parse()?
+        }
+    };
+    let app = axum_demo::app(&config)?;
+    let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum_demo::serve(listener, app).await?;
+    Ok(())
+}
