@@ -26,8 +26,10 @@
 //! [`DirectLimiter`] and [`KeyedLimiter`], and [`Config`] (TOML).
 
 pub mod algorithm;
+pub mod client_ip;
 pub mod clock;
 pub mod concurrency;
+pub mod config;
 pub mod decision;
 pub mod error;
 pub mod headers;
@@ -36,9 +38,14 @@ pub mod limiter;
 pub mod policy;
 pub mod quota;
 pub mod store;
+pub mod websocket;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use algorithm::{Algorithm, OnExceed, Snapshot};
+pub use client_ip::{ClientIpResolver, ForwardingHeader};
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use config::Config;
 pub use concurrency::{ConcurrencyDenied, ConcurrencyLimiter, ConcurrencyScope, ConnectionLease, LeaseRelease, LeaseStore};
 pub use decision::{Decision, LimitState, Reason};
 pub use error::Error;
