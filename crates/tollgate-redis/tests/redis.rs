@@ -1,0 +1,335 @@
+//! The Redis store against real `redis-server` processes (see `support`): one node and a
+//! three-master Redis Cluster.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr, missing_docs)]
+
+mod support;
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use support::{RedisCluster, RedisServer, raw_command, redis_available};
+use tollgate::{
+    Algorithm, Check, ConcurrencyScope, Key, LeaseStore, LimitSpec, ManualClock, Quota, Snapshot, Store, StoreError,
+    testing,
+};
+use tollgate_redis::{Error, RedisLimit, RedisStore};
+
+fn spec(policy: &str, name: &str, algorithm: Algorithm) -> LimitSpec {
+    LimitSpec { name: name.into(), policy: policy.into(), algorithm }
+}
+
+fn quota(text: &str) -> Quota {
+    text.parse().unwrap()
+}
+
+async fn check_one(store: &RedisStore, limit: &RedisLimit, key: Key<'_>, q: Quota) -> Result<Snapshot, StoreError> {
+    let checks = [Check { limit, key, quota: q, cost: 1, max_wait: Duration::ZERO }];
+    let mut out = [Snapshot::EMPTY];
+    store.check(&checks, &mut out).await?;
+    Ok(out[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_single_node() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let base = RedisStore::builder(server.url()).prefix("conf").build().await.unwrap();
+    testing::conformance(|clock: ManualClock| base.with_clock(clock)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_cluster() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let base = RedisStore::cluster(cluster.urls()).prefix("conf").build().await.unwrap();
+    testing::conformance(|clock: ManualClock| base.with_clock(clock)).await;
+}
+
+/// Production path (the server's `TIME`): two instances share one limit, and a refused batch
+/// consumes nothing from the limits that would have passed.
+async fn shared_limits_on_server_time(a: RedisStore, b: RedisStore) {
+    let (la, lb) = (
+        a.register(&spec("shared", "per_key", Algorithm::Gcra)).unwrap(),
+        b.register(&spec("shared", "per_key", Algorithm::Gcra)).unwrap(),
+    );
+    let q = quota("5/min");
+    let mut admitted = 0;
+    for i in 0..12 {
+        let (store, limit) = if i % 2 == 0 { (&a, &la) } else { (&b, &lb) };
+        if check_one(store, limit, Key::Text("client"), q).await.unwrap().allowed {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "two instances together admit exactly one quota");
+
+    for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow, Algorithm::SlidingWindow, Algorithm::SlidingLog] {
+        let tight = a.register(&spec("aon", &format!("tight-{}", algorithm.name()), algorithm)).unwrap();
+        let loose = a.register(&spec("aon", &format!("loose-{}", algorithm.name()), algorithm)).unwrap();
+        let (qt, ql) = (quota("1/min"), quota("10/min"));
+        let user = Key::Text("user:1");
+        let checks = [
+            Check { limit: &tight, key: user, quota: qt, cost: 1, max_wait: Duration::ZERO },
+            Check { limit: &loose, key: Key::Global, quota: ql, cost: 1, max_wait: Duration::ZERO },
+        ];
+        let mut snaps = [Snapshot::EMPTY; 2];
+        assert!(a.check(&checks, &mut snaps).await.unwrap(), "{algorithm:?}: the first batch passes");
+        for _ in 0..3 {
+            assert!(!a.check(&checks, &mut snaps).await.unwrap(), "{algorithm:?}");
+            assert!(!snaps[0].allowed && snaps[0].retry_after > Duration::ZERO, "{algorithm:?}: {snaps:?}");
+        }
+        let left = check_one(&a, &loose, Key::Global, ql).await.unwrap();
+        assert_eq!(left.remaining, 8, "{algorithm:?}: refused batches took nothing: {snaps:?} then {left:?}");
+    }
+
+    // A penalty block, on the server's clock.
+    let l = a.register(&spec("penalty", "per_key", Algorithm::Gcra)).unwrap();
+    a.block(&l, Key::Int(1), Duration::from_millis(300)).await.unwrap();
+    let s = check_one(&b, &l, Key::Int(1), quota("100/s")).await.unwrap();
+    assert!(!s.allowed && s.blocked && s.retry_after <= Duration::from_millis(300) && s.retry_after > Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(check_one(&b, &l, Key::Int(1), quota("100/s")).await.unwrap().allowed, "the block ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_limits_single_node() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let a = RedisStore::connect(server.url()).await.unwrap();
+    let b = RedisStore::connect(server.url()).await.unwrap();
+    shared_limits_on_server_time(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_limits_cluster() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let a = RedisStore::cluster(cluster.urls()).build().await.unwrap();
+    let b = RedisStore::cluster(cluster.urls()[1..].to_vec()).build().await.unwrap();
+    shared_limits_on_server_time(a, b).await;
+}
+
+/// Every key the store writes for hostile client keys stays under the prefix, and its hash tag
+/// is the digest (never bytes of the client key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_keys_stay_in_their_namespace() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url()).prefix("ns").build().await.unwrap();
+    let l = store.register(&spec("p}{", "n\n:", Algorithm::SlidingLog)).unwrap();
+    let hostile: [Key<'_>; 6] = [
+        Key::Text("}{x}"),
+        Key::Bytes(b"{\xff}\n:*"),
+        Key::Text("a\r\nDEL *\r\n"),
+        Key::Text(""),
+        Key::Bytes(b"\x00\x01"),
+        Key::Text("ns:{other}"),
+    ];
+    for k in hostile {
+        assert!(check_one(&store, &l, k, quota("1/min")).await.unwrap().allowed);
+        assert!(!check_one(&store, &l, k, quota("1/min")).await.unwrap().allowed, "{k:?} was counted");
+        store.block(&l, k, Duration::from_secs(60)).await.unwrap();
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), hostile.len() * 2, "one state and one block key per client key");
+    for k in keys {
+        assert!(k.starts_with(b"ns:{"), "{:?}", String::from_utf8_lossy(&k));
+        let tag = &k[4..20];
+        assert!(tag.iter().all(u8::is_ascii_hexdigit) && k[20] == b'}', "{:?}", String::from_utf8_lossy(&k));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_reload_after_script_flush() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let l = store.register(&spec("flush", "l", Algorithm::Gcra)).unwrap();
+    assert!(check_one(&store, &l, Key::Int(1), quota("2/min")).await.unwrap().allowed);
+    assert!(raw_command(server.port, &["SCRIPT", "FLUSH"]).unwrap().starts_with("+OK"));
+    let s = check_one(&store, &l, Key::Int(1), quota("2/min")).await.unwrap();
+    assert!(s.allowed && s.remaining == 0, "NOSCRIPT reloaded, and the state kept: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_fails_naming_the_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://:hunter2@127.0.0.1:{port}/");
+    let started = Instant::now();
+    let err = RedisStore::builder(url).connect_timeout(Duration::from_millis(500)).build().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Connect { .. }), "{msg}");
+    assert!(msg.contains(&format!("127.0.0.1:{port}")) && !msg.contains("hunter2"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let bad = RedisStore::builder("redis://127.0.0.1/").prefix("a{b}").build().await.unwrap_err();
+    assert!(bad.to_string().contains("prefix"), "{bad}");
+}
+
+/// Redis killed mid-run: every decision fails with a `StoreError` within the timeout; the breaker
+/// then fails fast without the network; once Redis is back on its port, decisions come from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_then_restarted() {
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let timeout = Duration::from_millis(200);
+    let store = RedisStore::builder(server.url())
+        .timeout(timeout)
+        .breaker(3, Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let l = store.register(&spec("kill", "l", Algorithm::Gcra)).unwrap();
+    let q = quota("1000/s");
+    for _ in 0..5 {
+        assert!(check_one(&store, &l, Key::Int(1), q).await.unwrap().allowed);
+    }
+    server.kill();
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = check_one(&store, &l, Key::Int(1), q).await.unwrap_err();
+        assert!(started.elapsed() < timeout + Duration::from_millis(100), "{:?}: {err}", started.elapsed());
+        assert!(matches!(err, StoreError::Timeout(_) | StoreError::Unavailable(_)), "{err}");
+        errors.push(err.to_string());
+    }
+    assert!(store.is_breaker_open(), "three failures open the breaker: {errors:?}");
+    let started = Instant::now();
+    for _ in 0..100 {
+        let err = check_one(&store, &l, Key::Int(1), q).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("circuit breaker")), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_millis(100), "open breaker fails fast: {:?}", started.elapsed());
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let snapshot = loop {
+        match check_one(&store, &l, Key::Int(1), q).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "Redis is back but decisions still fail: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(snapshot.allowed && !store.is_breaker_open());
+    // The restarted server is empty: this decision came from it (1000 - 1 left).
+    assert_eq!(snapshot.remaining, 999);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_redis_takes_the_timeout_path() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let timeout = Duration::from_millis(100);
+    let store = RedisStore::builder(server.url()).timeout(timeout).build().await.unwrap();
+    let l = store.register(&spec("slow", "l", Algorithm::FixedWindow)).unwrap();
+    assert!(check_one(&store, &l, Key::Int(1), quota("10/s")).await.unwrap().allowed);
+    let port = server.port;
+    let sleeper = std::thread::spawn(move || raw_command(port, &["DEBUG", "SLEEP", "0.6"]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let err = check_one(&store, &l, Key::Int(1), quota("10/s")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Timeout(t) if t == timeout), "{err}");
+    assert!(started.elapsed() < timeout + Duration::from_millis(80), "{:?}", started.elapsed());
+    sleeper.join().unwrap().unwrap();
+    assert!(check_one(&store, &l, Key::Int(1), quota("10/s")).await.unwrap().allowed, "answers again after the sleep");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_shared_across_instances() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let a = RedisStore::connect(server.url()).await.unwrap();
+    let b = RedisStore::connect(server.url()).await.unwrap();
+    let k = Key::Text("alice");
+    let l1 = a.acquire("ws", k, Some(2), Some(3)).await.unwrap().unwrap();
+    let _l2 = b.acquire("ws", k, Some(2), Some(3)).await.unwrap().unwrap();
+    let denied = a.acquire("ws", k, Some(2), Some(3)).await.unwrap().unwrap_err();
+    assert_eq!((denied.scope, denied.limit), (ConcurrencyScope::PerKey, 2));
+    let _l3 = b.acquire("ws", Key::Text("bob"), Some(2), Some(3)).await.unwrap().unwrap();
+    let denied = a.acquire("ws", Key::Text("carol"), Some(2), Some(3)).await.unwrap().unwrap_err();
+    assert_eq!((denied.scope, denied.limit), (ConcurrencyScope::Global, 3));
+    drop(l1); // released in the background
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match b.acquire("ws", k, Some(2), Some(3)).await.unwrap() {
+            Ok(_lease) => break,
+            Err(_) => assert!(Instant::now() < deadline, "a dropped lease is given back"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A holder that stops heartbeating (its process died) loses its lease after the TTL; a live
+/// holder keeps its lease past the TTL by heartbeating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_of_a_dead_holder_expires() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(400);
+    let url = server.url();
+    // The "crashed instance": its own runtime, shut down with the lease still held.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dead = RedisStore::builder(url).lease_ttl(ttl).build().await.unwrap();
+            let lease = dead.acquire("ws", Key::Int(7), Some(1), None).await.unwrap().unwrap();
+            Box::leak(Box::new(lease)); // never released: the process "died"
+        });
+        drop(rt); // heartbeats stop
+    })
+    .join()
+    .unwrap();
+    let died = Instant::now();
+    let live = RedisStore::builder(server.url()).lease_ttl(ttl).build().await.unwrap();
+    assert!(live.acquire("ws", Key::Int(7), Some(1), None).await.unwrap().is_err(), "still held right after");
+    let held = loop {
+        if let Ok(lease) = live.acquire("ws", Key::Int(7), Some(1), None).await.unwrap() {
+            break lease;
+        }
+        assert!(died.elapsed() < ttl * 4, "the dead holder's lease never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(died.elapsed() >= ttl - Duration::from_millis(50), "expired too early: {:?}", died.elapsed());
+    // The live holder heartbeats: after three TTLs its lease still counts.
+    tokio::time::sleep(ttl * 3).await;
+    let other = RedisStore::builder(server.url()).lease_ttl(ttl).build().await.unwrap();
+    assert!(other.acquire("ws", Key::Int(7), Some(1), None).await.unwrap().is_err(), "heartbeats keep it");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_quotas_are_refused_clearly() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let l = store.register(&spec("long", "l", Algorithm::Gcra)).unwrap();
+    let q = Quota::new(NonZeroU32::new(1).unwrap(), Duration::from_secs(90 * 86_400)).unwrap();
+    let err = check_one(&store, &l, Key::Int(1), q).await.unwrap_err();
+    assert!(err.to_string().contains("2^51"), "{err}");
+    assert!(!store.is_breaker_open());
+}
