@@ -1,0 +1,223 @@
+//! The HTTP middleware over real sockets with a real HTTP client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use common::{get_ok, send, serve};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Full, StreamBody};
+use tollgate::{ClientIpResolver, ConcurrencyLimiter, KeyKind, Limit, OnExceed, Policy};
+use tollgate_tower::{Limits, RateLimitLayer};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+fn per_ip(quota: &str) -> Policy {
+    Policy::builder("per_ip").limit(Limit::new("per_ip", quota.parse().unwrap()).key(KeyKind::ip())).build().unwrap()
+}
+
+fn hello_app(layer: RateLimitLayer) -> Router {
+    Router::new().route("/hello", get(|| async { "hello" })).layer(layer)
+}
+
+#[tokio::test]
+async fn refuses_after_the_burst_with_headers_and_json_body() {
+    let addr = serve(hello_app(RateLimitLayer::new(per_ip("3/min")))).await;
+    for remaining in ["2", "1", "0"] {
+        let ok = get_ok(addr, "/hello").await;
+        assert_eq!(ok.status, StatusCode::OK);
+        assert_eq!(ok.text(), "hello");
+        assert_eq!(ok.header("x-ratelimit-limit"), "3");
+        assert_eq!(ok.header("x-ratelimit-remaining"), remaining);
+        assert!(ok.headers.get("retry-after").is_none());
+    }
+    let refused = get_ok(addr, "/hello").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("retry-after"), "20");
+    assert_eq!(refused.header("x-ratelimit-limit"), "3");
+    assert_eq!(refused.header("x-ratelimit-remaining"), "0");
+    assert_eq!(refused.header("x-ratelimit-reset"), "60");
+    assert_eq!(refused.header("content-type"), "application/json");
+    assert_eq!(refused.text(), r#"{"error":"rate_limited","policy":"per_ip","limit":"per_ip","retry_after":20}"#);
+}
+
+#[tokio::test]
+async fn ietf_headers_and_custom_refusal() {
+    let headers = tollgate::HeaderOptions { ietf: true, ..Default::default() };
+    let layer = RateLimitLayer::new(per_ip("1/min")).headers(headers).on_refusal(|decision, mut response| {
+        *response.body_mut() = Bytes::from(format!("slow down, {}", decision.retry_after_secs()));
+        response
+    });
+    let addr = serve(hello_app(layer)).await;
+    let ok = get_ok(addr, "/hello").await;
+    assert_eq!(ok.header("ratelimit-policy"), r#""per_ip";q=1;w=60"#);
+    assert_eq!(ok.header("ratelimit"), r#""per_ip";r=0;t=60"#);
+    let refused = get_ok(addr, "/hello").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.text(), "slow down, 60");
+    assert_eq!(refused.header("retry-after"), "60");
+}
+
+#[tokio::test]
+async fn x_forwarded_for_ignored_from_untrusted_peer() {
+    // 127.0.0.1 is not a trusted proxy here: forged headers cannot buy a fresh quota.
+    let layer = RateLimitLayer::new(per_ip("2/min"))
+        .client_ip_resolver(ClientIpResolver::new().trust("10.0.0.0/8".parse().unwrap()));
+    let addr = serve(hello_app(layer)).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let req = common::get("/hello").header("x-forwarded-for", format!("203.0.113.{i}")).body(Full::default());
+        statuses.push(send(addr, req.unwrap()).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+#[tokio::test]
+async fn x_forwarded_for_honoured_from_trusted_proxy() {
+    let layer = RateLimitLayer::new(per_ip("2/min"))
+        .client_ip_resolver(ClientIpResolver::new().trust("127.0.0.0/8".parse().unwrap()));
+    let addr = serve(hello_app(layer)).await;
+    let from = |client: &'static str| {
+        common::get("/hello").header("x-forwarded-for", format!("198.51.100.1, {client}")).body(Full::default()).unwrap()
+    };
+    assert_eq!(send(addr, from("203.0.113.1")).await.status, StatusCode::OK);
+    assert_eq!(send(addr, from("203.0.113.1")).await.status, StatusCode::OK);
+    assert_eq!(send(addr, from("203.0.113.1")).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another client behind the same proxy has its own quota; the forged left entry is ignored.
+    assert_eq!(send(addr, from("203.0.113.2")).await.status, StatusCode::OK);
+    let forwarded = common::get("/hello").header("forwarded", r#"for="[2001:db8::1]:4711""#).body(Full::default());
+    assert_eq!(send(addr, forwarded.unwrap()).await.status, StatusCode::OK);
+}
+
+fn echo_app() -> Router {
+    let bytes = Policy::builder("body_bytes")
+        .limit(Limit::new("body_bytes", "4KiB/min".parse().unwrap()).key(KeyKind::ip()))
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::with_limits(Limits::new())
+        .route("/echo", Limits::new().max_body(1024).body_bytes(bytes).policy(per_ip("100/s")));
+    Router::new().route("/echo", post(|body: Bytes| async move { body })).layer(layer)
+}
+
+fn post_body(body: Vec<u8>) -> Request<Full<Bytes>> {
+    Request::post("/echo").header("host", "localhost").body(Full::new(Bytes::from(body))).unwrap()
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_before_reading() {
+    let addr = serve(echo_app()).await;
+    let ok = send(addr, post_body(vec![b'a'; 1024])).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body.len(), 1024);
+    let big = send(addr, post_body(vec![b'a'; 1025])).await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(big.text(), r#"{"error":"payload_too_large","limit":1024}"#);
+}
+
+#[tokio::test]
+async fn streamed_body_over_the_limit_is_413() {
+    let addr = serve(echo_app()).await;
+    // No Content-Length: the body is counted while the handler reads it.
+    let chunks = futures_util::stream::iter(
+        (0..4).map(|_| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(vec![b'x'; 400])))),
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/echo").header("host", "localhost").body(StreamBody::new(chunks)).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn body_bytes_per_period_is_429() {
+    let addr = serve(echo_app()).await;
+    for _ in 0..4 {
+        assert_eq!(send(addr, post_body(vec![b'a'; 1000])).await.status, StatusCode::OK);
+    }
+    let refused = send(addr, post_body(vec![b'a'; 1000])).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.text().contains(r#""limit":"body_bytes""#), "{}", refused.text());
+    assert!(!refused.header("retry-after").is_empty());
+    // A smaller body still fits what is left.
+    assert_eq!(send(addr, post_body(vec![b'a'; 96])).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn in_flight_lease_is_held_until_the_body_finishes() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
+    let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let handler = move || {
+        let rx = Arc::clone(&rx);
+        async move {
+            match rx.lock().await.take() {
+                // The first response streams until the test ends it.
+                Some(rx) => {
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|f| (f, rx)) });
+                    axum::body::Body::new(StreamBody::new(stream))
+                }
+                None => axum::body::Body::from("quick"),
+            }
+        }
+    };
+    let limiter = ConcurrencyLimiter::new("in_flight").per_key(1);
+    let layer = RateLimitLayer::with_limits(Limits::new().in_flight(limiter.clone()));
+    let addr = serve(Router::new().route("/stream", get(handler)).layer(layer)).await;
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let first = sender.send_request(common::get("/stream").body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    // Headers are out but the body is not finished: the place is still taken.
+    assert_eq!(limiter.in_use(), 1);
+    let refused = get_ok(addr, "/stream").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("retry-after"), "1");
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"done")))).await.unwrap();
+    drop(tx);
+    let body = http_body_util::BodyExt::collect(first.into_body()).await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"done");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while limiter.in_use() != 0 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the lease was not released");
+    assert_eq!(get_ok(addr, "/stream").await.status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn delay_action_waits_instead_of_refusing() {
+    let policy = Policy::builder("api")
+        .limit(
+            Limit::new("per_ip", "1/s".parse().unwrap())
+                .key(KeyKind::ip())
+                .on_exceed(OnExceed::Delay { max_wait: Duration::from_secs(5) }),
+        )
+        .build()
+        .unwrap();
+    let mut service = ServiceBuilder::new().layer(RateLimitLayer::new(policy)).service_fn(|_req: Request<_>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let request = || {
+        let mut req = Request::new(Full::<Bytes>::default());
+        req.extensions_mut().insert("192.0.2.1:1000".parse::<std::net::SocketAddr>().unwrap());
+        req
+    };
+    assert_eq!(service.ready().await.unwrap().call(request()).await.unwrap().status(), StatusCode::OK);
+    let started = tokio::time::Instant::now();
+    let delayed = service.ready().await.unwrap().call(request()).await.unwrap();
+    assert_eq!(delayed.status(), StatusCode::OK);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "waited {waited:?}");
+}
