@@ -1,0 +1,255 @@
+//! WebSocket upgrade guard and message limits over real sockets with tokio-tungstenite.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::Message as AxumMessage;
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tollgate::websocket::{JsonFieldClassifier, MessageAction, MessageLimits};
+use tollgate::{ConcurrencyLimiter, KeyKind, Limit, Policy};
+use tollgate_tower::{LimitedUpgrade, Limits, RateLimitLayer, WebSocketLimits};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn echo(upgrade: LimitedUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket| async move {
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                AxumMessage::Text(ref t) if t.as_str() == "panic" => panic!("the handler panics"),
+                AxumMessage::Text(_) | AxumMessage::Binary(_) => {
+                    if socket.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                AxumMessage::Close(_) => break,
+                _ => {}
+            }
+        }
+    })
+}
+
+struct Server {
+    addr: SocketAddr,
+    connections: ConcurrencyLimiter,
+}
+
+async fn server(connections: ConcurrencyLimiter, messages: MessageLimits, rate: Option<&str>) -> Server {
+    let mut limits = Limits::new().websocket(WebSocketLimits::new(connections.clone(), messages));
+    if let Some(rate) = rate {
+        let policy = Policy::builder("ws")
+            .limit(Limit::new("connections", rate.parse().unwrap()).key(KeyKind::ip()))
+            .build()
+            .unwrap();
+        limits = limits.policy(policy);
+    }
+    let app = Router::new().route("/ws", get(echo)).layer(RateLimitLayer::with_limits(limits));
+    Server { addr: common::serve(app).await, connections }
+}
+
+async fn connect(addr: SocketAddr) -> Result<Client, WsError> {
+    let (socket, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(format!("ws://{addr}/ws")))
+        .await
+        .expect("the handshake timed out")?;
+    Ok(socket)
+}
+
+fn refused_status(result: Result<Client, WsError>) -> (u16, String) {
+    match result {
+        Err(WsError::Http(response)) => {
+            let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            (response.status().as_u16(), retry)
+        }
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, got a socket"),
+    }
+}
+
+/// The next data or close message (pings and pongs skipped), within a bound.
+async fn next(client: &mut Client) -> Message {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("no message in time")
+            .expect("the stream ended")
+            .expect("a socket error");
+        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+            return message;
+        }
+    }
+}
+
+async fn wait_for_in_use(limiter: &ConcurrencyLimiter, n: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while limiter.in_use() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("in use stayed {} (wanted {n})", limiter.in_use()));
+}
+
+#[tokio::test]
+async fn concurrent_upgrades_refused_then_accepted_after_a_close() {
+    let s = server(ConcurrencyLimiter::new("ws").per_key(2), MessageLimits::new(), None).await;
+    let mut a = connect(s.addr).await.unwrap();
+    let _b = connect(s.addr).await.unwrap();
+    // The lease lives with the socket, not the 101.
+    wait_for_in_use(&s.connections, 2).await;
+    assert_eq!(refused_status(connect(s.addr).await), (429, "1".into()));
+    a.close(None).await.unwrap();
+    while let Some(Ok(_)) = a.next().await {}
+    wait_for_in_use(&s.connections, 1).await;
+    let mut c = connect(s.addr).await.unwrap();
+    c.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut c).await, Message::text("hi"));
+}
+
+#[tokio::test]
+async fn lease_released_after_an_abrupt_tcp_reset() {
+    let s = server(ConcurrencyLimiter::new("ws").per_key(1), MessageLimits::new(), None).await;
+    let stream = TcpStream::connect(s.addr).await.unwrap();
+    let (socket, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", s.addr), stream).await.unwrap();
+    wait_for_in_use(&s.connections, 1).await;
+    assert_eq!(refused_status(connect(s.addr).await).0, 429);
+    // Vanish without a close frame: SO_LINGER 0 makes the close a reset.
+    let stream = socket.into_inner();
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(stream);
+    wait_for_in_use(&s.connections, 0).await;
+    assert!(connect(s.addr).await.is_ok());
+}
+
+#[tokio::test]
+async fn global_cap_answers_503() {
+    let s = server(ConcurrencyLimiter::new("ws").per_key(5).global(1), MessageLimits::new(), None).await;
+    let _a = connect(s.addr).await.unwrap();
+    wait_for_in_use(&s.connections, 1).await;
+    assert_eq!(refused_status(connect(s.addr).await).0, 503);
+}
+
+#[tokio::test]
+async fn connection_rate_answers_429_with_headers() {
+    let s = server(ConcurrencyLimiter::new("ws"), MessageLimits::new(), Some("2/min")).await;
+    let _a = connect(s.addr).await.unwrap();
+    let _b = connect(s.addr).await.unwrap();
+    assert_eq!(refused_status(connect(s.addr).await), (429, "30".into()));
+}
+
+#[tokio::test]
+async fn handler_panic_releases_its_lease() {
+    let s = server(ConcurrencyLimiter::new("ws").per_key(1), MessageLimits::new(), None).await;
+    let mut a = connect(s.addr).await.unwrap();
+    a.send(Message::text("panic")).await.unwrap();
+    wait_for_in_use(&s.connections, 0).await;
+    assert!(connect(s.addr).await.is_ok());
+}
+
+#[tokio::test]
+async fn message_rate_drops_with_an_error_frame() {
+    let limits = MessageLimits::new().messages("3/min".parse().unwrap());
+    let s = server(ConcurrencyLimiter::new("ws"), limits, None).await;
+    let mut c = connect(s.addr).await.unwrap();
+    for i in 0..4 {
+        c.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for i in 0..3 {
+        assert_eq!(next(&mut c).await, Message::text(format!("m{i}")));
+    }
+    assert_eq!(next(&mut c).await, Message::text(r#"{"error":"rate_limited","limit":"messages","retry_after":20}"#));
+    // The connection stays open.
+    c.send(Message::Ping(vec![1].into())).await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_message_closes_1009() {
+    let limits = MessageLimits::new().max_message_size(1024);
+    let s = server(ConcurrencyLimiter::new("ws").per_key(1), limits, None).await;
+    let mut c = connect(s.addr).await.unwrap();
+    c.send(Message::binary(vec![0u8; 1024])).await.unwrap();
+    assert_eq!(next(&mut c).await, Message::binary(vec![0u8; 1024]));
+    c.send(Message::binary(vec![0u8; 2048])).await.unwrap();
+    let Message::Close(Some(frame)) = next(&mut c).await else { panic!("expected a close frame") };
+    assert_eq!(frame.code, CloseCode::Size);
+    assert_eq!(u16::from(frame.code), 1009);
+    assert!(frame.reason.len() <= 123);
+    wait_for_in_use(&s.connections, 0).await;
+}
+
+#[tokio::test]
+async fn per_kind_limit_catch_up() {
+    let limits = MessageLimits::new()
+        .messages("20/10s".parse().unwrap())
+        .kind("catch_up", "2/min".parse().unwrap())
+        .classifier(JsonFieldClassifier::new("action", ["catch_up"]));
+    let s = server(ConcurrencyLimiter::new("ws"), limits, None).await;
+    let mut c = connect(s.addr).await.unwrap();
+    let catch_up = r#"{"action":"catch_up","since":0}"#;
+    for _ in 0..3 {
+        c.send(Message::text(catch_up)).await.unwrap();
+    }
+    c.send(Message::text(r#"{"action":"say"}"#)).await.unwrap();
+    assert_eq!(next(&mut c).await, Message::text(catch_up));
+    assert_eq!(next(&mut c).await, Message::text(catch_up));
+    assert_eq!(next(&mut c).await, Message::text(r#"{"error":"rate_limited","limit":"catch_up","retry_after":30}"#));
+    assert_eq!(next(&mut c).await, Message::text(r#"{"action":"say"}"#));
+}
+
+#[tokio::test]
+async fn close_action_sends_4429() {
+    let limits = MessageLimits::new().messages("1/min".parse().unwrap()).on_exceed(MessageAction::Close);
+    let s = server(ConcurrencyLimiter::new("ws"), limits, None).await;
+    let mut c = connect(s.addr).await.unwrap();
+    c.send(Message::text("a")).await.unwrap();
+    c.send(Message::text("b")).await.unwrap();
+    assert_eq!(next(&mut c).await, Message::text("a"));
+    let Message::Close(Some(frame)) = next(&mut c).await else { panic!("expected a close frame") };
+    assert_eq!(u16::from(frame.code), 4429);
+    assert_eq!(frame.reason.as_str(), "rate limited: messages (retry after 60s)");
+}
+
+#[tokio::test]
+async fn ping_flood_closes_1008() {
+    let limits = MessageLimits::new().control(Some("3/min".parse().unwrap()));
+    let s = server(ConcurrencyLimiter::new("ws"), limits, None).await;
+    let mut c = connect(s.addr).await.unwrap();
+    for _ in 0..4 {
+        c.send(Message::Ping(vec![7].into())).await.unwrap();
+    }
+    let Message::Close(Some(frame)) = next(&mut c).await else { panic!("expected a close frame") };
+    assert_eq!(u16::from(frame.code), 1008);
+}
+
+#[cfg(feature = "tungstenite")]
+#[tokio::test]
+async fn generic_wrapper_around_tungstenite_stream() {
+    use tollgate_tower::LimitedWebSocket;
+    // A bare tokio-tungstenite server whose socket is wrapped.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = std::sync::Arc::new(MessageLimits::new().messages("1/min".parse().unwrap()));
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let mut socket = LimitedWebSocket::new(socket, limits);
+        while let Some(Ok(m)) = socket.next().await {
+            if m.is_text() && socket.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+    c.send(Message::text("one")).await.unwrap();
+    c.send(Message::text("two")).await.unwrap();
+    assert_eq!(next(&mut c).await, Message::text("one"));
+    assert_eq!(next(&mut c).await, Message::text(r#"{"error":"rate_limited","limit":"messages","retry_after":60}"#));
+}
