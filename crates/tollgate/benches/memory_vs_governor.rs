@@ -82,14 +82,14 @@ fn memory_vs_governor(c: &mut Criterion) {
             b.iter(|| {
                 i = if i + 1 == n { 0 } else { i + 1 };
                 black_box(ours.check(&i).is_ok())
-            })
+            });
         });
         let mut i = 0u64;
         g.bench_function(format!("governor/{case}"), |b| {
             b.iter(|| {
                 i = if i + 1 == n { 0 } else { i + 1 };
                 black_box(theirs.check_key(&i).is_ok())
-            })
+            });
         });
     }
 
@@ -102,7 +102,7 @@ fn memory_vs_governor(c: &mut Criterion) {
             b.iter_custom(move |iters| {
                 let o = Arc::clone(&o);
                 two_threads(iters, move |_, n| (0..n).for_each(|_| _ = black_box(o.check(&7u64))))
-            })
+            });
         });
         let t = Arc::clone(&theirs);
         g.bench_function("governor/threads2_same_key", move |b| {
@@ -110,7 +110,7 @@ fn memory_vs_governor(c: &mut Criterion) {
             b.iter_custom(move |iters| {
                 let t = Arc::clone(&t);
                 two_threads(iters, move |_, n| (0..n).for_each(|_| _ = black_box(t.check_key(&7u64))))
-            })
+            });
         });
         let o = Arc::clone(&ours);
         g.bench_function("tollgate/threads2_distinct_keys", move |b| {
@@ -118,7 +118,7 @@ fn memory_vs_governor(c: &mut Criterion) {
             b.iter_custom(move |iters| {
                 let o = Arc::clone(&o);
                 two_threads(iters, move |t, n| (0..n).for_each(|i| _ = black_box(o.check(&(t * MILLION + i % 1024)))))
-            })
+            });
         });
         let t = Arc::clone(&theirs);
         g.bench_function("governor/threads2_distinct_keys", move |b| {
@@ -126,9 +126,9 @@ fn memory_vs_governor(c: &mut Criterion) {
             b.iter_custom(move |iters| {
                 let t = Arc::clone(&t);
                 two_threads(iters, move |th, n| {
-                    (0..n).for_each(|i| _ = black_box(t.check_key(&(th * MILLION + i % 1024))))
+                    (0..n).for_each(|i| _ = black_box(t.check_key(&(th * MILLION + i % 1024))));
                 })
-            })
+            });
         });
     }
     g.finish();
@@ -144,7 +144,9 @@ fn memory_vs_governor(c: &mut Criterion) {
     let theirs = theirs_keyed();
     let theirs_bytes = bytes_per_key(&|| (0..MILLION).for_each(|k| _ = theirs.check_key(&k)));
     assert_eq!(ours.len(), MILLION as usize, "tollgate must hold every key for the measurement to be fair");
-    eprintln!("memory_vs_governor/bytes_per_key: tollgate {ours_bytes:.1} B, governor {theirs_bytes:.1} B (1M u64 keys)");
+    eprintln!(
+        "memory_vs_governor/bytes_per_key: tollgate {ours_bytes:.1} B, governor {theirs_bytes:.1} B (1M u64 keys)"
+    );
     black_box(theirs.len());
 }
 

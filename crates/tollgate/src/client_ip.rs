@@ -130,14 +130,14 @@ impl ClientIpResolver {
             return peer;
         }
         for header in &self.headers {
-            if let Some(ip) = self.from_header(*header, peer, headers) {
+            if let Some(ip) = self.read_header(*header, peer, headers) {
                 return ip;
             }
         }
         peer
     }
 
-    fn from_header(&self, header: ForwardingHeader, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+    fn read_header(&self, header: ForwardingHeader, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         match header {
             ForwardingHeader::XRealIp => {
                 // Only the nearest proxy writes it; a repeated header is ambiguous and ignored.
@@ -304,6 +304,7 @@ fn parse_forwarded(text: &str, hops: &mut Vec<Hop>) -> Option<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

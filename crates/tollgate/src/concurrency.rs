@@ -187,15 +187,13 @@ impl ConcurrencyLimiter {
         let denied = |scope, limit| ConcurrencyDenied { name: Arc::clone(&inner.name), scope, limit };
         // Counted globally even without a global cap, for `in_use`.
         let global_cap = inner.global_cap.map_or(usize::MAX, |g| g as usize);
-        if inner
-            .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < global_cap).then_some(n + 1))
-            .is_err()
+        if inner.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < global_cap).then_some(n + 1)).is_err()
         {
             return Err(denied(ConcurrencyScope::Global, inner.global_cap.unwrap_or(0)));
         }
         // From here the global place is held by `lease`: any early return gives it back.
-        let mut lease = ConnectionLease { kind: LeaseKind::Memory { limiter: Arc::clone(inner), key: None, global: true } };
+        let mut lease =
+            ConnectionLease { kind: LeaseKind::Memory { limiter: Arc::clone(inner), key: None, global: true } };
         let Some(cap) = inner.per_key_cap else { return Ok(lease) };
         let got = inner.per_key.with(
             &key,

@@ -205,9 +205,10 @@ impl KeyText {
             "route" => KeyKind::Route,
             "custom" => KeyKind::Custom,
             other => match other.strip_prefix("header:") {
-                Some(name) => KeyKind::Header(HeaderName::from_str(name.trim()).map_err(|_| {
-                    Error::config(field, format!("{other:?}"), "not a valid header name")
-                })?),
+                Some(name) => KeyKind::Header(
+                    HeaderName::from_str(name.trim())
+                        .map_err(|_| Error::config(field, format!("{other:?}"), "not a valid header name"))?,
+                ),
                 None => {
                     return Err(Error::config(
                         field,
@@ -367,8 +368,8 @@ impl FromStr for Config {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Error> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| Error::ConfigFile { path: "<text>".into(), source: Box::new(e) })?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| Error::ConfigFile { path: "<text>".into(), source: Box::new(e) })?;
         config.validate()?;
         Ok(config)
     }
@@ -391,7 +392,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         for (name, p) in &self.policies {
             if p.limits.is_empty() {
-                return Err(Error::config(format!("policies.{name}.limits"), "[]", "a policy needs at least one limit"));
+                return Err(Error::config(
+                    format!("policies.{name}.limits"),
+                    "[]",
+                    "a policy needs at least one limit",
+                ));
             }
             for (i, l) in p.limits.iter().enumerate() {
                 if p.limits[..i].iter().any(|o| o.name == l.name) {
@@ -422,7 +427,8 @@ impl Config {
         }
         for (i, w) in self.websocket.iter().enumerate() {
             w.key.kind(64, &format!("websocket[{i}].key"))?;
-            for (field, v) in [("concurrent_per_key", w.concurrent_per_key), ("concurrent_global", w.concurrent_global)] {
+            for (field, v) in [("concurrent_per_key", w.concurrent_per_key), ("concurrent_global", w.concurrent_global)]
+            {
                 if v == Some(0) {
                     return Err(Error::config(format!("websocket[{i}].{field}"), 0, "must be at least 1"));
                 }
@@ -433,7 +439,11 @@ impl Config {
             let mut names: Vec<&str> = w.kinds.iter().map(|k| k.name.as_str()).collect();
             names.sort_unstable();
             if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
-                return Err(Error::config(format!("websocket[{i}].kinds"), format!("{:?}", dup[0]), "duplicate kind name"));
+                return Err(Error::config(
+                    format!("websocket[{i}].kinds"),
+                    format!("{:?}", dup[0]),
+                    "duplicate kind name",
+                ));
             }
         }
         Ok(())
@@ -441,17 +451,13 @@ impl Config {
 
     /// The builder of policy `name` (to add hooks, or build on another store).
     pub fn policy_builder(&self, name: &str) -> Result<PolicyBuilder, Error> {
-        let p = self
-            .policies
-            .get(name)
-            .ok_or_else(|| Error::config("policies", format!("{name:?}"), "no such policy"))?;
-        let mut b = Policy::builder(name)
-            .dry_run(p.dry_run)
-            .failure_mode(match p.failure_mode {
-                FailureModeConfig::Open => FailureMode::Open,
-                FailureModeConfig::Closed => FailureMode::Closed,
-                FailureModeConfig::Fallback => FailureMode::Fallback,
-            });
+        let p =
+            self.policies.get(name).ok_or_else(|| Error::config("policies", format!("{name:?}"), "no such policy"))?;
+        let mut b = Policy::builder(name).dry_run(p.dry_run).failure_mode(match p.failure_mode {
+            FailureModeConfig::Open => FailureMode::Open,
+            FailureModeConfig::Closed => FailureMode::Closed,
+            FailureModeConfig::Fallback => FailureMode::Fallback,
+        });
         if let Some(d) = p.penalty {
             b = b.penalty(d.0);
         }
@@ -516,7 +522,10 @@ impl Config {
 
     /// Every policy, on clones of `store`.
     pub fn policies_with<S: Store + Clone>(&self, store: &S) -> Result<BTreeMap<String, Policy<S>>, Error> {
-        self.policies.keys().map(|name| Ok((name.clone(), self.policy_builder(name)?.build_with(store.clone())?))).collect()
+        self.policies
+            .keys()
+            .map(|name| Ok((name.clone(), self.policy_builder(name)?.build_with(store.clone())?)))
+            .collect()
     }
 }
 

@@ -38,15 +38,17 @@ pub mod limiter;
 pub mod policy;
 pub mod quota;
 pub mod store;
-pub mod websocket;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod websocket;
 
 pub use algorithm::{Algorithm, OnExceed, Snapshot};
 pub use client_ip::{ClientIpResolver, ForwardingHeader};
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use concurrency::{
+    ConcurrencyDenied, ConcurrencyLimiter, ConcurrencyScope, ConnectionLease, LeaseRelease, LeaseStore,
+};
 pub use config::Config;
-pub use concurrency::{ConcurrencyDenied, ConcurrencyLimiter, ConcurrencyScope, ConnectionLease, LeaseRelease, LeaseStore};
 pub use decision::{Decision, LimitState, Reason};
 pub use error::Error;
 pub use headers::{BodyFormat, HeaderOptions, ResetStyle};

@@ -151,8 +151,9 @@ impl FromStr for Quota {
             .and_then(NonZeroU32::new)
             .ok_or_else(|| bad("the amount must be between 1 and 4294967295"))?;
         let period = parse_period(period.trim()).map_err(|r| bad(&r))?;
-        let mut quota = Quota::new(amount, period)
-            .ok_or_else(|| bad("the period must be longer than a nanosecond per unit and shorter than about 146 years"))?;
+        let mut quota = Quota::new(amount, period).ok_or_else(|| {
+            bad("the period must be longer than a nanosecond per unit and shorter than about 146 years")
+        })?;
         if let Some(burst) = burst {
             let burst = parse_amount(burst).map_err(|r| bad(&r))?;
             let burst = u32::try_from(burst)
@@ -259,7 +260,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_text_quoting_it() {
-        for bad in ["", "100", "0/s", "10/0s", "x/s", "10/fortnight", "5/s burst 0", "5GiB/s", "99999999999/s", "10/1ns"] {
+        for bad in
+            ["", "100", "0/s", "10/0s", "x/s", "10/fortnight", "5/s burst 0", "5GiB/s", "99999999999/s", "10/1ns"]
+        {
             let err = bad.parse::<Quota>().expect_err(bad).to_string();
             assert!(err.contains(&format!("`{bad}`")), "{err}");
             assert!(err.contains("expected"), "{err}");

@@ -183,8 +183,7 @@ async fn all_or_nothing<S: Store>(make: &mut impl FnMut(ManualClock) -> S, algor
         assert!(!all && !out[0].allowed, "{}: the tight limit refuses", p.scenario);
     }
     // The refused checks took nothing from the loose limit: 8 of 10 remain.
-    let (_, out) =
-        p.check(&[&loose], &[(Key::Global, ql, 1, Duration::ZERO)], "loose alone").await;
+    let (_, out) = p.check(&[&loose], &[(Key::Global, ql, 1, Duration::ZERO)], "loose alone").await;
     assert_eq!(out[0].remaining, 7, "{}: refused batches must not consume the loose limit", p.scenario);
 }
 

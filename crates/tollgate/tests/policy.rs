@@ -1,4 +1,5 @@
 //! Policies end to end on the in-memory store with a manual clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::{Future, ready};
 use std::num::NonZeroU32;
@@ -137,7 +138,8 @@ async fn tiers_and_identity_fallback() {
 #[tokio::test]
 async fn missing_keys_follow_the_limit_rule() {
     let name = http::HeaderName::from_static("x-api-key");
-    let shared = Policy::builder("a").limit(Limit::new("k", q("1/min")).key(KeyKind::Header(name.clone()))).build().unwrap();
+    let shared =
+        Policy::builder("a").limit(Limit::new("k", q("1/min")).key(KeyKind::Header(name.clone()))).build().unwrap();
     let none = RequestKeys::default();
     assert!(shared.check(&none, 1).await.unwrap().allowed);
     assert!(!shared.check(&none, 1).await.unwrap().allowed, "keyless requests share one count");
@@ -226,11 +228,15 @@ async fn failure_modes() {
 async fn a_flood_of_new_keys_cannot_erase_a_spent_quota() {
     let clock = ManualClock::new();
     let store = MemoryStore::builder().clock(clock.clone()).shards(1).max_keys(100).build();
-    let policy = Policy::builder("api").limit(Limit::new("per_ip", q("1/hour")).key(KeyKind::ip())).build_with(store).unwrap();
+    let policy =
+        Policy::builder("api").limit(Limit::new("per_ip", q("1/hour")).key(KeyKind::ip())).build_with(store).unwrap();
     assert!(policy.check(&ip(1), 1).await.unwrap().allowed);
     let mut refused_new = 0;
     for i in 0..5_000u32 {
-        let k = RequestKeys { ip: Some(std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))), ..RequestKeys::default() };
+        let k = RequestKeys {
+            ip: Some(std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
+            ..RequestKeys::default()
+        };
         if !policy.check(&k, 1).await.unwrap().allowed {
             refused_new += 1;
         }
@@ -238,6 +244,12 @@ async fn a_flood_of_new_keys_cannot_erase_a_spent_quota() {
     assert!(refused_new > 4_000, "new keys over the cap are refused ({refused_new})");
     assert!(!policy.check(&ip(1), 1).await.unwrap().allowed, "the spent key is still limited");
     clock.advance(Duration::from_secs(3600));
-    assert!(policy.check(&RequestKeys { ip: Some([10, 9, 9, 9].into()), ..RequestKeys::default() }, 1).await.unwrap().allowed,
-        "idle keys are evicted to make room");
+    assert!(
+        policy
+            .check(&RequestKeys { ip: Some([10, 9, 9, 9].into()), ..RequestKeys::default() }, 1)
+            .await
+            .unwrap()
+            .allowed,
+        "idle keys are evicted to make room"
+    );
 }

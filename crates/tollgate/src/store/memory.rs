@@ -4,8 +4,8 @@
 use std::fmt;
 use std::future::{Future, ready};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::table::{Full, Table};
@@ -217,7 +217,14 @@ fn run<M: Meter>(
     table.with(&key, now, M::is_idle, |s| M::apply(s, quota, now, cost, max_wait, mode))
 }
 
-fn undo<M: Meter>(table: &Table<OwnedKey, M::State>, key: Key<'_>, quota: &Quota, now: u64, cost: u32, snap: &Snapshot) {
+fn undo<M: Meter>(
+    table: &Table<OwnedKey, M::State>,
+    key: Key<'_>,
+    quota: &Quota,
+    now: u64,
+    cost: u32,
+    snap: &Snapshot,
+) {
     table.get(&key, |s| M::refund(s, quota, now, cost, snap));
 }
 
@@ -354,9 +361,14 @@ impl Store for MemoryStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
         let now = self.inner.clock.now();
         let until = now.saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
-        let r = limit.blocks.with(&key, now, |u, now| u.load(Ordering::Acquire) <= now, |u| {
-            u.fetch_max(until, Ordering::AcqRel);
-        });
+        let r = limit.blocks.with(
+            &key,
+            now,
+            |u, now| u.load(Ordering::Acquire) <= now,
+            |u| {
+                u.fetch_max(until, Ordering::AcqRel);
+            },
+        );
         limit.any_block.store(true, Ordering::Release);
         ready(r.map_err(|Full| StoreError::Full(limit.blocks.capacity())))
     }

@@ -15,8 +15,8 @@ use crate::quota::Quota;
 pub mod memory;
 pub(crate) mod table;
 
-pub use table::KeyLookup;
 pub use memory::{DEFAULT_MAX_KEYS, MemoryLimit};
+pub use table::KeyLookup;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder, OnFull};
 

@@ -50,8 +50,11 @@ impl KeyLookup<String> for str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Full;
 
+/// A shard on its own cache lines, so threads on different shards do not contend.
 #[repr(align(128))]
 struct Padded<T>(T);
+
+type PaddedShard<K, S> = Padded<RwLock<Shard<K, S>>>;
 
 struct Shard<K, S> {
     map: HashTable<(K, S)>,
@@ -61,7 +64,7 @@ struct Shard<K, S> {
 const MIN_SWEEP: usize = 256;
 
 pub(crate) struct Table<K, S> {
-    shards: Box<[Padded<RwLock<Shard<K, S>>>]>,
+    shards: Box<[PaddedShard<K, S>]>,
     hasher: foldhash::fast::RandomState,
     mask: u64,
     shard_cap: usize,

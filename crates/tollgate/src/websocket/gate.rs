@@ -352,6 +352,7 @@ fn too_big(len: usize, max: usize) -> Verdict {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;

@@ -140,6 +140,7 @@ pub fn truncate_reason(reason: &str) -> &str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
