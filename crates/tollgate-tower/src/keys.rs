@@ -116,6 +116,7 @@ pub(crate) fn route(ext: &Extensions) -> Option<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -83,7 +83,10 @@ async fn x_forwarded_for_honoured_from_trusted_proxy() {
         .client_ip_resolver(ClientIpResolver::new().trust("127.0.0.0/8".parse().unwrap()));
     let addr = serve(hello_app(layer)).await;
     let from = |client: &'static str| {
-        common::get("/hello").header("x-forwarded-for", format!("198.51.100.1, {client}")).body(Full::default()).unwrap()
+        common::get("/hello")
+            .header("x-forwarded-for", format!("198.51.100.1, {client}"))
+            .body(Full::default())
+            .unwrap()
     };
     assert_eq!(send(addr, from("203.0.113.1")).await.status, StatusCode::OK);
     assert_eq!(send(addr, from("203.0.113.1")).await.status, StatusCode::OK);
@@ -127,8 +130,7 @@ async fn streamed_body_over_the_limit_is_413() {
         (0..4).map(|_| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(vec![b'x'; 400])))),
     );
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let req = Request::post("/echo").header("host", "localhost").body(StreamBody::new(chunks)).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
@@ -171,8 +173,7 @@ async fn in_flight_lease_is_held_until_the_body_finishes() {
     let addr = serve(Router::new().route("/stream", get(handler)).layer(layer)).await;
 
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let first = sender.send_request(common::get("/stream").body(Full::<Bytes>::default()).unwrap()).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);

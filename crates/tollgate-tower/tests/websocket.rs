@@ -24,15 +24,16 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 async fn echo(upgrade: LimitedUpgrade) -> Response {
     upgrade.on_upgrade(|mut socket| async move {
         while let Some(Ok(message)) = socket.next().await {
-            match message {
-                AxumMessage::Text(ref t) if t.as_str() == "panic" => panic!("the handler panics"),
-                AxumMessage::Text(_) | AxumMessage::Binary(_) => {
-                    if socket.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                AxumMessage::Close(_) => break,
-                _ => {}
+            if let AxumMessage::Text(ref t) = message
+                && t.as_str() == "panic"
+            {
+                panic!("the handler panics");
+            }
+            if matches!(message, AxumMessage::Close(_)) {
+                break;
+            }
+            if matches!(message, AxumMessage::Text(_) | AxumMessage::Binary(_)) && socket.send(message).await.is_err() {
+                break;
             }
         }
     })
@@ -57,16 +58,18 @@ async fn server(connections: ConcurrencyLimiter, messages: MessageLimits, rate: 
 }
 
 async fn connect(addr: SocketAddr) -> Result<Client, WsError> {
-    let (socket, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(format!("ws://{addr}/ws")))
-        .await
-        .expect("the handshake timed out")?;
+    let (socket, _) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(format!("ws://{addr}/ws")))
+            .await
+            .expect("the handshake timed out")?;
     Ok(socket)
 }
 
 fn refused_status(result: Result<Client, WsError>) -> (u16, String) {
     match result {
         Err(WsError::Http(response)) => {
-            let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            let retry =
+                response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
             (response.status().as_u16(), retry)
         }
         Err(other) => panic!("expected an HTTP refusal, got {other}"),

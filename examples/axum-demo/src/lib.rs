@@ -47,14 +47,11 @@ async fn echo(body: Bytes) -> Bytes {
 async fn ws(upgrade: LimitedUpgrade) -> Response {
     upgrade.on_upgrade(|mut socket| async move {
         while let Some(Ok(message)) = socket.next().await {
-            match message {
-                Message::Text(_) | Message::Binary(_) => {
-                    if socket.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => {}
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+            if matches!(message, Message::Text(_) | Message::Binary(_)) && socket.send(message).await.is_err() {
+                break;
             }
         }
     })

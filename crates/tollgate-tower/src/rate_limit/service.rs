@@ -65,6 +65,8 @@ impl<S, St: Store> RateLimit<S, St> {
 }
 
 /// What the checks concluded: go on (after `wait`), or answer with a refusal.
+// Moved once per request; boxing the large variant would allocate on the allow path.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Prepared<B> {
     Go { request: Request<Limited<B>>, extra: Extra, wait: Duration },
     Refuse(Response<Full<Bytes>>),

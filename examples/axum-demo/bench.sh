@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The load benchmark: the same minimal axum app bare, with tollgate and with tower_governor, on the
+# allow path (a quota nothing exceeds) and the refusal path (every request over the limit), with wrk
+# on 127.0.0.1 only; then WebSocket messages per second through a bare and a wrapped socket.
+# Usage: examples/axum-demo/bench.sh   (env: DURATION=5s THREADS=2 CONNECTIONS=50 PORT=4100)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-5s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-50}
+PORT=${PORT:-4100}
+command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
+
+cargo build --release -q -p axum-demo --bin bench-server
+BIN=target/release/bench-server
+"$BIN" http "$PORT" > /tmp/tollgate-bench-server.log 2>&1 &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do grep -q ready /tmp/tollgate-bench-server.log 2>/dev/null && break; sleep 0.1; done
+
+rps() { # url -> requests per second
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'
+}
+status() { curl -s -o /dev/null -w '%{http_code}' "$1"; }
+
+echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/) governor $(status http://127.0.0.1:$((PORT+4))/)"
+bare=$(rps "http://127.0.0.1:$PORT/")
+tg_allow=$(rps "http://127.0.0.1:$((PORT+1))/")
+gov_allow=$(rps "http://127.0.0.1:$((PORT+3))/")
+tg_refuse=$(rps "http://127.0.0.1:$((PORT+2))/")
+gov_refuse=$(rps "http://127.0.0.1:$((PORT+4))/")
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, requests/s:"
+echo "  bare                      $bare"
+echo "  tollgate, allow path      $tg_allow   ($(ratio "$tg_allow" "$bare")x bare)"
+echo "  tower_governor, allow     $gov_allow   ($(ratio "$gov_allow" "$bare")x bare)"
+echo "  tollgate, refusal path    $tg_refuse   ($(ratio "$tg_refuse" "$bare")x bare)"
+echo "  tower_governor, refusal   $gov_refuse   ($(ratio "$gov_refuse" "$bare")x bare)"
+echo "  tollgate / tower_governor: allow $(ratio "$tg_allow" "$gov_allow"), refusal $(ratio "$tg_refuse" "$gov_refuse")"
+kill "$SERVER" 2>/dev/null || true
+
+"$BIN" ws

@@ -1,0 +1,151 @@
+//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app five ways
+//! on PORT..PORT+4 (bare; tollgate allow; tollgate refuse; tower_governor allow; tower_governor
+//! refuse). `bench-server ws` measures WebSocket messages per second through a bare and a wrapped
+//! socket and prints both. Driven by `bench.sh`.
+
+// A console tool.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::WebSocketUpgrade;
+use axum::extract::ws::Message;
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use tollgate::websocket::MessageLimits;
+use tollgate::{ConcurrencyLimiter, KeyKind, Limit, Policy};
+use tollgate_tower::{LimitedUpgrade, LimitedWebSocket, Limits, RateLimitLayer, WebSocketLimits};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "hello" }))
+}
+
+fn tollgate(quota: &str) -> Result<Router, BoxError> {
+    let policy = Policy::builder("bench").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
+    Ok(app().layer(RateLimitLayer::new(policy)))
+}
+
+fn governor(allow: bool) -> Result<Router, BoxError> {
+    let mut builder = GovernorConfigBuilder::default();
+    if allow {
+        builder.per_nanosecond(1).burst_size(u32::MAX);
+    } else {
+        builder.per_second(3600).burst_size(1);
+    }
+    let config = builder.finish().ok_or("bad governor config")?;
+    Ok(app().layer(GovernorLayer::new(Arc::new(config))))
+}
+
+async fn serve(port: u16, app: Router) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    tokio::spawn(async move { axum_demo::serve(listener, app).await });
+    Ok(())
+}
+
+async fn http(port: u16) -> Result<(), BoxError> {
+    serve(port, app()).await?;
+    serve(port + 1, tollgate("1000000000/s")?).await?;
+    serve(port + 2, tollgate("1/h")?).await?;
+    serve(port + 3, governor(true)?).await?;
+    serve(port + 4, governor(false)?).await?;
+    println!("ready");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn bare_echo(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket| async move {
+        while let Some(Ok(m)) = socket.next().await {
+            if matches!(m, Message::Binary(_)) && socket.send(m).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+async fn limited_echo(upgrade: LimitedUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket: LimitedWebSocket<_, Message>| async move {
+        while let Some(Ok(m)) = socket.next().await {
+            if matches!(m, Message::Binary(_)) && socket.send(m).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Messages per second echoed over one connection, `window` in flight at a time.
+async fn ws_rate(addr: SocketAddr, messages: usize, window: usize) -> Result<f64, BoxError> {
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+    let (mut tx, mut rx) = socket.split();
+    let payload = tokio_tungstenite::tungstenite::Message::binary(vec![7u8; 64]);
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        for _ in 0..messages {
+            tx.feed(payload.clone()).await?;
+        }
+        tx.flush().await?;
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(tx)
+    });
+    let _ = window;
+    let mut got = 0;
+    while got < messages {
+        match tokio::time::timeout(Duration::from_secs(30), rx.next()).await? {
+            Some(Ok(m)) if m.is_binary() => got += 1,
+            Some(Ok(_)) => {}
+            _ => return Err("the echo stopped".into()),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = sender.await?;
+    Ok(messages as f64 / elapsed)
+}
+
+async fn ws() -> Result<(), BoxError> {
+    let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_addr = bare.local_addr()?;
+    tokio::spawn(async move { axum_demo::serve(bare, Router::new().route("/ws", get(bare_echo))).await });
+    let limits = MessageLimits::new()
+        .messages("1000000000/s".parse()?)
+        .bytes("4000000000/s".parse()?)
+        .max_message_size(16 * 1024);
+    let layer = RateLimitLayer::with_limits(
+        Limits::new().websocket(WebSocketLimits::new(ConcurrencyLimiter::new("ws").per_key(10), limits)),
+    );
+    let limited = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let limited_addr = limited.local_addr()?;
+    tokio::spawn(
+        async move { axum_demo::serve(limited, Router::new().route("/ws", get(limited_echo)).layer(layer)).await },
+    );
+    let n = 200_000;
+    // Warm up, then alternate to even out noise from the shared machine.
+    ws_rate(bare_addr, 20_000, 0).await?;
+    ws_rate(limited_addr, 20_000, 0).await?;
+    let (mut b, mut l) = (0.0, 0.0);
+    for _ in 0..3 {
+        b += ws_rate(bare_addr, n, 0).await?;
+        l += ws_rate(limited_addr, n, 0).await?;
+    }
+    let (b, l) = (b / 3.0, l / 3.0);
+    println!("ws bare: {b:.0} msg/s");
+    println!("ws tollgate: {l:.0} msg/s");
+    println!("ws ratio tollgate/bare: {:.3}", l / b);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("http") => http(args.next().and_then(|p| p.parse().ok()).unwrap_or(4100)).await,
+        Some("ws") => ws().await,
+        _ => Err("usage: bench-server http [PORT] | bench-server ws".into()),
+    }
+}
