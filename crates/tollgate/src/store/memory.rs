@@ -198,6 +198,30 @@ impl fmt::Debug for MemoryLimit {
     }
 }
 
+/// Runs `$body` on whichever table `$tables` holds, with `$t` bound to it and `$m` to its meter.
+macro_rules! with_table {
+    ($tables:expr, |$t:ident, $m:ident| $body:expr) => {
+        match $tables {
+            Tables::Gcra($t) => {
+                type $m = Gcra;
+                $body
+            }
+            Tables::Fixed($t) => {
+                type $m = FixedWindow;
+                $body
+            }
+            Tables::Sliding($t) => {
+                type $m = SlidingWindow;
+                $body
+            }
+            Tables::Log($t) => {
+                type $m = SlidingLog;
+                $body
+            }
+        }
+    };
+}
+
 enum Tables {
     Gcra(Table<OwnedKey, AtomicU64>),
     Fixed(Table<OwnedKey, Mutex<FixedState>>),
@@ -262,12 +286,7 @@ impl MemoryLimit {
             }
         }
         let max_wait = u64::try_from(c.max_wait.as_nanos()).unwrap_or(u64::MAX);
-        let r = match &self.tables {
-            Tables::Gcra(t) => run::<Gcra>(t, c.key, &c.quota, now, c.cost, max_wait, mode),
-            Tables::Fixed(t) => run::<FixedWindow>(t, c.key, &c.quota, now, c.cost, max_wait, mode),
-            Tables::Sliding(t) => run::<SlidingWindow>(t, c.key, &c.quota, now, c.cost, max_wait, mode),
-            Tables::Log(t) => run::<SlidingLog>(t, c.key, &c.quota, now, c.cost, max_wait, mode),
-        };
+        let r = with_table!(&self.tables, |t, M| run::<M>(t, c.key, &c.quota, now, c.cost, max_wait, mode));
         r.unwrap_or_else(|Full| {
             tracing::warn!(limit = %self.name, "in-memory store full: no idle key to evict");
             let allowed = self.on_full == OnFull::Allow;
@@ -284,12 +303,7 @@ impl MemoryLimit {
     }
 
     fn refund(&self, c: &Check<'_, MemoryLimit>, now: u64, snap: &Snapshot) {
-        match &self.tables {
-            Tables::Gcra(t) => undo::<Gcra>(t, c.key, &c.quota, now, c.cost, snap),
-            Tables::Fixed(t) => undo::<FixedWindow>(t, c.key, &c.quota, now, c.cost, snap),
-            Tables::Sliding(t) => undo::<SlidingWindow>(t, c.key, &c.quota, now, c.cost, snap),
-            Tables::Log(t) => undo::<SlidingLog>(t, c.key, &c.quota, now, c.cost, snap),
-        }
+        with_table!(&self.tables, |t, M| undo::<M>(t, c.key, &c.quota, now, c.cost, snap));
     }
 
     fn algorithm(&self) -> Algorithm {
@@ -303,12 +317,7 @@ impl MemoryLimit {
 
     /// How many keys this limit tracks now (idle ones not yet swept included).
     pub fn len(&self) -> usize {
-        match &self.tables {
-            Tables::Gcra(t) => t.len(),
-            Tables::Fixed(t) => t.len(),
-            Tables::Sliding(t) => t.len(),
-            Tables::Log(t) => t.len(),
-        }
+        with_table!(&self.tables, |t, _M| t.len())
     }
 
     /// Whether no key is tracked.
@@ -318,22 +327,12 @@ impl MemoryLimit {
 
     /// The most keys this limit tracks.
     pub fn capacity(&self) -> usize {
-        match &self.tables {
-            Tables::Gcra(t) => t.capacity(),
-            Tables::Fixed(t) => t.capacity(),
-            Tables::Sliding(t) => t.capacity(),
-            Tables::Log(t) => t.capacity(),
-        }
+        with_table!(&self.tables, |t, _M| t.capacity())
     }
 
     /// Forgets every idle key now (this also happens by itself as the table grows).
     pub fn sweep(&self, now: u64) {
-        match &self.tables {
-            Tables::Gcra(t) => t.sweep(now, Gcra::is_idle),
-            Tables::Fixed(t) => t.sweep(now, FixedWindow::is_idle),
-            Tables::Sliding(t) => t.sweep(now, SlidingWindow::is_idle),
-            Tables::Log(t) => t.sweep(now, SlidingLog::is_idle),
-        }
+        with_table!(&self.tables, |t, M| t.sweep(now, M::is_idle));
         self.blocks.sweep(now, |u, now| u.load(Ordering::Acquire) <= now);
     }
 }
