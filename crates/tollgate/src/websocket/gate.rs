@@ -466,6 +466,6 @@ mod tests {
         assert_eq!(text(&mut g, "a"), Verdict::Allow);
         assert_eq!(text(&mut g, "a"), Verdict::Delay(Duration::from_secs(1)));
         assert_eq!(text(&mut g, "a"), Verdict::Delay(Duration::from_secs(2)));
-        assert!(matches!(text(&mut g, "a"), Verdict::Drop(r) if r.retry_after == Duration::from_secs(1)));
+        assert!(matches!(text(&mut g, "a"), Verdict::Drop(r) if r.retry_after == Duration::from_secs(3)));
     }
 }
