@@ -5,12 +5,12 @@
 # (-P 1) and with pipelining (-P 16). Compare with `cargo bench -p tollgate-redis --bench redis_store`.
 #
 # Usage: redis_ceiling.sh [port]   (without a port it starts its own redis-server)
-# Environment: REQUESTS (default 500000), CLIENTS (default 50), PIPELINE (default 16).
+# Environment: REQUESTS (default 200000), CLIENTS (default 50), PIPELINE (default 16).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 script="$here/../src/lua/check.lua"
-requests="${REQUESTS:-500000}"
+requests="${REQUESTS:-200000}"
 clients="${CLIENTS:-50}"
 pipeline="${PIPELINE:-16}"
 
@@ -33,6 +33,7 @@ sha="$(redis-cli -p "$port" -x SCRIPT LOAD < "$script")"
 args=(EVALSHA "$sha" 2 "bench:{__rand_int__}:s" "bench:{__rand_int__}:b" c "" 0 1 g 1000000000 1000 1000000 1000000 1 0)
 
 for p in 1 "$pipeline"; do
-  echo "redis-benchmark EVALSHA check.lua, $clients clients, -P $p:"
-  redis-benchmark -p "$port" -c "$clients" -n "$requests" -r 100000 -P "$p" -q "${args[@]}"
+  rps="$(redis-benchmark -p "$port" -c "$clients" -n "$requests" -r 100000 -P "$p" -q "${args[@]}" \
+    | tr '\r' '\n' | grep -o '[0-9.]* requests per second.*' | tail -n 1)"
+  echo "redis-benchmark EVALSHA check.lua, $clients clients, -P $p: $rps"
 done

@@ -556,3 +556,54 @@ impl Store for RedisStore {
         self.block_key(limit, key, duration)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::test_support::{RedisServer, redis_available};
+    use tollgate::{ManualClock, Quota};
+
+    /// The refund of the cross-slot path gives back exactly what a commit took: afterwards the
+    /// limit answers as one that never saw the commit (immediate and delayed commits alike).
+    #[tokio::test]
+    async fn refund_undoes_a_commit() {
+        if !redis_available() {
+            return;
+        }
+        let server = RedisServer::start();
+        let base = RedisStore::connect(server.url()).await.unwrap();
+        let q: Quota = "4/s".parse().unwrap();
+        let key = Key::Text("k");
+        let algorithms = [Algorithm::Gcra, Algorithm::FixedWindow, Algorithm::SlidingWindow, Algorithm::SlidingLog];
+        for algorithm in algorithms {
+            for (prefill, max_wait) in [(1, Duration::ZERO), (4, Duration::from_secs(2))] {
+                let clock = ManualClock::at(1_700_000_000_000_000_000);
+                let store = base.with_clock(clock.clone());
+                let case = format!("{}-{prefill}", algorithm.name());
+                let spec = |n: &str| LimitSpec { name: n.into(), policy: format!("refund-{case}"), algorithm };
+                let (a, b) = (store.register(&spec("a")).unwrap(), store.register(&spec("b")).unwrap());
+                let check = |limit, cost, max_wait| Check { limit, key, quota: q, cost, max_wait };
+                let mut out = [Snapshot::EMPTY];
+                for _ in 0..prefill {
+                    assert!(store.check(&[check(&a, 1, Duration::ZERO)], &mut out).await.unwrap());
+                    assert!(store.check(&[check(&b, 1, Duration::ZERO)], &mut out).await.unwrap());
+                }
+                clock.advance(Duration::from_millis(3));
+                let checks = [check(&a, 2, max_wait)];
+                let keys = [check_keys(&store.inner.prefix, &a.segment, key)];
+                let now = store.now_arg();
+                let commit = store.run(&store.call(Mode::Commit, &now, &checks, &keys, &[0], None), 1).await.unwrap();
+                assert!(commit.all, "{case}: {:?}", commit.snapshots);
+                assert_eq!(commit.snapshots[0].wait.is_zero(), max_wait.is_zero(), "{case}");
+                let refund = store.call(Mode::Refund, &commit.now, &checks, &keys, &[0], Some(&commit.snapshots));
+                store.run(&refund, 1).await.unwrap();
+                clock.advance(Duration::from_millis(7));
+                let (mut sa, mut sb) = ([Snapshot::EMPTY], [Snapshot::EMPTY]);
+                let pa = store.check(&[check(&a, 1, Duration::from_secs(2))], &mut sa).await.unwrap();
+                let pb = store.check(&[check(&b, 1, Duration::from_secs(2))], &mut sb).await.unwrap();
+                assert_eq!((pa, sa), (pb, sb), "{case}: refunded (left) vs never committed (right)");
+            }
+        }
+    }
+}

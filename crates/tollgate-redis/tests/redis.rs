@@ -333,3 +333,59 @@ async fn long_quotas_are_refused_clearly() {
     assert!(err.to_string().contains("2^51"), "{err}");
     assert!(!store.is_breaker_open());
 }
+
+/// Redis killed under a policy: each failure mode decides as configured, within the timeout, and
+/// decisions come from Redis again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_modes_when_redis_dies() {
+    use tollgate::{FailureMode, KeyKind, Limit, Policy, Reason, RequestKeys};
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let timeout = Duration::from_millis(150);
+    let store = RedisStore::builder(server.url())
+        .timeout(timeout)
+        .breaker(2, Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let policy = |name: &str, mode| {
+        Policy::builder(name.to_owned())
+            .limit(Limit::new("per_ip", quota("3/min")).key(KeyKind::ip()))
+            .failure_mode(mode)
+            .build_with(store.clone())
+            .unwrap()
+    };
+    let open = policy("open", FailureMode::Open);
+    let closed = policy("closed", FailureMode::Closed);
+    let fallback = policy("fallback", FailureMode::Fallback);
+    let keys = RequestKeys { ip: Some("192.0.2.1".parse().unwrap()), ..RequestKeys::default() };
+    for p in [&open, &closed, &fallback] {
+        let d = p.check(&keys, 1).await.unwrap();
+        assert!(d.allowed && d.reason == Reason::Allowed, "{d:?}");
+    }
+    server.kill();
+    for round in 0..6 {
+        let started = Instant::now();
+        let d = open.check(&keys, 1).await.unwrap();
+        assert!(d.allowed && d.reason == Reason::StoreUnavailableFailedOpen, "round {round}: {d:?}");
+        let d = closed.check(&keys, 1).await.unwrap();
+        assert!(!d.allowed && d.reason == Reason::StoreUnavailable, "round {round}: {d:?}");
+        // The local limiter counts from zero: 3 per minute, then refused.
+        let d = fallback.check(&keys, 1).await.unwrap();
+        assert_eq!(d.allowed, round < 3, "round {round}: {d:?}");
+        assert!(started.elapsed() < timeout * 3 + Duration::from_millis(100), "{:?}", started.elapsed());
+    }
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = closed.check(&keys, 1).await.unwrap();
+        if d.reason != Reason::StoreUnavailable {
+            assert!(d.allowed, "the restarted Redis is empty: {d:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "decisions never came back to Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
