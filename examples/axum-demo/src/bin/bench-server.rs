@@ -114,7 +114,7 @@ async fn ws() -> Result<(), BoxError> {
     tokio::spawn(async move { axum_demo::serve(bare, Router::new().route("/ws", get(bare_echo))).await });
     let limits = MessageLimits::new()
         .messages("1000000000/s".parse()?)
-        .bytes("4000000000/s".parse()?)
+        .bytes("1000000000/s".parse()?)
         .max_message_size(16 * 1024);
     let layer = RateLimitLayer::with_limits(
         Limits::new().websocket(WebSocketLimits::new(ConcurrencyLimiter::new("ws").per_key(10), limits)),
