@@ -21,7 +21,7 @@ use tollgate_redis::RedisStore;
 /// Keys spread over this many clients, as `redis_ceiling.sh` does with `-r`.
 const KEYS: u64 = 100_000;
 
-async fn run(store: &RedisStore, label: &str, tasks: usize, secs: u64, limits: usize) {
+async fn run(store: &RedisStore, label: &str, tasks: usize, secs: u64, limits: usize) -> f64 {
     let quota: Quota = "1000000/s".parse().unwrap();
     let handles: Arc<Vec<_>> = Arc::new(
         (0..limits)
@@ -62,11 +62,31 @@ async fn run(store: &RedisStore, label: &str, tasks: usize, secs: u64, limits: u
     }
     let elapsed = started.elapsed().as_secs_f64();
     let n = done.load(Ordering::Relaxed);
+    let rate = n as f64 / elapsed;
     println!(
         "{label}: {:.0} decisions/s ({n} in {elapsed:.1}s, {tasks} tasks, {} errors)",
-        n as f64 / elapsed,
+        rate,
         errors.load(Ordering::Relaxed)
     );
+    rate
+}
+
+/// Runs `redis_ceiling.sh` against `port` and returns its (un-pipelined, pipelined) requests/s.
+fn ceiling(port: u16, tasks: usize) -> Option<(f64, f64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/redis_ceiling.sh");
+    let out =
+        std::process::Command::new(script).arg(port.to_string()).env("CLIENTS", tasks.to_string()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    let rates: Vec<f64> =
+        text.lines().filter_map(|l| l.split(": ").nth(1)?.split_whitespace().next()?.parse().ok()).collect();
+    match rates.as_slice() {
+        [p1, pn] => Some((*p1, *pn)),
+        _ => {
+            eprintln!("redis_ceiling.sh gave no figures: {}", String::from_utf8_lossy(&out.stderr));
+            None
+        }
+    }
 }
 
 fn main() {
@@ -76,21 +96,27 @@ fn main() {
     let secs = if benching { secs } else { 1 };
     let tasks: usize = std::env::var("BENCH_TASKS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let server;
-    let url = match std::env::var("REDIS_URL") {
-        Ok(url) => url,
+    let (url, port) = match std::env::var("REDIS_URL") {
+        Ok(url) => (url, None),
         Err(_) => {
             if !support::redis_available() {
                 return;
             }
             server = support::RedisServer::start();
-            server.url()
+            (server.url(), Some(server.port))
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let store = RedisStore::builder(&url).prefix("bench").build().await.unwrap();
         println!("redis store at {url}");
-        run(&store, "1 limit (GCRA) per decision", tasks, secs, 1).await;
+        let one = run(&store, "1 limit (GCRA) per decision", tasks, secs, 1).await;
         run(&store, "2 limits (GCRA) per decision", tasks, secs, 2).await;
+        // The ceiling, on the same server in the same run (not with `cargo test --benches`).
+        if let (true, Some(port)) = (benching, port)
+            && let Some((p1, pn)) = ceiling(port, tasks)
+        {
+            println!("store / redis-benchmark -P 1: {:.2}x; store / pipelined: {:.2}x", one / p1, one / pn);
+        }
     });
 }

@@ -93,6 +93,19 @@ async fn shared_limits_on_server_time(a: RedisStore, b: RedisStore) {
     assert!(!s.allowed && s.blocked && s.retry_after <= Duration::from_millis(300) && s.retry_after > Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert!(check_one(&b, &l, Key::Int(1), quota("100/s")).await.unwrap().allowed, "the block ends");
+
+    // Leases: the per-key and global sets of a limiter share a slot, so one script counts both.
+    let held = a.acquire("ws", Key::Text("x"), Some(1), Some(2)).await.unwrap().unwrap();
+    assert_eq!(
+        b.acquire("ws", Key::Text("x"), Some(1), Some(2)).await.unwrap().unwrap_err().scope,
+        ConcurrencyScope::PerKey
+    );
+    let _other = b.acquire("ws", Key::Text("y"), Some(1), Some(2)).await.unwrap().unwrap();
+    assert_eq!(
+        b.acquire("ws", Key::Text("z"), Some(1), Some(2)).await.unwrap().unwrap_err().scope,
+        ConcurrencyScope::Global
+    );
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,40 +49,6 @@ local function idiv(a, b)
   return q
 end
 
--- floor(a*b/c) and the remainder, exact for a < 2^53, b < 2^53, c <= 2^51 and a result below
--- 2^53 (the u128 arithmetic of the Rust side), by shift-and-add over the bits of a.
-local function muldiv(a, b, c)
-  local p = a * b
-  if p < 9007199254740992 then
-    return divmod(p, c)
-  end
-  local qb, rb = divmod(b, c)
-  local bits = {}
-  while a > 0 do
-    local bit = a % 2
-    bits[#bits + 1] = bit
-    a = (a - bit) / 2
-  end
-  local q, r = 0, 0
-  for i = #bits, 1, -1 do
-    q = q * 2
-    r = r * 2
-    if r >= c then
-      r = r - c
-      q = q + 1
-    end
-    if bits[i] == 1 then
-      q = q + qb
-      r = r + rb
-      if r >= c then
-        r = r - c
-        q = q + 1
-      end
-    end
-  end
-  return q, r
-end
-
 -- Splits a decimal string of nanoseconds into whole seconds and nanoseconds.
 local function split(s)
   local n = #s
@@ -119,33 +85,6 @@ local function abs(r)
   return string.format('%d%09d', sec, ns)
 end
 
--- (B * 1e9) mod m, so that windows align to multiples of the period in absolute time.
-local function origin_mod(m)
-  local _, a = divmod(B, m)
-  local _, b = divmod(E9, m)
-  local r = 0
-  while b > 0 do
-    if b % 2 == 1 then
-      r = r + a
-      if r >= m then
-        r = r - m
-      end
-    end
-    a = a * 2
-    if a >= m then
-      a = a - m
-    end
-    b = math.floor(b / 2)
-  end
-  return r
-end
-
--- The start of the period-aligned window holding `t` (absolute `t / P * P`), relative to B.
-local function window_start(t, P)
-  local _, r = divmod(origin_mod(P) + t, P)
-  return t - r
-end
-
 -- Milliseconds for PEXPIRE until `idle_at`, or nil when the state is idle already (then it is
 -- as good as none, and is deleted).
 local function ttl_ms(idle_at)
@@ -164,390 +103,478 @@ local function snap(allowed, blocked, limit, remaining, reset, retry, wait)
 end
 
 ---------------------------------------------------------------------------------------------
+-- Everything below is made only when a check needs it: Redis runs the whole script on every
+-- call, and creating every function each time costs more than a GCRA decision's arithmetic.
+
+-- The arithmetic of the window algorithms.
+local windows_made
+local function windows()
+  if windows_made then
+    return windows_made
+  end
+  -- floor(a*b/c) and the remainder, exact for a < 2^53, b < 2^53, c <= 2^51 and a result below
+  -- 2^53 (the u128 arithmetic of the Rust side), by shift-and-add over the bits of a.
+  local function muldiv(a, b, c)
+    local p = a * b
+    if p < 9007199254740992 then
+      return divmod(p, c)
+    end
+    local qb, rb = divmod(b, c)
+    local bits = {}
+    while a > 0 do
+      local bit = a % 2
+      bits[#bits + 1] = bit
+      a = (a - bit) / 2
+    end
+    local q, r = 0, 0
+    for i = #bits, 1, -1 do
+      q = q * 2
+      r = r * 2
+      if r >= c then
+        r = r - c
+        q = q + 1
+      end
+      if bits[i] == 1 then
+        q = q + qb
+        r = r + rb
+        if r >= c then
+          r = r - c
+          q = q + 1
+        end
+      end
+    end
+    return q, r
+  end
+
+  -- (B * 1e9) mod m, so that windows align to multiples of the period in absolute time.
+  local function origin_mod(m)
+    local _, a = divmod(B, m)
+    local _, b = divmod(E9, m)
+    local r = 0
+    while b > 0 do
+      if b % 2 == 1 then
+        r = r + a
+        if r >= m then
+          r = r - m
+        end
+      end
+      a = a * 2
+      if a >= m then
+        a = a - m
+      end
+      b = math.floor(b / 2)
+    end
+    return r
+  end
+
+  -- The start of the period-aligned window holding `t` (absolute `t / P * P`), relative to B.
+  local function window_start(t, P)
+    local _, r = divmod(origin_mod(P) + t, P)
+    return t - r
+  end
+
+  windows_made = { muldiv = muldiv, window_start = window_start }
+  return windows_made
+end
+
+local makers = {}
+
+---------------------------------------------------------------------------------------------
 -- GCRA (gcra.rs). State: the theoretical arrival time, as a decimal string.
+function makers.g()
+  local gcra = {}
 
-local gcra = {}
-
-function gcra.load(key)
-  local v = redis.call('GET', key)
-  return { tat = v and rel(v) or nil }
-end
-
-function gcra.save(key, st)
-  local ms = ttl_ms(st.tat)
-  if ms then
-    redis.call('SET', key, abs(st.tat), 'PX', ms)
-  else
-    redis.call('DEL', key)
+  function gcra.load(key)
+    local v = redis.call('GET', key)
+    return { tat = v and rel(v) or nil }
   end
-end
 
-function gcra.apply(st, q, c, max_wait, peek)
-  local t = q.T
-  local cap = t * q.burst
-  local base = now
-  if st.tat and st.tat > now then
-    base = st.tat
-  end
-  local new_tat = base + t * c
-  local allow_at = new_tat - cap
-  if allow_at <= now or allow_at - now <= max_wait then
-    local wait = 0
-    if allow_at > now then
-      wait = allow_at - now
+  function gcra.save(key, st)
+    local ms = ttl_ms(st.tat)
+    if ms then
+      redis.call('SET', key, abs(st.tat), 'PX', ms)
+    else
+      redis.call('DEL', key)
     end
-    local remaining = idiv(math.max(now + cap - new_tat, 0), t)
-    if not peek then
-      st.tat = new_tat
-      st.dirty = true
-    end
-    return snap(1, 0, q.burst, remaining, new_tat - now, 0, wait)
   end
-  local remaining = idiv(math.max(now + cap - base, 0), t)
-  return snap(0, 0, q.burst, remaining, base - now, allow_at - now, 0)
-end
 
-function gcra.refund(st, q, c, _)
-  if not st.tat then
-    return
+  function gcra.apply(st, q, c, max_wait, peek)
+    local t = q.T
+    local cap = t * q.burst
+    local base = now
+    if st.tat and st.tat > now then
+      base = st.tat
+    end
+    local new_tat = base + t * c
+    local allow_at = new_tat - cap
+    if allow_at <= now or allow_at - now <= max_wait then
+      local wait = 0
+      if allow_at > now then
+        wait = allow_at - now
+      end
+      local remaining = idiv(math.max(now + cap - new_tat, 0), t)
+      if not peek then
+        st.tat = new_tat
+        st.dirty = true
+      end
+      return snap(1, 0, q.burst, remaining, new_tat - now, 0, wait)
+    end
+    local remaining = idiv(math.max(now + cap - base, 0), t)
+    return snap(0, 0, q.burst, remaining, base - now, allow_at - now, 0)
   end
-  local v = st.tat - q.T * c
-  if v < ZERO then
-    v = ZERO
+
+  function gcra.refund(st, q, c, _)
+    if not st.tat then
+      return
+    end
+    local v = st.tat - q.T * c
+    if v < ZERO then
+      v = ZERO
+    end
+    st.tat = v
+    st.dirty = true
   end
-  st.tat = v
-  st.dirty = true
+  return gcra
 end
 
 ---------------------------------------------------------------------------------------------
 -- Fixed window (fixed_window.rs). State: "end count next", end as a decimal string.
+function makers.f()
+  local fixed = {}
+  local window_start = windows().window_start
 
-local fixed = {}
+  function fixed.load(key)
+    local v = redis.call('GET', key)
+    if not v then
+      return { e = nil, c = 0, x = 0 }
+    end
+    local e, c, x = string.match(v, '^(%d+) (%d+) (%d+)$')
+    if not e then
+      return { e = nil, c = 0, x = 0 }
+    end
+    return { e = rel(e), c = tonumber(c), x = tonumber(x) }
+  end
 
-function fixed.load(key)
-  local v = redis.call('GET', key)
-  if not v then
-    return { e = nil, c = 0, x = 0 }
-  end
-  local e, c, x = string.match(v, '^(%d+) (%d+) (%d+)$')
-  if not e then
-    return { e = nil, c = 0, x = 0 }
-  end
-  return { e = rel(e), c = tonumber(c), x = tonumber(x) }
-end
-
-function fixed.save(key, st, P)
-  local idle_at = st.e
-  if st.x > 0 then
-    -- Delayed checks reserved the next window: idle once that one is over too.
-    idle_at = st.e + P
-  end
-  local ms = ttl_ms(idle_at)
-  if ms then
-    redis.call('SET', key, abs(st.e) .. ' ' .. string.format('%d %d', st.c, st.x), 'PX', ms)
-  else
-    redis.call('DEL', key)
-  end
-end
-
-local function fixed_roll(st, P)
-  if st.e and now < st.e then
-    return
-  end
-  local e = window_start(now, P) + P
-  if st.e and now < st.e + P then
-    st.c = st.x
-  else
-    st.c = 0
-  end
-  st.x = 0
-  st.e = e
-  st.dirty = true
-end
-
-function fixed.apply(st, q, c, max_wait, peek)
-  local P, n = q.P, q.n
-  fixed_roll(st, P)
-  local to_end = st.e - now
-  local reset = to_end
-  if st.x > 0 then
-    reset = to_end + P
-  end
-  if st.c + c <= n then
-    local pending = 0
-    if peek then
-      pending = c
+  function fixed.save(key, st, P)
+    local idle_at = st.e
+    if st.x > 0 then
+      -- Delayed checks reserved the next window: idle once that one is over too.
+      idle_at = st.e + P
+    end
+    local ms = ttl_ms(idle_at)
+    if ms then
+      redis.call('SET', key, abs(st.e) .. ' ' .. string.format('%d %d', st.c, st.x), 'PX', ms)
     else
-      st.c = st.c + c
-      st.dirty = true
+      redis.call('DEL', key)
     end
-    return snap(1, 0, n, n - st.c - pending, reset, 0, 0)
-  elseif st.x + c <= n and to_end <= max_wait then
-    if not peek then
-      st.x = st.x + c
-      st.dirty = true
-    end
-    return snap(1, 0, n, 0, to_end + P, 0, to_end)
   end
-  local retry = to_end + P
-  if st.x + c <= n then
-    retry = to_end
-  end
-  return snap(0, 0, n, math.max(n - st.c, 0), reset, retry, 0)
-end
 
-function fixed.refund(st, q, c, wait)
-  fixed_roll(st, q.P)
-  if wait == 0 then
-    st.c = math.max(st.c - c, 0)
-  else
-    st.x = math.max(st.x - c, 0)
+  local function fixed_roll(st, P)
+    if st.e and now < st.e then
+      return
+    end
+    local e = window_start(now, P) + P
+    if st.e and now < st.e + P then
+      st.c = st.x
+    else
+      st.c = 0
+    end
+    st.x = 0
+    st.e = e
+    st.dirty = true
   end
-  st.dirty = true
+
+  function fixed.apply(st, q, c, max_wait, peek)
+    local P, n = q.P, q.n
+    fixed_roll(st, P)
+    local to_end = st.e - now
+    local reset = to_end
+    if st.x > 0 then
+      reset = to_end + P
+    end
+    if st.c + c <= n then
+      local pending = 0
+      if peek then
+        pending = c
+      else
+        st.c = st.c + c
+        st.dirty = true
+      end
+      return snap(1, 0, n, n - st.c - pending, reset, 0, 0)
+    elseif st.x + c <= n and to_end <= max_wait then
+      if not peek then
+        st.x = st.x + c
+        st.dirty = true
+      end
+      return snap(1, 0, n, 0, to_end + P, 0, to_end)
+    end
+    local retry = to_end + P
+    if st.x + c <= n then
+      retry = to_end
+    end
+    return snap(0, 0, n, math.max(n - st.c, 0), reset, retry, 0)
+  end
+
+  function fixed.refund(st, q, c, wait)
+    fixed_roll(st, q.P)
+    if wait == 0 then
+      st.c = math.max(st.c - c, 0)
+    else
+      st.x = math.max(st.x - c, 0)
+    end
+    st.dirty = true
+  end
+  return fixed
 end
 
 ---------------------------------------------------------------------------------------------
 -- Sliding-window counter (sliding_window.rs). State: "start prev cur next idle_at".
+function makers.w()
+  local window = {}
+  local W = windows()
+  local muldiv, window_start = W.muldiv, W.window_start
 
-local window = {}
-
-function window.load(key)
-  local v = redis.call('GET', key)
-  if v then
-    local s, p, c, x, i = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
-    if s then
-      return { s = rel(s), p = tonumber(p), c = tonumber(c), x = tonumber(x), i = rel(i) }
+  function window.load(key)
+    local v = redis.call('GET', key)
+    if v then
+      local s, p, c, x, i = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
+      if s then
+        return { s = rel(s), p = tonumber(p), c = tonumber(c), x = tonumber(x), i = rel(i) }
+      end
     end
+    return { s = ZERO, p = 0, c = 0, x = 0, i = ZERO }
   end
-  return { s = ZERO, p = 0, c = 0, x = 0, i = ZERO }
-end
 
-function window.save(key, st)
-  local ms = ttl_ms(st.i)
-  if ms then
-    local v = abs(st.s) .. ' ' .. string.format('%d %d %d ', st.p, st.c, st.x) .. abs(st.i)
-    redis.call('SET', key, v, 'PX', ms)
-  else
-    redis.call('DEL', key)
-  end
-end
-
--- ceil(prev·(P−e)/P)
-local function weighted(prev, elapsed, P)
-  local q, r = muldiv(prev, P - elapsed, P)
-  if r > 0 then
-    q = q + 1
-  end
-  return q
-end
-
--- Smallest elapsed time e in a window at which ceil(prev·(P−e)/P) <= room.
-local function elapsed_for_room(prev, room, P)
-  if prev <= room then
-    return 0
-  end
-  local fit = muldiv(room, P, prev)
-  return P - fit
-end
-
-local function window_roll(st, P)
-  local w = window_start(now, P)
-  if w <= st.s then
-    return
-  end
-  if w == st.s + P and (st.c ~= 0 or st.x ~= 0 or st.p ~= 0) then
-    st.p = st.c
-    st.c = st.x
-  elseif w == st.s + 2 * P then
-    st.p = st.x
-    st.c = 0
-  else
-    st.p = 0
-    st.c = 0
-  end
-  st.x = 0
-  st.s = w
-  st.dirty = true
-end
-
-function window.apply(st, q, c, max_wait, peek)
-  local P, n = q.P, q.n
-  window_roll(st, P)
-  local e_now = math.min(math.max(now - st.s, 0), P - 1)
-  local used = weighted(st.p, e_now, P) + st.c
-  local at = nil
-  if st.c + c <= n then
-    local e = math.max(elapsed_for_room(st.p, n - st.c - c, P), e_now)
-    if e < P then
-      at = st.s + e
-    end
-  end
-  local in_next = false
-  if at == nil then
-    in_next = true
-    local e = P
-    if st.x + c <= n then
-      e = elapsed_for_room(st.c, n - (st.x + c), P)
-    end
-    at = st.s + P + e
-  end
-  local wait = math.max(at - now, 0)
-  local allowed = wait <= max_wait and not (in_next and st.x + c > n)
-  if allowed and not peek then
-    if in_next then
-      st.x = st.x + c
+  function window.save(key, st)
+    local ms = ttl_ms(st.i)
+    if ms then
+      local v = abs(st.s) .. ' ' .. string.format('%d %d %d ', st.p, st.c, st.x) .. abs(st.i)
+      redis.call('SET', key, v, 'PX', ms)
     else
-      st.c = st.c + c
+      redis.call('DEL', key)
     end
-    local span = 2
-    if st.x > 0 then
-      span = 3
+  end
+
+  -- ceil(prev·(P−e)/P)
+  local function weighted(prev, elapsed, P)
+    local q, r = muldiv(prev, P - elapsed, P)
+    if r > 0 then
+      q = q + 1
     end
-    st.i = st.s + P * span
+    return q
+  end
+
+  -- Smallest elapsed time e in a window at which ceil(prev·(P−e)/P) <= room.
+  local function elapsed_for_room(prev, room, P)
+    if prev <= room then
+      return 0
+    end
+    local fit = muldiv(room, P, prev)
+    return P - fit
+  end
+
+  local function window_roll(st, P)
+    local w = window_start(now, P)
+    if w <= st.s then
+      return
+    end
+    if w == st.s + P and (st.c ~= 0 or st.x ~= 0 or st.p ~= 0) then
+      st.p = st.c
+      st.c = st.x
+    elseif w == st.s + 2 * P then
+      st.p = st.x
+      st.c = 0
+    else
+      st.p = 0
+      st.c = 0
+    end
+    st.x = 0
+    st.s = w
     st.dirty = true
   end
-  local reset_at
-  if st.x > 0 or (allowed and in_next) then
-    reset_at = st.s + 3 * P
-  elseif st.c > 0 or (allowed and peek) then
-    reset_at = st.s + 2 * P
-  elseif st.p > 0 then
-    reset_at = st.s + P
-  else
-    reset_at = now
-  end
-  local spent = 0
-  if allowed and not in_next then
-    spent = c
-  end
-  -- The Rust side adds `spent` as pending (peek) or as committed (commit): the same sum.
-  local remaining = math.max(n - (used + spent), 0)
-  if allowed then
-    return snap(1, 0, n, remaining, math.max(reset_at - now, 0), 0, wait)
-  end
-  return snap(0, 0, n, remaining, math.max(reset_at - now, 0), math.max(wait, 1), 0)
-end
 
-function window.refund(st, q, c, wait)
-  local P = q.P
-  window_roll(st, P)
-  if now + wait >= st.s + P then
-    st.x = math.max(st.x - c, 0)
-  else
-    st.c = math.max(st.c - c, 0)
+  function window.apply(st, q, c, max_wait, peek)
+    local P, n = q.P, q.n
+    window_roll(st, P)
+    local e_now = math.min(math.max(now - st.s, 0), P - 1)
+    local used = weighted(st.p, e_now, P) + st.c
+    local at = nil
+    if st.c + c <= n then
+      local e = math.max(elapsed_for_room(st.p, n - st.c - c, P), e_now)
+      if e < P then
+        at = st.s + e
+      end
+    end
+    local in_next = false
+    if at == nil then
+      in_next = true
+      local e = P
+      if st.x + c <= n then
+        e = elapsed_for_room(st.c, n - (st.x + c), P)
+      end
+      at = st.s + P + e
+    end
+    local wait = math.max(at - now, 0)
+    local allowed = wait <= max_wait and not (in_next and st.x + c > n)
+    if allowed and not peek then
+      if in_next then
+        st.x = st.x + c
+      else
+        st.c = st.c + c
+      end
+      local span = 2
+      if st.x > 0 then
+        span = 3
+      end
+      st.i = st.s + P * span
+      st.dirty = true
+    end
+    local reset_at
+    if st.x > 0 or (allowed and in_next) then
+      reset_at = st.s + 3 * P
+    elseif st.c > 0 or (allowed and peek) then
+      reset_at = st.s + 2 * P
+    elseif st.p > 0 then
+      reset_at = st.s + P
+    else
+      reset_at = now
+    end
+    local spent = 0
+    if allowed and not in_next then
+      spent = c
+    end
+    -- The Rust side adds `spent` as pending (peek) or as committed (commit): the same sum.
+    local remaining = math.max(n - (used + spent), 0)
+    if allowed then
+      return snap(1, 0, n, remaining, math.max(reset_at - now, 0), 0, wait)
+    end
+    return snap(0, 0, n, remaining, math.max(reset_at - now, 0), math.max(wait, 1), 0)
   end
-  st.dirty = true
+
+  function window.refund(st, q, c, wait)
+    local P = q.P
+    window_roll(st, P)
+    if now + wait >= st.s + P then
+      st.x = math.max(st.x - c, 0)
+    else
+      st.c = math.max(st.c - c, 0)
+    end
+    st.dirty = true
+  end
+  return window
 end
 
 ---------------------------------------------------------------------------------------------
 -- Sliding log (sliding_log.rs). State: a list of "time cost" entries sorted by time. Changes
 -- are written to the list as they happen (the script is atomic), mirrored in `st.entries`.
+function makers.l()
+  local log = {}
 
-local log = {}
+  function log.load(key)
+    local raw = redis.call('LRANGE', key, 0, -1)
+    local entries = {}
+    local sum = 0
+    for i = 1, #raw do
+      local ts, c = string.match(raw[i], '^(%d+) (%d+)$')
+      if ts then
+        local cost = tonumber(c)
+        entries[#entries + 1] = { ts = rel(ts), c = cost, s = raw[i] }
+        sum = sum + cost
+      end
+    end
+    return { key = key, entries = entries, sum = sum }
+  end
 
-function log.load(key)
-  local raw = redis.call('LRANGE', key, 0, -1)
-  local entries = {}
-  local sum = 0
-  for i = 1, #raw do
-    local ts, c = string.match(raw[i], '^(%d+) (%d+)$')
-    if ts then
-      local cost = tonumber(c)
-      entries[#entries + 1] = { ts = rel(ts), c = cost, s = raw[i] }
-      sum = sum + cost
+  function log.save(key, st, P)
+    local last = st.entries[#st.entries]
+    local ms = last and ttl_ms(last.ts + P)
+    if ms then
+      redis.call('PEXPIRE', key, ms)
+    else
+      redis.call('DEL', key)
     end
   end
-  return { key = key, entries = entries, sum = sum }
-end
 
-function log.save(key, st, P)
-  local last = st.entries[#st.entries]
-  local ms = last and ttl_ms(last.ts + P)
-  if ms then
-    redis.call('PEXPIRE', key, ms)
-  else
-    redis.call('DEL', key)
+  local function log_prune(st, P)
+    while st.entries[1] and st.entries[1].ts + P <= now do
+      local e = table.remove(st.entries, 1)
+      st.sum = st.sum - e.c
+      redis.call('LPOP', st.key)
+      st.dirty = true
+    end
   end
-end
 
-local function log_prune(st, P)
-  while st.entries[1] and st.entries[1].ts + P <= now do
-    local e = table.remove(st.entries, 1)
-    st.sum = st.sum - e.c
-    redis.call('LPOP', st.key)
-    st.dirty = true
-  end
-end
-
-local function log_earliest(st, P, n, c)
-  local sum = st.sum
-  if sum + c <= n then
+  local function log_earliest(st, P, n, c)
+    local sum = st.sum
+    if sum + c <= n then
+      return now
+    end
+    for i = 1, #st.entries do
+      local e = st.entries[i]
+      sum = sum - e.c
+      if sum + c <= n then
+        return math.max(e.ts + P, now)
+      end
+    end
     return now
   end
-  for i = 1, #st.entries do
-    local e = st.entries[i]
-    sum = sum - e.c
-    if sum + c <= n then
-      return math.max(e.ts + P, now)
-    end
-  end
-  return now
-end
 
-local function log_insert(st, ts, c)
-  local at = #st.entries + 1
-  for i = 1, #st.entries do
-    if st.entries[i].ts > ts then
-      at = i
-      break
+  local function log_insert(st, ts, c)
+    local at = #st.entries + 1
+    for i = 1, #st.entries do
+      if st.entries[i].ts > ts then
+        at = i
+        break
+      end
     end
+    local s = abs(ts) .. ' ' .. string.format('%d', c)
+    if at > #st.entries then
+      redis.call('RPUSH', st.key, s)
+    else
+      redis.call('LINSERT', st.key, 'BEFORE', st.entries[at].s, s)
+    end
+    table.insert(st.entries, at, { ts = ts, c = c, s = s })
+    st.sum = st.sum + c
+    st.dirty = true
   end
-  local s = abs(ts) .. ' ' .. string.format('%d', c)
-  if at > #st.entries then
-    redis.call('RPUSH', st.key, s)
-  else
-    redis.call('LINSERT', st.key, 'BEFORE', st.entries[at].s, s)
-  end
-  table.insert(st.entries, at, { ts = ts, c = c, s = s })
-  st.sum = st.sum + c
-  st.dirty = true
-end
 
-function log.apply(st, q, c, max_wait, peek)
-  local P, n = q.P, q.n
-  log_prune(st, P)
-  local at = log_earliest(st, P, n, c)
-  local wait = at - now
-  local last = ZERO
-  if st.entries[#st.entries] then
-    last = st.entries[#st.entries].ts
-  end
-  if wait <= max_wait then
-    if not peek then
-      log_insert(st, at, c)
+  function log.apply(st, q, c, max_wait, peek)
+    local P, n = q.P, q.n
+    log_prune(st, P)
+    local at = log_earliest(st, P, n, c)
+    local wait = at - now
+    local last = ZERO
+    if st.entries[#st.entries] then
+      last = st.entries[#st.entries].ts
     end
-    local used = st.sum
-    if peek then
-      used = used + c
+    if wait <= max_wait then
+      if not peek then
+        log_insert(st, at, c)
+      end
+      local used = st.sum
+      if peek then
+        used = used + c
+      end
+      last = math.max(last, at)
+      return snap(1, 0, n, math.max(n - used, 0), math.max(last + P - now, 0), 0, wait)
     end
-    last = math.max(last, at)
-    return snap(1, 0, n, math.max(n - used, 0), math.max(last + P - now, 0), 0, wait)
+    return snap(0, 0, n, math.max(n - st.sum, 0), math.max(last + P - now, 0), wait, 0)
   end
-  return snap(0, 0, n, math.max(n - st.sum, 0), math.max(last + P - now, 0), wait, 0)
-end
 
-function log.refund(st, q, c, wait)
-  local ts = now + wait
-  for i = #st.entries, 1, -1 do
-    local e = st.entries[i]
-    if e.ts == ts and e.c == c then
-      redis.call('LREM', st.key, -1, e.s)
-      table.remove(st.entries, i)
-      st.sum = st.sum - c
-      st.dirty = true
-      return
+  function log.refund(st, q, c, wait)
+    local ts = now + wait
+    for i = #st.entries, 1, -1 do
+      local e = st.entries[i]
+      if e.ts == ts and e.c == c then
+        redis.call('LREM', st.key, -1, e.s)
+        table.remove(st.entries, i)
+        st.sum = st.sum - c
+        st.dirty = true
+        return
+      end
     end
   end
+  return log
 end
 
 ---------------------------------------------------------------------------------------------
@@ -587,12 +614,17 @@ end
 ---------------------------------------------------------------------------------------------
 -- Checks.
 
-local algorithms = { g = gcra, f = fixed, w = window, l = log }
+local algorithms = {}
 local checks = {}
 local states = {}
 for i = 1, count do
   local a = 4 + (i - 1) * 7
-  local alg = algorithms[ARGV[a + 1]]
+  local code = ARGV[a + 1]
+  local alg = algorithms[code]
+  if not alg and makers[code] then
+    alg = makers[code]()
+    algorithms[code] = alg
+  end
   if not alg then
     return redis.error_reply('tollgate: unknown algorithm ' .. tostring(ARGV[a + 1]))
   end
@@ -614,6 +646,7 @@ for i = 1, count do
   end
   checks[i] = {
     alg = alg,
+    code = code,
     st = st,
     q = q,
     c = tonumber(ARGV[a + 6]),
@@ -623,7 +656,7 @@ for i = 1, count do
 end
 
 local function capacity(ch)
-  if ch.alg == gcra then
+  if ch.code == 'g' then
     return ch.q.burst
   end
   return ch.q.n
