@@ -127,7 +127,15 @@ async fn shared_limits_cluster() {
     let cluster = RedisCluster::start();
     let a = RedisStore::cluster(cluster.urls()).build().await.unwrap();
     let b = RedisStore::cluster(cluster.urls()[1..].to_vec()).build().await.unwrap();
-    shared_limits_on_server_time(a, b).await;
+    shared_limits_on_server_time(a.clone(), b).await;
+    // NOSCRIPT on every node: the script is loaded again (on all nodes) and the decision made.
+    for node in &cluster.nodes {
+        assert!(raw_command(node.port, &["SCRIPT", "FLUSH"]).unwrap().starts_with("+OK"));
+    }
+    let l = a.register(&spec("flush", "l", Algorithm::SlidingWindow)).unwrap();
+    for i in 0..10 {
+        assert!(check_one(&a, &l, Key::Int(i), quota("1/min")).await.unwrap().allowed);
+    }
 }
 
 /// Every key the store writes for hostile client keys stays under the prefix, and its hash tag
