@@ -7,6 +7,10 @@
 //! own. Both sets of a limiter share one hash tag (the limiter's name), so one script counts the
 //! per-key and global caps atomically, also in a cluster; that puts a limiter's leases in one slot.
 //!
+//! A lease whose `acquire` future is dropped after Redis granted it is never heartbeated, so it
+//! expires after one TTL. While the circuit breaker is open heartbeats fail, and a lease held
+//! longer than a TTL in that state lapses (the holder is warned in the log).
+//!
 //! [`RedisStoreBuilder::lease_ttl`]: crate::RedisStoreBuilder::lease_ttl
 
 use std::future::Future;

@@ -42,6 +42,9 @@
 //! committed, and if a slot refuses at commit (a race lost since the peek) the other slots are
 //! refunded. No quota is ever exceeded; for one round trip a refunded batch's capacity may look
 //! taken to concurrent checks, which then err on refusing. It costs two round trips instead of one.
+//! If the decision's timeout strikes between the commit and the refunds, the refunds do not run:
+//! the capacity comes back as the state refills (conservative: never over-admitting). Each slot's
+//! keys use the time of the node that holds them.
 //!
 //! # Failures
 //!
