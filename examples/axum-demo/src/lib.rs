@@ -8,15 +8,15 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tollgate::config::Config;
-use tollgate::{Error, MemoryStore};
+use tollgate::config::{Config, StoreKind};
+use tollgate::{Error, MemoryStore, Store};
+use tollgate_redis::RedisStore;
 use tollgate_tower::{LimitedUpgrade, RateLimitLayer};
 
 /// The built-in limits, shared with the other demos.
 pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
 
-/// The store the limits live in. Later: a Redis store when `REDIS_URL` is set (the seam for it;
-/// the layer is generic over the store, see `RateLimitLayer::from_config_with`).
+/// The in-memory store, honouring `store.max_keys`.
 pub fn build_store(config: &Config) -> MemoryStore {
     let mut store = MemoryStore::builder();
     if let Some(n) = config.store.max_keys {
@@ -25,10 +25,33 @@ pub fn build_store(config: &Config) -> MemoryStore {
     store.build()
 }
 
-/// The demo's routes with the limits of `config`.
+/// The Redis URL to use, if any: `redis_url` (from the `REDIS_URL` environment variable) wins
+/// over `[store] kind = "redis"` with its `url`.
+pub fn redis_url(config: &Config, redis_url: Option<String>) -> Option<String> {
+    redis_url
+        .filter(|u| !u.is_empty())
+        .or_else(|| (config.store.kind == StoreKind::Redis).then(|| config.store.url.first().cloned()).flatten())
+}
+
+/// Connects to Redis at `url` with the `[store]` options (prefix, timeout); fails, naming the URL,
+/// when Redis cannot be reached.
+pub async fn build_redis_store(config: &Config, url: &str) -> Result<RedisStore, tollgate_redis::Error> {
+    let mut builder = RedisStore::builder(url).prefix(config.store.prefix.as_deref().unwrap_or("tollgate-demo"));
+    if let Some(t) = config.store.timeout {
+        builder = builder.timeout(t.0);
+    }
+    builder.build().await
+}
+
+/// The demo's routes with the limits of `config`, on the in-memory store.
 pub fn app(config: &Config) -> Result<Router, Error> {
-    let layer = RateLimitLayer::from_config_with(config, &build_store(config))?;
-    Ok(routes().layer(layer))
+    app_with(config, &build_store(config))
+}
+
+/// The demo's routes with the limits of `config`, on `store` (e.g. a [`RedisStore`], so that
+/// several instances share their limits).
+pub fn app_with<S: Store + Clone>(config: &Config, store: &S) -> Result<Router, Error> {
+    Ok(routes().layer(RateLimitLayer::from_config_with(config, store)?))
 }
 
 /// The demo's routes, unlimited (the benchmark's baseline).

@@ -2,7 +2,8 @@
 //!
 //! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
-//! built-in ones (printed at start-up).
+//! built-in ones (printed at start-up). With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`),
+//! the limits live in Redis and every instance pointed at it shares them.
 
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -34,7 +35,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             axum_demo::DEFAULT_CONFIG.parse()?
         }
     };
-    let app = axum_demo::app(&config)?;
+    let app = match axum_demo::redis_url(&config, std::env::var("REDIS_URL").ok()) {
+        Some(url) => {
+            let store = axum_demo::build_redis_store(&config, &url).await?;
+            println!("state in Redis at {}", store.url());
+            axum_demo::app_with(&config, &store)?
+        }
+        None => {
+            println!("state in memory (set REDIS_URL to share it between instances)");
+            axum_demo::app(&config)?
+        }
+    };
     let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
