@@ -112,14 +112,14 @@ impl fmt::Display for DisplayDuration {
         let d = self.0;
         if d.subsec_nanos() == 0 {
             let s = d.as_secs();
-            if s % 3600 == 0 {
+            if s.is_multiple_of(3600) {
                 write!(f, "{}h", s / 3600)
-            } else if s % 60 == 0 {
+            } else if s.is_multiple_of(60) {
                 write!(f, "{}min", s / 60)
             } else {
                 write!(f, "{s}s")
             }
-        } else if d.subsec_nanos() % 1_000_000 == 0 {
+        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
         } else {
             write!(f, "{}ns", d.as_nanos())
