@@ -93,6 +93,7 @@ async fn an_unreachable_redis_is_a_clear_start_up_error() {
     // A loopback port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("redis://127.0.0.1:{port}/");
-    let err = axum_demo::build_redis_store(&config, &url).await.err().expect("no Redis there").to_string();
+    let Err(err) = axum_demo::build_redis_store(&config, &url).await else { panic!("no Redis listens on {url}") };
+    let err = err.to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "the error names the URL: {err}");
 }
