@@ -1,0 +1,64 @@
+//! What the middleware itself costs per request, without sockets: the same axum router called
+//! as a tower service bare, with tollgate and with tower_governor, in one run.
+//!
+//! Run with: `cargo bench -p tollgate-tower --bench middleware`
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Request;
+use tollgate::{KeyKind, Limit, Policy};
+use tollgate_tower::RateLimitLayer;
+use tower::{Service, ServiceExt};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "hello" }))
+}
+
+fn request() -> Request<Body> {
+    let mut r = Request::get("/").body(Body::empty()).unwrap();
+    r.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+    r
+}
+
+fn run(c: &mut Criterion, name: &str, router: Router) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut svc = router.into_service::<Body>();
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let res = svc.ready().await.unwrap().call(request()).await.unwrap();
+                assert!(res.status().is_success());
+                black_box(res)
+            })
+        });
+    });
+}
+
+fn middleware(c: &mut Criterion) {
+    run(c, "middleware/bare", app());
+    let policy = Policy::builder("api")
+        .limit(Limit::new("per_ip", "1000000000/s".parse().unwrap()).key(KeyKind::ip()))
+        .build()
+        .unwrap();
+    run(c, "middleware/tollgate", app().layer(RateLimitLayer::new(policy)));
+    let config = GovernorConfigBuilder::default().per_nanosecond(1).burst_size(1_000_000_000).finish().unwrap();
+    run(c, "middleware/tower_governor", app().layer(GovernorLayer::new(Arc::new(config))));
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    targets = middleware
+}
+criterion_main!(benches);
