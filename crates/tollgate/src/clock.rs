@@ -19,14 +19,14 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct MonotonicClock {
     clock: quanta::Clock,
-    origin: quanta::Instant,
+    origin: u64,
 }
 
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
-        let origin = clock.now();
+        let origin = clock.raw();
         Self { clock, origin }
     }
 }
@@ -46,9 +46,9 @@ impl fmt::Debug for MonotonicClock {
 impl Clock for MonotonicClock {
     #[inline]
     fn now(&self) -> u64 {
-        // Saturates after ~584 years; never wraps.
-        let d = self.clock.now().saturating_duration_since(self.origin);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+        // The raw counter scaled to nanoseconds: no `Duration` or u128 on the hot path. quanta
+        // saturates a delta that would go negative at zero.
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
 }
 
