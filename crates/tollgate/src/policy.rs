@@ -264,13 +264,13 @@ impl KeyList {
         self.keys.is_empty() && self.nets.is_empty()
     }
 
-    fn contains(&self, request: &RequestKeys<'_>, resolved: &[Key<'_>]) -> bool {
+    fn contains<'k>(&self, request: &RequestKeys<'_>, mut resolved: impl Iterator<Item = Key<'k>>) -> bool {
         if let Some(ip) = request.ip
             && self.nets.iter().any(|n| n.contains(&ip))
         {
             return true;
         }
-        resolved.iter().any(|k| self.keys.iter().any(|o| k.matches(o)))
+        resolved.any(|k| self.keys.iter().any(|o| k.matches(o)))
             || request.identity.is_some_and(|id| self.keys.iter().any(|o| Key::Text(id).matches(o)))
     }
 }
@@ -512,17 +512,11 @@ impl<S: Store> Policy<S> {
             checks.push(Check { limit: &pl.handle, key, quota, cost, max_wait: pl.limit.max_wait() });
             refs.push(i);
         }
-        if !inner.deny.is_empty() {
-            let keys: SmallVec<[Key<'_>; 4]> = checks.iter().map(|c| c.key).collect();
-            if inner.deny.contains(request, &keys) {
-                return Ok(self.finish(self.plain(false, Reason::DenyListed), request));
-            }
+        if !inner.deny.is_empty() && inner.deny.contains(request, checks.iter().map(|c| c.key)) {
+            return Ok(self.finish(self.plain(false, Reason::DenyListed), request));
         }
-        if !inner.allow.is_empty() {
-            let keys: SmallVec<[Key<'_>; 4]> = checks.iter().map(|c| c.key).collect();
-            if inner.allow.contains(request, &keys) {
-                return Ok(self.plain(true, Reason::AllowListed));
-            }
+        if !inner.allow.is_empty() && inner.allow.contains(request, checks.iter().map(|c| c.key)) {
+            return Ok(self.plain(true, Reason::AllowListed));
         }
         if checks.is_empty() {
             return Ok(self.plain(true, Reason::Allowed));
