@@ -98,8 +98,50 @@ static SPRING_RATE: HeaderName = HeaderName::from_static("x-ratelimit-replenish-
 static SPRING_BURST: HeaderName = HeaderName::from_static("x-ratelimit-burst-capacity");
 static SPRING_REQUESTED: HeaderName = HeaderName::from_static("x-ratelimit-requested-tokens");
 
+/// The decimal digits of 0..1000, three bytes each (zero-padded), so that the numbers rate-limit
+/// headers carry most often become header values without allocating.
+static SMALL: [u8; 3000] = {
+    let mut table = [0u8; 3000];
+    let mut n = 0;
+    while n < 1000 {
+        table[3 * n] = b'0' + (n / 100) as u8;
+        table[3 * n + 1] = b'0' + (n / 10 % 10) as u8;
+        table[3 * n + 2] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    table
+};
+
+/// `n` as a header value: borrowed from [`SMALL`] below 1000, else one exact-size copy (http's
+/// `From<u64>` makes two allocations).
 fn num(n: u64) -> HeaderValue {
-    HeaderValue::from(n)
+    if let Ok(small) = usize::try_from(n)
+        && small < 1000
+    {
+        let skip = if small >= 100 {
+            0
+        } else if small >= 10 {
+            1
+        } else {
+            2
+        };
+        let digits: &'static [u8] = &SMALL[3 * small + skip..3 * small + 3];
+        if let Ok(text) = std::str::from_utf8(digits) {
+            return HeaderValue::from_static(text);
+        }
+    }
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[at..]).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// A structured-field string: quotes and backslashes escaped, other non-printable bytes dropped.
@@ -122,11 +164,16 @@ impl HeaderOptions {
     /// Writes the decision's headers (on allowed and refused decisions alike; nothing when no
     /// limit applied). Uses the system clock for [`ResetStyle::EpochSeconds`].
     pub fn render(&self, decision: &Decision, headers: &mut HeaderMap) {
-        self.render_at(decision, headers, SystemTime::now());
+        self.render_with(decision, headers, SystemTime::now);
     }
 
     /// [`HeaderOptions::render`] with the current time given.
     pub fn render_at(&self, decision: &Decision, headers: &mut HeaderMap, now: SystemTime) {
+        self.render_with(decision, headers, || now);
+    }
+
+    /// Reads the clock only for [`ResetStyle::EpochSeconds`].
+    fn render_with(&self, decision: &Decision, headers: &mut HeaderMap, now: impl FnOnce() -> SystemTime) {
         if !decision.allowed {
             headers.insert(RETRY_AFTER, num(decision.retry_after_secs()));
         }
@@ -139,6 +186,7 @@ impl HeaderOptions {
             let value = match self.reset {
                 ResetStyle::Seconds => reset,
                 ResetStyle::EpochSeconds => {
+                    let now = now();
                     let at = now.checked_add(s.reset_after).unwrap_or(now);
                     ceil_secs(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
                 }
@@ -205,5 +253,17 @@ impl HeaderOptions {
         let (ct, body) = self.refusal_body(decision);
         headers.insert(CONTENT_TYPE, ct);
         body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_render_as_http_does() {
+        for n in (0..2000).chain([9_999, 10_000, 123_456_789, u64::from(u32::MAX), u64::MAX - 1, u64::MAX]) {
+            assert_eq!(num(n), HeaderValue::from(n), "{n}");
+        }
     }
 }

@@ -451,6 +451,13 @@ impl<S: Store> fmt::Debug for Policy<S> {
 }
 
 type Checks<'a, H> = SmallVec<[Check<'a, H>; 4]>;
+
+/// What a request needs: a decision already reached, or these checks (with each one's index in
+/// the policy's limits).
+enum Plan<'a, H> {
+    Decided(Decision),
+    Check(Checks<'a, H>, SmallVec<[usize; 4]>),
+}
 type Snapshots = SmallVec<[Snapshot; 4]>;
 
 impl Policy<MemoryStore> {
@@ -490,6 +497,60 @@ impl<S: Store> Policy<S> {
     /// Errors only on a cost that can never pass (0, or above a limit's capacity); a store
     /// failure becomes a decision per the policy's [`FailureMode`].
     pub async fn check(&self, request: &RequestKeys<'_>, cost: u32) -> Result<Decision, Error> {
+        let (checks, refs) = match self.plan(request, cost)? {
+            Plan::Decided(decision) => return Ok(decision),
+            Plan::Check(checks, refs) => (checks, refs),
+        };
+        let mut out: Snapshots = SmallVec::from_elem(Snapshot::EMPTY, checks.len());
+        let result = self.inner.store.check(&checks, &mut out).await;
+        if let (Ok(false), Some(penalty), false) = (&result, self.inner.penalty, self.inner.dry_run) {
+            for (c, s) in checks.iter().zip(&out) {
+                if !s.allowed && !s.blocked {
+                    let r = self.inner.store.block(c.limit, c.key, penalty).await;
+                    self.penalized(r);
+                }
+            }
+        }
+        Ok(self.conclude(result, request, &checks, &refs, &mut out))
+    }
+
+    /// [`Policy::check`] without a future when the store decides without I/O (the in-memory
+    /// store, see [`Store::try_check_now`]); `None` when the check must go through
+    /// [`Policy::check`].
+    ///
+    /// ```
+    /// use tollgate::{KeyKind, Limit, Policy, RequestKeys};
+    ///
+    /// let policy = Policy::builder("api").limit(Limit::new("per_ip", "1/min".parse()?).key(KeyKind::ip())).build()?;
+    /// let keys = RequestKeys { ip: Some("192.0.2.1".parse()?), ..RequestKeys::default() };
+    /// assert!(policy.try_check_now(&keys, 1).expect("the memory store decides at once")?.allowed);
+    /// assert!(!policy.try_check_now(&keys, 1).expect("the memory store decides at once")?.allowed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_check_now(&self, request: &RequestKeys<'_>, cost: u32) -> Option<Result<Decision, Error>> {
+        let (checks, refs) = match self.plan(request, cost) {
+            Ok(Plan::Decided(decision)) => return Some(Ok(decision)),
+            Ok(Plan::Check(checks, refs)) => (checks, refs),
+            Err(err) => return Some(Err(err)),
+        };
+        let mut out: Snapshots = SmallVec::from_elem(Snapshot::EMPTY, checks.len());
+        let result = self.inner.store.try_check_now(&checks, &mut out)?;
+        if let (Ok(false), Some(penalty), false) = (&result, self.inner.penalty, self.inner.dry_run) {
+            for (c, s) in checks.iter().zip(&out) {
+                if !s.allowed && !s.blocked {
+                    let r = self.inner.store.try_block_now(c.limit, c.key, penalty);
+                    self.penalized(r.unwrap_or_else(|| {
+                        Err(StoreError::Unavailable("the store decided at once but cannot block at once".into()))
+                    }));
+                }
+            }
+        }
+        Some(Ok(self.conclude(result, request, &checks, &refs, &mut out)))
+    }
+
+    /// The checks a request needs, or a decision reached without the store (allow/deny lists,
+    /// a missing key, no limit applying).
+    fn plan<'k>(&'k self, request: &RequestKeys<'k>, cost: u32) -> Result<Plan<'k, S::Limit>, Error> {
         let inner = &*self.inner;
         let mut checks: Checks<'_, S::Limit> = SmallVec::new();
         let mut refs: SmallVec<[usize; 4]> = SmallVec::new();
@@ -500,7 +561,7 @@ impl<S: Store> Policy<S> {
                     MissingKey::Shared => Key::Text("\u{0}missing"),
                     MissingKey::Skip => continue,
                     MissingKey::Refuse => {
-                        return Ok(self.finish(self.plain(false, Reason::KeyMissing), request));
+                        return Ok(Plan::Decided(self.finish(self.plain(false, Reason::KeyMissing), request)));
                     }
                 },
             };
@@ -513,23 +574,36 @@ impl<S: Store> Policy<S> {
             refs.push(i);
         }
         if !inner.deny.is_empty() && inner.deny.contains(request, checks.iter().map(|c| c.key)) {
-            return Ok(self.finish(self.plain(false, Reason::DenyListed), request));
+            return Ok(Plan::Decided(self.finish(self.plain(false, Reason::DenyListed), request)));
         }
         if !inner.allow.is_empty() && inner.allow.contains(request, checks.iter().map(|c| c.key)) {
-            return Ok(self.plain(true, Reason::AllowListed));
+            return Ok(Plan::Decided(self.plain(true, Reason::AllowListed)));
         }
         if checks.is_empty() {
-            return Ok(self.plain(true, Reason::Allowed));
+            return Ok(Plan::Decided(self.plain(true, Reason::Allowed)));
         }
-        let mut out: Snapshots = SmallVec::from_elem(Snapshot::EMPTY, checks.len());
-        let all = match inner.store.check(&checks, &mut out).await {
-            Ok(all) => all,
-            Err(err) => return Ok(self.on_store_error(&err, request, &checks, &refs, &mut out)),
-        };
-        if !all {
-            self.penalize(&checks, &out).await;
+        Ok(Plan::Check(checks, refs))
+    }
+
+    /// The decision from the store's answer.
+    fn conclude(
+        &self,
+        result: Result<bool, StoreError>,
+        request: &RequestKeys<'_>,
+        checks: &Checks<'_, S::Limit>,
+        refs: &[usize],
+        out: &mut [Snapshot],
+    ) -> Decision {
+        match result {
+            Ok(all) => self.finish(self.decide(all, refs, checks, out), request),
+            Err(err) => self.on_store_error(&err, request, checks, refs, out),
         }
-        Ok(self.finish(self.decide(all, &refs, &checks, &out), request))
+    }
+
+    fn penalized(&self, result: Result<(), StoreError>) {
+        if let Err(err) = result {
+            tracing::warn!(policy = %self.inner.name, error = %err, "tollgate could not record a penalty");
+        }
     }
 
     fn plain(&self, allowed: bool, reason: Reason) -> Decision {
@@ -592,18 +666,6 @@ impl<S: Store> Policy<S> {
             }
         }
         decision
-    }
-
-    async fn penalize(&self, checks: &Checks<'_, S::Limit>, out: &[Snapshot]) {
-        let (Some(penalty), false) = (self.inner.penalty, self.inner.dry_run) else { return };
-        for (c, s) in checks.iter().zip(out) {
-            if !s.allowed
-                && !s.blocked
-                && let Err(err) = self.inner.store.block(c.limit, c.key, penalty).await
-            {
-                tracing::warn!(policy = %self.inner.name, error = %err, "tollgate could not record a penalty");
-            }
-        }
     }
 
     fn on_store_error(

@@ -99,6 +99,24 @@ async fn penalty_blocks_after_a_violation_until_it_ends() {
     assert!(policy.check(&ip(1), 1).await.unwrap().allowed);
 }
 
+#[test]
+fn decisions_at_once_match_the_async_ones_penalty_included() {
+    let clock = ManualClock::new();
+    let policy = Policy::builder("login")
+        .limit(Limit::new("per_ip", q("2/s")).key(KeyKind::ip()))
+        .penalty(Duration::from_secs(60))
+        .build_with(store(&clock))
+        .unwrap();
+    let now = |keys| policy.try_check_now(&keys, 1).expect("the memory store decides at once").unwrap();
+    assert!(now(ip(1)).allowed);
+    assert!(now(ip(1)).allowed);
+    assert_eq!(now(ip(1)).reason, Reason::RateLimited);
+    clock.advance(Duration::from_secs(5));
+    let d = now(ip(1));
+    assert_eq!((d.allowed, d.reason, d.retry_after_secs()), (false, Reason::Blocked, 55));
+    assert!(matches!(policy.try_check_now(&ip(1), 0), Some(Err(Error::InvalidCost { .. }))));
+}
+
 #[tokio::test]
 async fn allow_and_deny_lists() {
     let policy = Policy::builder("api")
@@ -211,6 +229,7 @@ impl Store for Down {
 async fn failure_modes() {
     let limit = || Limit::new("per_ip", q("1/min")).key(KeyKind::ip());
     let open = Policy::builder("o").limit(limit()).failure_mode(FailureMode::Open).build_with(Down).unwrap();
+    assert!(open.try_check_now(&ip(1), 1).is_none(), "a store with I/O is checked through the future");
     for _ in 0..3 {
         let d = open.check(&ip(1), 1).await.unwrap();
         assert_eq!((d.allowed, d.reason), (true, Reason::StoreUnavailableFailedOpen));

@@ -352,12 +352,31 @@ impl Store for MemoryStore {
         ready(Ok(self.check_now(checks, out)))
     }
 
+    fn try_check_now(
+        &self,
+        checks: &[Check<'_, MemoryLimit>],
+        out: &mut [Snapshot],
+    ) -> Option<Result<bool, StoreError>> {
+        Some(Ok(self.check_now(checks, out)))
+    }
+
+    fn try_block_now(&self, limit: &MemoryLimit, key: Key<'_>, duration: Duration) -> Option<Result<(), StoreError>> {
+        Some(self.block_now(limit, key, duration))
+    }
+
     fn block<'a>(
         &'a self,
         limit: &'a MemoryLimit,
         key: Key<'a>,
         duration: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        ready(self.block_now(limit, key, duration))
+    }
+}
+
+impl MemoryStore {
+    /// Blocks `key` on `limit` for `duration` at once (see [`Store::block`]).
+    pub fn block_now(&self, limit: &MemoryLimit, key: Key<'_>, duration: Duration) -> Result<(), StoreError> {
         let now = self.inner.clock.now();
         let until = now.saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
         let r = limit.blocks.with(
@@ -369,6 +388,6 @@ impl Store for MemoryStore {
             },
         );
         limit.any_block.store(true, Ordering::Release);
-        ready(r.map_err(|Full| StoreError::Full(limit.blocks.capacity())))
+        r.map_err(|Full| StoreError::Full(limit.blocks.capacity()))
     }
 }

@@ -90,6 +90,25 @@ pub trait Store: Send + Sync + 'static {
         out: &'a mut [Snapshot],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'a;
 
+    /// [`Store::check`] without a future, for a store that decides without I/O (the in-memory
+    /// store): `Some(result)` when it could, `None` when the check must go through
+    /// [`Store::check`]. Adapters call this first so that the in-memory path polls no future.
+    /// A store that answers here must answer [`Store::try_block_now`] too.
+    fn try_check_now(
+        &self,
+        checks: &[Check<'_, Self::Limit>],
+        out: &mut [Snapshot],
+    ) -> Option<Result<bool, StoreError>> {
+        let _ = (checks, out);
+        None
+    }
+
+    /// [`Store::block`] without a future, when the store can (see [`Store::try_check_now`]).
+    fn try_block_now(&self, limit: &Self::Limit, key: Key<'_>, duration: Duration) -> Option<Result<(), StoreError>> {
+        let _ = (limit, key, duration);
+        None
+    }
+
     /// Blocks `key` on `limit` for `duration` (a penalty after a violation): until then every check
     /// of that key on that limit is refused with `blocked` set. A longer existing block is kept.
     fn block<'a>(
