@@ -451,13 +451,6 @@ impl<S: Store> fmt::Debug for Policy<S> {
 }
 
 type Checks<'a, H> = SmallVec<[Check<'a, H>; 4]>;
-
-/// What a request needs: a decision already reached, or these checks (with each one's index in
-/// the policy's limits).
-enum Plan<'a, H> {
-    Decided(Decision),
-    Check(Checks<'a, H>, SmallVec<[usize; 4]>),
-}
 type Snapshots = SmallVec<[Snapshot; 4]>;
 
 impl Policy<MemoryStore> {
@@ -497,10 +490,10 @@ impl<S: Store> Policy<S> {
     /// Errors only on a cost that can never pass (0, or above a limit's capacity); a store
     /// failure becomes a decision per the policy's [`FailureMode`].
     pub async fn check(&self, request: &RequestKeys<'_>, cost: u32) -> Result<Decision, Error> {
-        let (checks, refs) = match self.plan(request, cost)? {
-            Plan::Decided(decision) => return Ok(decision),
-            Plan::Check(checks, refs) => (checks, refs),
-        };
+        let (mut checks, mut refs) = (Checks::new(), SmallVec::new());
+        if let Some(decision) = self.plan(request, cost, &mut checks, &mut refs)? {
+            return Ok(decision);
+        }
         let mut out: Snapshots = SmallVec::from_elem(Snapshot::EMPTY, checks.len());
         let result = self.inner.store.check(&checks, &mut out).await;
         if let (Ok(false), Some(penalty), false) = (&result, self.inner.penalty, self.inner.dry_run) {
@@ -528,11 +521,12 @@ impl<S: Store> Policy<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_check_now(&self, request: &RequestKeys<'_>, cost: u32) -> Option<Result<Decision, Error>> {
-        let (checks, refs) = match self.plan(request, cost) {
-            Ok(Plan::Decided(decision)) => return Some(Ok(decision)),
-            Ok(Plan::Check(checks, refs)) => (checks, refs),
+        let (mut checks, mut refs) = (Checks::new(), SmallVec::new());
+        match self.plan(request, cost, &mut checks, &mut refs) {
+            Ok(None) => {}
+            Ok(Some(decision)) => return Some(Ok(decision)),
             Err(err) => return Some(Err(err)),
-        };
+        }
         let mut out: Snapshots = SmallVec::from_elem(Snapshot::EMPTY, checks.len());
         let result = self.inner.store.try_check_now(&checks, &mut out)?;
         if let (Ok(false), Some(penalty), false) = (&result, self.inner.penalty, self.inner.dry_run) {
@@ -548,12 +542,17 @@ impl<S: Store> Policy<S> {
         Some(Ok(self.conclude(result, request, &checks, &refs, &mut out)))
     }
 
-    /// The checks a request needs, or a decision reached without the store (allow/deny lists,
-    /// a missing key, no limit applying).
-    fn plan<'k>(&'k self, request: &RequestKeys<'k>, cost: u32) -> Result<Plan<'k, S::Limit>, Error> {
+    /// Fills in the checks a request needs (with each one's index in the policy's limits), or
+    /// returns a decision reached without the store (allow/deny lists, a missing key, no limit
+    /// applying). The checks are filled in place: they are too large to move cheaply.
+    fn plan<'k>(
+        &'k self,
+        request: &RequestKeys<'k>,
+        cost: u32,
+        checks: &mut Checks<'k, S::Limit>,
+        refs: &mut SmallVec<[usize; 4]>,
+    ) -> Result<Option<Decision>, Error> {
         let inner = &*self.inner;
-        let mut checks: Checks<'_, S::Limit> = SmallVec::new();
-        let mut refs: SmallVec<[usize; 4]> = SmallVec::new();
         for (i, pl) in inner.limits.iter().enumerate() {
             let key = match pl.limit.key.resolve(request) {
                 Some(k) => k,
@@ -561,7 +560,7 @@ impl<S: Store> Policy<S> {
                     MissingKey::Shared => Key::Text("\u{0}missing"),
                     MissingKey::Skip => continue,
                     MissingKey::Refuse => {
-                        return Ok(Plan::Decided(self.finish(self.plain(false, Reason::KeyMissing), request)));
+                        return Ok(Some(self.finish(self.plain(false, Reason::KeyMissing), request)));
                     }
                 },
             };
@@ -574,15 +573,21 @@ impl<S: Store> Policy<S> {
             refs.push(i);
         }
         if !inner.deny.is_empty() && inner.deny.contains(request, checks.iter().map(|c| c.key)) {
-            return Ok(Plan::Decided(self.finish(self.plain(false, Reason::DenyListed), request)));
+            return Ok(Some(self.finish(self.plain(false, Reason::DenyListed), request)));
         }
         if !inner.allow.is_empty() && inner.allow.contains(request, checks.iter().map(|c| c.key)) {
-            return Ok(Plan::Decided(self.plain(true, Reason::AllowListed)));
+            return Ok(Some(self.plain(true, Reason::AllowListed)));
         }
         if checks.is_empty() {
-            return Ok(Plan::Decided(self.plain(true, Reason::Allowed)));
+            return Ok(Some(self.plain(true, Reason::Allowed)));
         }
-        Ok(Plan::Check(checks, refs))
+        Ok(None)
+    }
+
+    /// Whether the store decides without I/O, so that [`Policy::try_check_now`] always answers
+    /// (the in-memory store does; a Redis store does not).
+    pub fn decides_at_once(&self) -> bool {
+        self.inner.store.try_check_now(&[], &mut []).is_some()
     }
 
     /// The decision from the store's answer.

@@ -24,6 +24,8 @@ pub struct Limits<St: Store = MemoryStore> {
     pub(crate) body_bytes: Option<Policy<St>>,
     pub(crate) in_flight: Option<ConcurrencyLimiter>,
     pub(crate) websocket: Option<WebSocketLimits>,
+    /// Every policy's store decides without I/O: the checks run inside `call`, nothing boxed.
+    pub(crate) at_once: bool,
 }
 
 /// The WebSocket limits of a route: concurrent connections (the lease lives as long as the
@@ -51,6 +53,7 @@ impl<St: Store> Clone for Limits<St> {
             body_bytes: self.body_bytes.clone(),
             in_flight: self.in_flight.clone(),
             websocket: self.websocket.clone(),
+            at_once: self.at_once,
         }
     }
 }
@@ -83,13 +86,15 @@ impl Default for Limits<MemoryStore> {
 impl<St: Store> Limits<St> {
     /// No limit yet, on any store.
     pub fn empty() -> Self {
-        Self { policy: None, max_body: None, body_bytes: None, in_flight: None, websocket: None }
+        Self { policy: None, max_body: None, body_bytes: None, in_flight: None, websocket: None, at_once: true }
     }
 
     /// Each request costs 1 against `policy` (all of its limits, all-or-nothing).
     #[must_use]
     pub fn policy(mut self, policy: Policy<St>) -> Self {
         self.policy = Some(policy);
+        let at_once = self.policies().all(Policy::decides_at_once);
+        self.at_once = at_once;
         self
     }
 
@@ -108,6 +113,8 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn body_bytes(mut self, policy: Policy<St>) -> Self {
         self.body_bytes = Some(policy);
+        let at_once = self.policies().all(Policy::decides_at_once);
+        self.at_once = at_once;
         self
     }
 
@@ -117,6 +124,10 @@ impl<St: Store> Limits<St> {
     pub fn in_flight(mut self, limiter: ConcurrencyLimiter) -> Self {
         self.in_flight = Some(limiter);
         self
+    }
+
+    fn policies(&self) -> impl Iterator<Item = &Policy<St>> {
+        self.policy.iter().chain(&self.body_bytes)
     }
 
     /// WebSocket upgrades: see [`WebSocketLimits`] and [`crate::UpgradeLease`].

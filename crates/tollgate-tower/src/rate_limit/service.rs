@@ -1,18 +1,18 @@
 //! The middleware service.
 
-use std::any::TypeId;
 use std::fmt;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{Full, Limited};
-use tollgate::{ConcurrencyScope, ConnectionLease, Decision, Error, HeaderOptions, Key, MemoryStore, Reason, Store};
+use tollgate::{
+    ConcurrencyScope, ConnectionLease, Decision, Error, HeaderOptions, Key, MemoryStore, Policy, Reason, RequestKeys,
+    Store, StoreError,
+};
 use tower::Service;
 
 use super::body::ResponseBody;
@@ -80,6 +80,12 @@ pub(crate) struct Extra {
     pub(crate) upgrade: Option<UpgradeLease>,
 }
 
+impl Extra {
+    fn wait(&self) -> Duration {
+        self.decision.as_ref().map_or(Duration::ZERO, |d| d.wait)
+    }
+}
+
 impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St>
 where
     S: Service<Request<Limited<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -97,45 +103,40 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The in-memory store decides at once: run the checks inline, with nothing boxed.
-        if TypeId::of::<St>() == TypeId::of::<MemoryStore>() {
-            let prepared = {
-                let fut = pin!(prepare(&self.config, request));
-                match fut.poll(&mut Context::from_waker(Waker::noop())) {
-                    Poll::Ready(prepared) => prepared,
-                    // Unreachable with the in-memory store, whose futures are always ready.
-                    Poll::Pending => {
-                        Prepared::Refuse(plain_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None))
-                    }
-                }
-            };
-            return match prepared {
-                Prepared::Go { request, extra, wait } if wait.is_zero() => {
-                    ResponseFuture::inner(self.inner.call(request), extra)
-                }
-                Prepared::Go { request, extra, wait } => {
-                    let prep: BoxPrepare<ReqBody> = Box::pin(async move {
-                        tokio::time::sleep(wait).await;
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let limits = self.config.limits_for(&request);
+        if !limits.at_once {
+            // A store with I/O: check asynchronously, then call the inner service.
+            let config = Arc::clone(&self.config);
+            let prep: BoxPrepare<ReqBody> = Box::pin(async move {
+                match prepare(&config, request).await {
+                    Prepared::Go { request, extra, wait } => {
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
                         Prepared::Go { request, extra, wait: Duration::ZERO }
-                    });
-                    ResponseFuture::preparing(prep, self.take_ready_inner())
-                }
-                Prepared::Refuse(response) => ResponseFuture::refused(response),
-            };
-        }
-        // A remote store: check asynchronously, then call the inner service.
-        let config = Arc::clone(&self.config);
-        let prep: BoxPrepare<ReqBody> = Box::pin(async move {
-            match prepare(&config, request).await {
-                Prepared::Go { request, extra, wait } => {
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
                     }
-                    Prepared::Go { request, extra, wait: Duration::ZERO }
+                    refused => refused,
                 }
-                refused => refused,
-            }
+            });
+            return ResponseFuture::preparing(prep, self.take_ready_inner());
+        }
+        // The stores decide at once: check inside `call`, with nothing boxed.
+        let extra = match check_now(&self.config, limits, &request) {
+            Ok(extra) => extra,
+            Err(refusal) => return ResponseFuture::refused(*refusal),
+        };
+        if let Some(upgrade) = &extra.upgrade {
+            request.extensions_mut().insert(upgrade.clone());
+        }
+        let request = request.map(|body| Limited::new(body, max_body(limits)));
+        let wait = extra.wait();
+        if wait.is_zero() {
+            return ResponseFuture::inner(self.inner.call(request), extra);
+        }
+        let prep: BoxPrepare<ReqBody> = Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            Prepared::Go { request, extra, wait: Duration::ZERO }
         });
         ResponseFuture::preparing(prep, self.take_ready_inner())
     }
@@ -150,79 +151,130 @@ impl<S: Clone, St: Store> RateLimit<S, St> {
     }
 }
 
-/// Runs every check of the request's limits, in order: request policy, body size, body bytes,
-/// concurrency lease.
+/// Every check of the request's limits, in order — request policy, body size, body bytes,
+/// concurrency leases — on stores that decide at once.
+fn check_now<St: Store, B>(config: &Config<St>, limits: &Limits<St>, request: &Request<B>) -> Result<Extra, Refusal> {
+    let keys = config.keys.keys(request);
+    let mut decision = None;
+    if let Some(policy) = &limits.policy {
+        decision = Some(verdict(config, policy.try_check_now(&keys, 1).unwrap_or_else(not_at_once))?);
+    }
+    if let Some((policy, cost)) = body_cost(limits, request.headers())? {
+        let d = bytes_verdict(config, policy.try_check_now(&keys, cost).unwrap_or_else(not_at_once))?;
+        decision.get_or_insert(d);
+    }
+    let (lease, upgrade) = leases(config, limits, &keys)?;
+    Ok(Extra { decision, headers: config.headers, lease, upgrade })
+}
+
+/// [`check_now`] for stores with I/O.
 async fn prepare<St: Store, B>(config: &Config<St>, request: Request<B>) -> Prepared<B> {
     let limits: &Limits<St> = config.limits_for(&request);
+    // Only the parts are borrowed across the awaits: the body need not be `Sync`.
     let (mut parts, body) = request.into_parts();
-    let mut decision = None;
-    let mut lease = None;
-    let mut upgrade = None;
-    {
+    let checked = async {
         let keys = config.keys.keys_of_parts(&parts);
+        let mut decision = None;
         if let Some(policy) = &limits.policy {
-            match policy.check(&keys, 1).await {
-                Ok(d) if d.allowed => decision = Some(d),
-                Ok(d) => return Prepared::Refuse(config.refusal(&d, d.status())),
-                Err(err) => return Prepared::Refuse(internal(&err)),
+            decision = Some(verdict(config, policy.check(&keys, 1).await)?);
+        }
+        if let Some((policy, cost)) = body_cost(limits, &parts.headers)? {
+            let d = bytes_verdict(config, policy.check(&keys, cost).await)?;
+            decision.get_or_insert(d);
+        }
+        let (lease, upgrade) = leases(config, limits, &keys)?;
+        Ok::<_, Refusal>(Extra { decision, headers: config.headers, lease, upgrade })
+    };
+    match checked.await {
+        Ok(extra) => {
+            if let Some(upgrade) = &extra.upgrade {
+                parts.extensions.insert(upgrade.clone());
             }
+            let wait = extra.wait();
+            Prepared::Go { request: Request::from_parts(parts, Limited::new(body, max_body(limits))), extra, wait }
         }
-        let length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let (Some(max), Some(len)) = (limits.max_body, length)
-            && len > max
-        {
-            return Prepared::Refuse(plain_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(max)));
-        }
-        if let Some(policy) = &limits.body_bytes {
-            let Some(cost) = length.or(limits.max_body) else {
-                return Prepared::Refuse(plain_error(StatusCode::LENGTH_REQUIRED, "length_required", None));
-            };
-            if cost > 0 {
-                let cost = u32::try_from(cost).unwrap_or(u32::MAX);
-                match policy.check(&keys, cost).await {
-                    Ok(d) if d.allowed => {
-                        if decision.is_none() {
-                            decision = Some(d);
-                        }
-                    }
-                    Ok(d) => return Prepared::Refuse(config.refusal(&d, d.status())),
-                    // Larger than the byte limit can ever admit at once.
-                    Err(Error::InvalidCost { capacity, .. }) => {
-                        return Prepared::Refuse(plain_error(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "payload_too_large",
-                            Some(capacity),
-                        ));
-                    }
-                    Err(err) => return Prepared::Refuse(internal(&err)),
-                }
-            }
-        }
-        let lease_key = config.lease_key.resolve(&keys).unwrap_or(Key::Text("\u{0}missing"));
-        if let Some(limiter) = &limits.in_flight {
-            match limiter.try_acquire(lease_key) {
-                Ok(l) => lease = Some(l),
-                Err(denied) => return Prepared::Refuse(concurrency_refusal(config, &denied)),
-            }
-        }
-        if let Some(ws) = &limits.websocket {
-            match ws.connections.try_acquire(lease_key) {
-                Ok(l) => upgrade = Some(UpgradeLease::new(l, Arc::clone(&ws.messages))),
-                Err(denied) => return Prepared::Refuse(concurrency_refusal(config, &denied)),
-            }
-        }
+        Err(refusal) => Prepared::Refuse(*refusal),
     }
-    if let Some(upgrade) = &upgrade {
-        parts.extensions.insert(upgrade.clone());
+}
+
+/// A refusal on its way out of the checks, boxed so that the allow path moves a small `Result`.
+type Refusal = Box<Response<Full<Bytes>>>;
+
+/// A store that said it decides at once and then did not: a broken `Store` implementation.
+fn not_at_once() -> Result<Decision, Error> {
+    Err(Error::Store(StoreError::Protocol("the store stopped deciding at once".into())))
+}
+
+/// The request policy's decision, or its refusal.
+fn verdict<St: Store>(config: &Config<St>, result: Result<Decision, Error>) -> Result<Decision, Refusal> {
+    match result {
+        Ok(d) if d.allowed => Ok(d),
+        Ok(d) => Err(Box::new(config.refusal(&d, d.status()))),
+        Err(err) => Err(Box::new(internal(&err))),
     }
-    let wait = decision.as_ref().map_or(Duration::ZERO, |d| d.wait);
-    let max = limits.max_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-    let request = Request::from_parts(parts, Limited::new(body, max));
-    Prepared::Go { request, extra: Extra { decision, headers: config.headers, lease, upgrade }, wait }
+}
+
+/// The body-bytes policy's decision, or its refusal (413 for a body larger than the byte limit
+/// can ever admit at once).
+fn bytes_verdict<St: Store>(config: &Config<St>, result: Result<Decision, Error>) -> Result<Decision, Refusal> {
+    match result {
+        Err(Error::InvalidCost { capacity, .. }) => {
+            Err(Box::new(plain_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(capacity))))
+        }
+        other => verdict(config, other),
+    }
+}
+
+/// 413 from `Content-Length` over the route's largest body; else the body-bytes policy and the
+/// body's cost when the route has one (411 when the length is unknown and there is no largest
+/// body to charge).
+fn body_cost<'l, St: Store>(
+    limits: &'l Limits<St>,
+    headers: &HeaderMap,
+) -> Result<Option<(&'l Policy<St>, u32)>, Refusal> {
+    if limits.max_body.is_none() && limits.body_bytes.is_none() {
+        return Ok(None);
+    }
+    let length =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if let (Some(max), Some(len)) = (limits.max_body, length)
+        && len > max
+    {
+        return Err(Box::new(plain_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(max))));
+    }
+    let Some(policy) = &limits.body_bytes else { return Ok(None) };
+    let Some(cost) = length.or(limits.max_body) else {
+        return Err(Box::new(plain_error(StatusCode::LENGTH_REQUIRED, "length_required", None)));
+    };
+    Ok((cost > 0).then(|| (policy, u32::try_from(cost).unwrap_or(u32::MAX))))
+}
+
+/// The in-flight lease and the WebSocket connection lease the route asks for.
+fn leases<St: Store>(
+    config: &Config<St>,
+    limits: &Limits<St>,
+    keys: &RequestKeys<'_>,
+) -> Result<(Option<ConnectionLease>, Option<UpgradeLease>), Refusal> {
+    if limits.in_flight.is_none() && limits.websocket.is_none() {
+        return Ok((None, None));
+    }
+    let lease_key = config.lease_key.resolve(keys).unwrap_or(Key::Text("\u{0}missing"));
+    let lease = match &limits.in_flight {
+        Some(limiter) => Some(limiter.try_acquire(lease_key).map_err(|d| Box::new(concurrency_refusal(config, &d)))?),
+        None => None,
+    };
+    let upgrade = match &limits.websocket {
+        Some(ws) => {
+            let l = ws.connections.try_acquire(lease_key).map_err(|d| Box::new(concurrency_refusal(config, &d)))?;
+            Some(UpgradeLease::new(l, Arc::clone(&ws.messages)))
+        }
+        None => None,
+    };
+    Ok((lease, upgrade))
+}
+
+fn max_body<St: Store>(limits: &Limits<St>) -> usize {
+    limits.max_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX))
 }
 
 /// 429 when the key holds its maximum, 503 when the global cap is full; rendered by the core as

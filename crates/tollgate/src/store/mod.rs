@@ -93,7 +93,8 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::check`] without a future, for a store that decides without I/O (the in-memory
     /// store): `Some(result)` when it could, `None` when the check must go through
     /// [`Store::check`]. Adapters call this first so that the in-memory path polls no future.
-    /// A store that answers here must answer [`Store::try_block_now`] too.
+    /// A store answers here for every batch or for none (an empty batch tells which, see
+    /// [`crate::Policy::decides_at_once`]), and then answers [`Store::try_block_now`] too.
     fn try_check_now(
         &self,
         checks: &[Check<'_, Self::Limit>],
