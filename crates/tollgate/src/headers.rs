@@ -37,9 +37,11 @@
 //! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
 //! ```
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
@@ -112,8 +114,9 @@ static SMALL: [u8; 3000] = {
     table
 };
 
-/// `n` as a header value: borrowed from [`SMALL`] below 1000, else one exact-size copy (http's
-/// `From<u64>` makes two allocations).
+/// `n` as a header value: borrowed from [`SMALL`] below 1000, else written into a per-thread
+/// arena and shared from it (http's `From<u64>` makes two allocations per value; the arena makes
+/// one per few hundred values, freed when the last response using it is dropped).
 fn num(n: u64) -> HeaderValue {
     if let Ok(small) = usize::try_from(n)
         && small < 1000
@@ -141,7 +144,20 @@ fn num(n: u64) -> HeaderValue {
             break;
         }
     }
-    HeaderValue::from_bytes(&buf[at..]).unwrap_or_else(|_| HeaderValue::from(n))
+    let bytes = ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < buf.len() {
+            *arena = BytesMut::with_capacity(ARENA_SIZE);
+        }
+        arena.extend_from_slice(&buf[at..]);
+        arena.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
+}
+
+const ARENA_SIZE: usize = 4096;
+
+thread_local! {
+    static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 /// A structured-field string: quotes and backslashes escaped, other non-printable bytes dropped.
