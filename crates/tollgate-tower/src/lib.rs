@@ -21,6 +21,19 @@
 //! trusted proxies ([`tollgate::ClientIpResolver`]); see [`keys`] for the other keys. The
 //! middleware is in [`rate_limit`]; WebSocket upgrades and messages in [`websocket`].
 //!
+//! **Plain hyper.** The inner service receives `Request<http_body_util::Limited<B>>` (the body
+//! limit); put the peer address in the extensions before the layer, e.g. with
+//! `ServiceBuilder::new().map_request(move |mut r: Request<_>| { r.extensions_mut().insert(peer); r })`
+//! in the accept loop, then serve it with `hyper_util::service::TowerToHyperService`.
+//!
+//! **tonic.** `Server::builder().layer(RateLimitLayer::new(policy))` limits every call. gRPC
+//! clients read `grpc-status`, not the HTTP status, so turn refusals into `RESOURCE_EXHAUSTED` with
+//! [`RateLimitLayer::on_refusal`]: status 200, an empty body, `content-type: application/grpc`,
+//! `grpc-status: 8` and a `grpc-message`; the rate-limit headers reach the client as metadata.
+//! tonic does not put a `SocketAddr` in the extensions, so key gRPC limits by a metadata header
+//! (`KeyKind::Header`) or insert the peer address with a layer of your own. Both are tested over
+//! real sockets in `tests/hyper_tonic.rs`.
+//!
 //! Features: `axum` (axum's `ConnectInfo`/`MatchedPath` keys, [`LimitedUpgrade`] and limits on
 //! axum's `WebSocket`), `tungstenite` (limits on tokio-tungstenite's `WebSocketStream`).
 
