@@ -222,3 +222,27 @@ async fn delay_action_waits_instead_of_refusing() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(900), "waited {waited:?}");
 }
+
+#[tokio::test]
+async fn route_layer_limits_only_the_routes_it_wraps_and_sees_the_matched_path() {
+    let by_route = Policy::builder("per_route")
+        .limit(Limit::new("per_route", "1/min".parse().unwrap()).key(KeyKind::Route))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route_layer(RateLimitLayer::new(by_route))
+        .route("/free", get(|| async { "free" }));
+    let addr = serve(app).await;
+    assert_eq!(get_ok(addr, "/items/1").await.status, StatusCode::OK);
+    // Another id is the same matched route (`/items/{id}`): one quota for the route.
+    let refused = get_ok(addr, "/items/2").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-ratelimit-limit"), "1");
+    for _ in 0..3 {
+        let free = get_ok(addr, "/free").await;
+        assert_eq!((free.status, free.text()), (StatusCode::OK, "free"));
+        assert!(free.headers.get("x-ratelimit-limit").is_none(), "routes added after route_layer are not limited");
+    }
+    assert_eq!(get_ok(addr, "/nope").await.status, StatusCode::NOT_FOUND, "route_layer does not touch the fallback");
+}
