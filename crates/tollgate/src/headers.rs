@@ -263,6 +263,45 @@ impl HeaderOptions {
         (HeaderValue::from_static(content_type), serde_json::to_vec(&body).unwrap_or_default())
     }
 
+    /// The body of a refusal the middleware makes without a [`Decision`] — 413 Payload Too Large,
+    /// 411 Length Required, a 500 when a check failed — in the same format as rate-limit
+    /// refusals, so that every adapter answers them alike: `{"error":"payload_too_large","limit":65536}`,
+    /// or with `type`/`title`/`status` added in [`BodyFormat::Problem`]. `error` is a short
+    /// machine-readable name; `limit` the limit that was exceeded, when there is one.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tollgate::HeaderOptions;
+    ///
+    /// let (content_type, body) = HeaderOptions::default().error_body(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(65536));
+    /// assert_eq!(content_type, "application/json");
+    /// assert_eq!(body, br#"{"error":"payload_too_large","limit":65536}"#);
+    /// ```
+    pub fn error_body(&self, status: http::StatusCode, error: &str, limit: Option<u64>) -> (HeaderValue, Vec<u8>) {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+            kind: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            title: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            status: Option<u16>,
+            error: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            limit: Option<u64>,
+        }
+        let problem = self.body == BodyFormat::Problem;
+        let body = Body {
+            kind: problem.then_some("about:blank"),
+            title: if problem { status.canonical_reason() } else { None },
+            status: problem.then_some(status.as_u16()),
+            error,
+            limit,
+        };
+        let content_type = if problem { "application/problem+json" } else { "application/json" };
+        (HeaderValue::from_static(content_type), serde_json::to_vec(&body).unwrap_or_default())
+    }
+
     /// Writes the refusal's content type into `headers` and returns its body.
     pub fn refusal(&self, decision: &Decision, headers: &mut HeaderMap) -> Vec<u8> {
         self.render(decision, headers);
@@ -275,6 +314,17 @@ impl HeaderOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies_follow_the_body_format() {
+        let problem = HeaderOptions { body: BodyFormat::Problem, ..HeaderOptions::default() };
+        let (ct, body) = problem.error_body(http::StatusCode::LENGTH_REQUIRED, "length_required", None);
+        assert_eq!(ct, "application/problem+json");
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"type":"about:blank","title":"Length Required","status":411,"error":"length_required"}"#
+        );
+    }
 
     #[test]
     fn numbers_render_as_http_does() {
