@@ -36,17 +36,20 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use http::HeaderName;
+use http::{HeaderName, Method};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::algorithm::{Algorithm, OnExceed};
+use crate::client_ip::ClientIpResolver;
+use crate::concurrency::ConcurrencyLimiter;
 use crate::error::Error;
 use crate::headers::HeaderOptions;
 use crate::key::OwnedKey;
 use crate::policy::{FailureMode, KeyKind, Limit, MissingKey, Policy, PolicyBuilder};
 use crate::quota::{Quota, parse_amount, parse_duration};
 use crate::store::{MemoryStore, Store};
+use crate::websocket::MessageLimits;
 
 /// A duration written as text: `30s`, `1500ms`, `2min`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +318,7 @@ pub enum MessageAction {
 }
 
 /// A kind of WebSocket message with its own limit, chosen by a JSON field of text messages.
+/// At least one of `quota` and `key_quota` is set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageKindConfig {
@@ -326,7 +330,9 @@ pub struct MessageKindConfig {
     /// The value that makes a message this kind.
     pub equals: String,
     /// The kind's quota, per connection.
-    pub quota: Quota,
+    pub quota: Option<Quota>,
+    /// The kind's quota per key, shared by all of the key's connections.
+    pub key_quota: Option<Quota>,
 }
 
 fn default_kind_field() -> String {
@@ -339,7 +345,8 @@ fn default_kind_field() -> String {
 pub struct WebSocketConfig {
     /// The upgrade route.
     pub path: String,
-    /// What per-key limits count by (default `ip`).
+    /// What per-key limits count by (default `ip`): the connection rate, the open connections
+    /// and the per-key message limits.
     #[serde(default)]
     pub key: KeyText,
     /// New connections per period per key.
@@ -352,6 +359,10 @@ pub struct WebSocketConfig {
     pub messages: Option<Quota>,
     /// Bytes per period per connection.
     pub bytes: Option<Quota>,
+    /// Messages per period per key, shared by all of the key's connections.
+    pub key_messages: Option<Quota>,
+    /// Bytes per period per key, shared by all of the key's connections.
+    pub key_bytes: Option<Quota>,
     /// The largest message (close 1009 above it).
     pub max_message: Option<ByteSize>,
     /// What a message over a rate limit does.
@@ -419,6 +430,7 @@ impl Config {
                 return Err(Error::config(format!("routes[{i}].max_body"), 0, "must be at least 1 byte"));
             }
             r.key.kind(64, &format!("routes[{i}].key"))?;
+            methods(&r.methods, i)?;
             if let Some(n) = r.concurrent_per_key
                 && n == 0
             {
@@ -435,6 +447,13 @@ impl Config {
             }
             if w.max_message == Some(ByteSize(0)) {
                 return Err(Error::config(format!("websocket[{i}].max_message"), 0, "must be at least 1 byte"));
+            }
+            if let Some(j) = w.kinds.iter().position(|k| k.quota.is_none() && k.key_quota.is_none()) {
+                return Err(Error::config(
+                    format!("websocket[{i}].kinds[{j}]"),
+                    format!("{:?}", w.kinds[j].name),
+                    "a kind needs a quota, a key_quota or both",
+                ));
             }
             let mut names: Vec<&str> = w.kinds.iter().map(|k| k.name.as_str()).collect();
             names.sort_unstable();
@@ -513,11 +532,7 @@ impl Config {
 
     /// Every policy, on in-memory stores (one store shared by all, honouring `store.max_keys`).
     pub fn policies(&self) -> Result<BTreeMap<String, Policy<MemoryStore>>, Error> {
-        let mut store = MemoryStore::builder();
-        if let Some(n) = self.store.max_keys {
-            store = store.max_keys(n);
-        }
-        self.policies_with(&store.build())
+        self.policies_with(&self.memory_store())
     }
 
     /// Every policy, on clones of `store`.
@@ -526,6 +541,227 @@ impl Config {
             .keys()
             .map(|name| Ok((name.clone(), self.policy_builder(name)?.build_with(store.clone())?)))
             .collect()
+    }
+
+    /// A new in-memory store honouring `store.max_keys`.
+    pub fn memory_store(&self) -> MemoryStore {
+        let mut store = MemoryStore::builder();
+        if let Some(n) = self.store.max_keys {
+            store = store.max_keys(n);
+        }
+        store.build()
+    }
+
+    /// The client-address resolver trusting `trusted_proxies`.
+    pub fn client_ip_resolver(&self) -> ClientIpResolver {
+        ClientIpResolver::new().trust_all(self.trusted_proxies.iter().copied())
+    }
+
+    /// The limits of every `[[routes]]` entry, then of every `[[websocket]]` entry, on one new
+    /// in-memory store (see [`Config::route_limits_with`]).
+    pub fn route_limits(&self) -> Result<Vec<RouteLimits<MemoryStore>>, Error> {
+        self.route_limits_with(&self.memory_store())
+    }
+
+    /// The limits of every `[[routes]]` entry, then of every `[[websocket]]` entry, in that
+    /// order, with their policies on clones of `store` (e.g. a Redis store). This is what every
+    /// adapter applies, so that one file means the same on every framework; an adapter only maps
+    /// each [`RouteLimits`] to its own types.
+    ///
+    /// The per-key WebSocket message limits always live in this process's memory (they are
+    /// decided as each message arrives), honouring `store.max_keys`.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tollgate::config::Config;
+    /// use tollgate::KeyKind;
+    ///
+    /// let config: Config = r#"
+    /// [policies.per_ip]
+    /// limits = [{ name = "per_ip", quota = "5/s", key = "ip" }]
+    ///
+    /// [[routes]]
+    /// path = "/api/hello"
+    /// methods = ["get"]
+    /// policy = "per_ip"
+    /// concurrent_per_key = 4
+    ///
+    /// [[websocket]]
+    /// path = "/ws"
+    /// key = "header:x-api-key"
+    /// concurrent_per_key = 3
+    /// messages = "20/10s"
+    /// key_messages = "40/10s"
+    /// "#.parse()?;
+    /// let routes = config.route_limits()?;
+    /// assert_eq!(routes[0].path, "/api/hello");
+    /// assert_eq!(routes[0].methods, [Method::GET]);
+    /// assert_eq!(routes[0].policy.as_ref().map(|p| p.name()), Some("per_ip"));
+    /// assert_eq!(routes[0].key, KeyKind::ip());
+    ///
+    /// let ws = routes[1].websocket.as_ref().unwrap();
+    /// assert_eq!(routes[1].key, KeyKind::Header("x-api-key".parse()?));
+    /// assert_eq!(ws.messages.per_key.as_ref().and_then(|p| p.messages), Some("40/10s".parse()?));
+    ///
+    /// let bad = "[[routes]]\npath = \"/\"\nmethods = [\"FETCH ME\"]".parse::<Config>();
+    /// assert!(bad.unwrap_err().to_string().contains("routes[0].methods"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn route_limits_with<S: Store + Clone>(&self, store: &S) -> Result<Vec<RouteLimits<S>>, Error> {
+        let policies = self.policies_with(store)?;
+        let mut out = Vec::with_capacity(self.routes.len() + self.websocket.len());
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = route.key.kind(64, &format!("routes[{i}].key"))?;
+            let policy = match &route.policy {
+                Some(name) => Some(
+                    policies
+                        .get(name)
+                        .ok_or_else(|| {
+                            Error::config(format!("routes[{i}].policy"), format!("{name:?}"), "no such policy")
+                        })?
+                        .clone(),
+                ),
+                None => None,
+            };
+            let body_bytes = match route.body_bytes {
+                Some(quota) => Some(
+                    Policy::builder(format!("body_bytes:{}", route.path))
+                        .limit(Limit::new("body_bytes", quota).key(key.clone()))
+                        .build_with(store.clone())?,
+                ),
+                None => None,
+            };
+            let in_flight = route
+                .concurrent_per_key
+                .map(|n| ConcurrencyLimiter::new(format!("in_flight:{}", route.path)).per_key(n));
+            out.push(RouteLimits {
+                path: route.path.clone(),
+                methods: methods(&route.methods, i)?,
+                policy,
+                max_body: route.max_body.map(|b| b.0),
+                body_bytes,
+                in_flight,
+                key,
+                websocket: None,
+            });
+        }
+        for (i, ws) in self.websocket.iter().enumerate() {
+            let key = ws.key.kind(64, &format!("websocket[{i}].key"))?;
+            let policy = match ws.connections {
+                Some(quota) => Some(
+                    Policy::builder(format!("ws_connections:{}", ws.path))
+                        .limit(Limit::new("connections", quota).key(key.clone()))
+                        .build_with(store.clone())?,
+                ),
+                None => None,
+            };
+            let mut connections = ConcurrencyLimiter::new(format!("ws_open:{}", ws.path));
+            if let Some(n) = ws.concurrent_per_key {
+                connections = connections.per_key(n);
+            }
+            if let Some(n) = ws.concurrent_global {
+                connections = connections.global(n);
+            }
+            let mut messages = MessageLimits::from_config(ws);
+            if let (Some(n), Some(_)) = (self.store.max_keys, &messages.per_key) {
+                messages = messages.per_key_max_keys(n);
+            }
+            out.push(RouteLimits {
+                path: ws.path.clone(),
+                methods: vec![Method::GET],
+                policy,
+                max_body: None,
+                body_bytes: None,
+                in_flight: None,
+                key,
+                websocket: Some(WebSocketRouteLimits { connections, messages }),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The methods of `routes[route]`, upper-cased (`get` is `GET`).
+fn methods(names: &[String], route: usize) -> Result<Vec<Method>, Error> {
+    names
+        .iter()
+        .map(|m| {
+            Method::from_str(&m.to_ascii_uppercase())
+                .map_err(|_| Error::config(format!("routes[{route}].methods"), format!("{m:?}"), "not an HTTP method"))
+        })
+        .collect()
+}
+
+/// The limits of one `[[routes]]` or `[[websocket]]` entry, built ([`Config::route_limits_with`]):
+/// what an adapter applies to the requests of that route, in this order — `policy` (cost 1),
+/// `max_body` (413), `body_bytes` (cost: the body's length; 429), then the concurrency leases
+/// (`in_flight` for the request's duration, `websocket` connections for the socket's life), the
+/// leases and the per-key message limits counted by `key`. Framework-free: adapters only map it
+/// to their own types.
+///
+/// Generated policies and limiters are named after what they limit and the entry's path
+/// (`body_bytes:/api/echo`, `ws_connections:/ws`, `ws_open:/ws`, `in_flight:/api`): the name is
+/// shown in refusal bodies, and distinct entries keep distinct state in a shared store.
+#[non_exhaustive]
+pub struct RouteLimits<S: Store = MemoryStore> {
+    /// The route, as the router matches it (e.g. `/users/{id}`).
+    pub path: String,
+    /// The methods it applies to; all when empty (`GET` for a WebSocket endpoint).
+    pub methods: Vec<Method>,
+    /// Checked with cost 1 for each request; for a WebSocket endpoint, the connection rate
+    /// (`connections`) checked on the upgrade request.
+    pub policy: Option<Policy<S>>,
+    /// The largest request body in bytes (413 above it).
+    pub max_body: Option<u64>,
+    /// Request body bytes per period per key (429 above it).
+    pub body_bytes: Option<Policy<S>>,
+    /// Requests in flight per key: a lease held until the response is finished.
+    pub in_flight: Option<ConcurrencyLimiter>,
+    /// What the entry's per-key limits count by (its `key`, default `ip`): the body bytes and
+    /// connection-rate policies, the concurrency leases and the per-key message limits.
+    pub key: KeyKind,
+    /// A WebSocket endpoint's connection and message limits.
+    pub websocket: Option<WebSocketRouteLimits>,
+}
+
+/// The WebSocket limits of a `[[websocket]]` entry.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WebSocketRouteLimits {
+    /// Open connections per key and globally; the lease lives as long as the socket (429 when
+    /// the key holds its maximum, 503 when the global cap is full).
+    pub connections: ConcurrencyLimiter,
+    /// The limits on each connection's messages, and on each key's across its connections.
+    pub messages: MessageLimits,
+}
+
+impl<S: Store> Clone for RouteLimits<S> {
+    fn clone(&self) -> Self {
+        Self {
+            path: self.path.clone(),
+            methods: self.methods.clone(),
+            policy: self.policy.clone(),
+            max_body: self.max_body,
+            body_bytes: self.body_bytes.clone(),
+            in_flight: self.in_flight.clone(),
+            key: self.key.clone(),
+            websocket: self.websocket.clone(),
+        }
+    }
+}
+
+impl<S: Store> std::fmt::Debug for RouteLimits<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLimits")
+            .field("path", &self.path)
+            .field("methods", &self.methods)
+            .field("policy", &self.policy)
+            .field("max_body", &self.max_body)
+            .field("body_bytes", &self.body_bytes)
+            .field("in_flight", &self.in_flight)
+            .field("key", &self.key)
+            .field("websocket", &self.websocket)
+            .finish()
     }
 }
 
@@ -552,6 +788,88 @@ mod tests {
         assert!(e.contains("path"), "missing fields are errors: {e}");
         let e = err("[policies.p]\nlimits = [{ name = \"a\", quota = \"1/s\" }, { name = \"a\", quota = \"2/s\" }]");
         assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn route_and_websocket_errors_name_the_field() {
+        let e = err("[[routes]]\npath = \"/\"\nmethods = [\"GET\", \"NOT A METHOD\"]");
+        assert!(e.contains("routes[0].methods") && e.contains("NOT A METHOD"), "{e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\nkinds = [{ name = \"catch_up\", equals = \"catch_up\" }]");
+        assert!(e.contains("websocket[0].kinds[0]") && e.contains("catch_up"), "{e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\nkey_messages = \"5/fortnight\"");
+        assert!(e.contains("key_messages") && e.contains("5/fortnight"), "{e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\nkey_bytes = \"1MiZ/min\"");
+        assert!(e.contains("key_bytes") && e.contains("1MiZ"), "{e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\nkey_msgs = \"5/s\"");
+        assert!(e.contains("key_msgs"), "unknown fields are errors: {e}");
+    }
+
+    #[test]
+    fn route_limits_carry_their_keys_and_per_key_message_limits() {
+        let c: Config = r#"
+            [store]
+            max_keys = 5000
+            [policies.per_ip]
+            limits = [{ name = "per_ip", quota = "5/s", key = "ip" }]
+            [[routes]]
+            path = "/api/echo"
+            methods = ["post", "PUT"]
+            policy = "per_ip"
+            max_body = "64KiB"
+            body_bytes = "1MiB/min"
+            key = "identity"
+            concurrent_per_key = 2
+            [[websocket]]
+            path = "/ws"
+            key = "header:x-client"
+            connections = "10/min"
+            concurrent_per_key = 3
+            concurrent_global = 100
+            messages = "20/10s"
+            key_messages = "40/10s"
+            key_bytes = "1MiB/min"
+            kinds = [
+              { name = "catch_up", equals = "catch_up", quota = "2/min", key_quota = "3/min" },
+              { name = "resync", equals = "resync", key_quota = "1/min" },
+            ]
+        "#
+        .parse()
+        .unwrap();
+        let routes = c.route_limits().unwrap();
+        assert_eq!(routes.len(), 2);
+        let echo = &routes[0];
+        assert_eq!((echo.path.as_str(), echo.methods.as_slice()), ("/api/echo", &[Method::POST, Method::PUT][..]));
+        assert_eq!(echo.policy.as_ref().map(Policy::name), Some("per_ip"));
+        assert_eq!(echo.max_body, Some(65_536));
+        assert_eq!(echo.body_bytes.as_ref().map(Policy::name), Some("body_bytes:/api/echo"));
+        let body_limit = echo.body_bytes.as_ref().and_then(|p| p.limits().next()).unwrap();
+        assert_eq!(body_limit.key_kind(), &KeyKind::identity());
+        assert_eq!(echo.key, KeyKind::identity());
+        let in_flight = echo.in_flight.as_ref().unwrap();
+        assert!(in_flight.try_acquire(crate::Key::Int(1)).is_ok());
+        assert!(echo.websocket.is_none());
+
+        let ws = &routes[1];
+        assert_eq!((ws.path.as_str(), ws.methods.as_slice()), ("/ws", &[Method::GET][..]));
+        let header = KeyKind::Header(HeaderName::from_static("x-client"));
+        assert_eq!(ws.key, header);
+        let rate = ws.policy.as_ref().unwrap();
+        assert_eq!(rate.name(), "ws_connections:/ws");
+        assert_eq!(rate.limits().next().unwrap().key_kind(), &header);
+        let limits = ws.websocket.as_ref().unwrap();
+        let _a = limits.connections.try_acquire(crate::Key::Int(1)).unwrap();
+        let _b = limits.connections.try_acquire(crate::Key::Int(1)).unwrap();
+        let _c = limits.connections.try_acquire(crate::Key::Int(1)).unwrap();
+        assert!(limits.connections.try_acquire(crate::Key::Int(1)).is_err(), "concurrent_per_key = 3");
+        let m = &limits.messages;
+        assert_eq!(m.messages, Some("20/10s".parse().unwrap()));
+        assert_eq!(m.kinds.len(), 1, "resync has no per-connection quota");
+        let per_key = m.per_key.as_ref().unwrap();
+        assert_eq!(per_key.messages, Some("40/10s".parse().unwrap()));
+        assert_eq!(per_key.bytes, Some("1MiB/min".parse().unwrap()));
+        let kinds: Vec<_> = per_key.kinds.iter().map(|k| (k.kind.as_str(), k.quota)).collect();
+        assert_eq!(kinds, [("catch_up", "3/min".parse().unwrap()), ("resync", "1/min".parse().unwrap())]);
+        assert_eq!(per_key.key_capacity(), 5000, "store.max_keys applies to the per-key state");
     }
 
     #[test]

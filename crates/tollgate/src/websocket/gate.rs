@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::classifier::Classifier;
+use super::per_key::{KeyStep, PerKeyLimits};
 use super::{CloseFrame, MessageKind, Refusal, Verdict, close_code};
 use crate::algorithm::gcra;
 use crate::clock::{Clock, MonotonicClock};
+use crate::key::{Key, OwnedKey};
 use crate::quota::Quota;
 
 /// What happens to a message over a rate or byte limit.
@@ -37,8 +39,9 @@ pub struct KindLimit {
     pub quota: Quota,
 }
 
-/// The limits applied to each connection's messages. Build once, share as `Arc<MessageLimits>`
-/// by every connection's [`MessageGate`].
+/// The limits applied to each connection's messages, and to each key's messages across its
+/// connections ([`MessageLimits::per_key`]). Build once, share as `Arc<MessageLimits>` by every
+/// connection's [`MessageGate`] (clones share the per-key state).
 #[derive(Clone)]
 pub struct MessageLimits {
     /// Messages (text and binary) per period.
@@ -56,6 +59,9 @@ pub struct MessageLimits {
     pub control: Option<Quota>,
     /// What happens over a rate or byte limit.
     pub on_exceed: MessageAction,
+    /// Limits shared by all the connections of one key (see [`PerKeyLimits`]), with the same
+    /// action over them.
+    pub per_key: Option<PerKeyLimits>,
 }
 
 impl fmt::Debug for MessageLimits {
@@ -68,6 +74,7 @@ impl fmt::Debug for MessageLimits {
             .field("classifier", &self.classifier.as_ref().map(|_| "..."))
             .field("control", &self.control)
             .field("on_exceed", &self.on_exceed)
+            .field("per_key", &self.per_key)
             .finish()
     }
 }
@@ -102,6 +109,7 @@ impl MessageLimits {
             classifier: None,
             control: Some(DEFAULT_CONTROL_QUOTA),
             on_exceed: MessageAction::Drop,
+            per_key: None,
         }
     }
 
@@ -153,6 +161,86 @@ impl MessageLimits {
         self.on_exceed = action;
         self
     }
+
+    /// Limits messages per period per key, across all of the key's connections (refusals name
+    /// the limit `key_messages`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tollgate::{ManualClock, OwnedKey};
+    /// use tollgate::websocket::{MessageGate, MessageKind, MessageLimits, Verdict};
+    ///
+    /// let clock = ManualClock::new();
+    /// let limits = Arc::new(
+    ///     MessageLimits::new()
+    ///         .messages("10/min".parse()?)
+    ///         .per_key_messages("3/min".parse()?)
+    ///         .per_key_clock(clock.clone()),
+    /// );
+    /// // Two connections of one client, one of another.
+    /// let alice = OwnedKey::from("alice");
+    /// let mut a1 = MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(alice.clone());
+    /// let mut a2 = MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(alice);
+    /// let mut bob = MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(OwnedKey::from("bob"));
+    ///
+    /// assert_eq!(a1.check(MessageKind::Text, 2, Some("hi")), Verdict::Allow);
+    /// assert_eq!(a1.check(MessageKind::Text, 2, Some("hi")), Verdict::Allow);
+    /// assert_eq!(a2.check(MessageKind::Text, 2, Some("hi")), Verdict::Allow);
+    /// // alice's fourth message is refused on her second socket: the quota is per key.
+    /// let Verdict::Drop(refusal) = a2.check(MessageKind::Text, 2, Some("hi")) else { panic!() };
+    /// assert_eq!(refusal.error_frame(), r#"{"error":"rate_limited","limit":"key_messages","retry_after":20}"#);
+    /// // bob has his own.
+    /// assert_eq!(bob.check(MessageKind::Text, 2, Some("hi")), Verdict::Allow);
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[must_use]
+    pub fn per_key_messages(mut self, quota: Quota) -> Self {
+        self.per_key.get_or_insert_with(PerKeyLimits::new).messages = Some(quota);
+        self
+    }
+
+    /// Limits payload bytes per period per key, across all of the key's connections (refusals
+    /// name the limit `key_bytes`; a message larger than the quota's burst closes with 1009).
+    #[must_use]
+    pub fn per_key_bytes(mut self, quota: Quota) -> Self {
+        self.per_key.get_or_insert_with(PerKeyLimits::new).bytes = Some(quota);
+        self
+    }
+
+    /// Limits the messages of `kind` (as named by the classifier) per key, across all of the
+    /// key's connections (refusals name the kind).
+    #[must_use]
+    pub fn per_key_kind(mut self, kind: impl Into<String>, quota: Quota) -> Self {
+        let kind = kind.into();
+        let per_key = self.per_key.get_or_insert_with(PerKeyLimits::new);
+        match per_key.kinds.iter_mut().find(|k| k.kind == kind) {
+            Some(existing) => existing.quota = quota,
+            None => per_key.kinds.push(KindLimit { kind, quota }),
+        }
+        self
+    }
+
+    /// Runs the per-key limits on `clock` (default: a [`MonotonicClock`]; the per-key state is
+    /// shared by connections, so it has a clock of its own). Starts their state afresh.
+    #[must_use]
+    pub fn per_key_clock(mut self, clock: impl Clock) -> Self {
+        self.per_key = Some(self.per_key.take().unwrap_or_default().clock(clock));
+        self
+    }
+
+    /// Tracks at most `max_keys` keys for the per-key limits (default
+    /// [`crate::store::DEFAULT_MAX_KEYS`]). Starts their state afresh.
+    #[must_use]
+    pub fn per_key_max_keys(mut self, max_keys: usize) -> Self {
+        self.per_key = Some(self.per_key.take().unwrap_or_default().max_keys(max_keys));
+        self
+    }
+
+    /// Whether text messages need classifying: a classifier and some per-kind limit.
+    fn classifies(&self) -> bool {
+        self.classifier.is_some()
+            && (!self.kinds.is_empty() || self.per_key.as_ref().is_some_and(|p| !p.kinds.is_empty()))
+    }
 }
 
 impl MessageLimits {
@@ -170,11 +258,22 @@ impl MessageLimits {
                 MessageAction::Delay { max_wait: config.max_delay.map_or(Duration::from_secs(1), |d| d.0) }
             }
         };
+        if let Some(quota) = config.key_messages {
+            limits = limits.per_key_messages(quota);
+        }
+        if let Some(quota) = config.key_bytes {
+            limits = limits.per_key_bytes(quota);
+        }
         if !config.kinds.is_empty() {
             let mut classifier = super::JsonFieldClassifier::default();
             for kind in &config.kinds {
                 classifier = classifier.rule(&kind.field, &kind.equals, &kind.name);
-                limits.kinds.push(KindLimit { kind: kind.name.clone(), quota: kind.quota });
+                if let Some(quota) = kind.quota {
+                    limits.kinds.push(KindLimit { kind: kind.name.clone(), quota });
+                }
+                if let Some(quota) = kind.key_quota {
+                    limits = limits.per_key_kind(kind.name.clone(), quota);
+                }
             }
             limits.classifier = Some(Arc::new(classifier));
         }
@@ -184,10 +283,13 @@ impl MessageLimits {
 
 /// One connection's message limiter: decides each message with [`MessageGate::check`].
 ///
-/// The state is a few timestamps owned by the connection (no locks, no allocation per message);
-/// it goes away with the connection.
+/// The per-connection state is a few timestamps owned by the connection (no locks, no allocation
+/// per message); it goes away with the connection. The per-key limits
+/// ([`MessageLimits::per_key`]) are counted under the key given by [`MessageGate::with_key`] —
+/// without one, every such gate shares one key, so leaving it out cannot dodge them.
 pub struct MessageGate<C: Clock = MonotonicClock> {
     limits: Arc<MessageLimits>,
+    key: Option<OwnedKey>,
     clock: C,
     messages: u64,
     bytes: u64,
@@ -197,7 +299,7 @@ pub struct MessageGate<C: Clock = MonotonicClock> {
 
 impl<C: Clock> fmt::Debug for MessageGate<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MessageGate").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("MessageGate").field("limits", &self.limits).field("key", &self.key).finish_non_exhaustive()
     }
 }
 
@@ -226,12 +328,25 @@ impl<C: Clock> MessageGate<C> {
     /// A gate on `clock`.
     pub fn with_clock(limits: Arc<MessageLimits>, clock: C) -> Self {
         let kinds = vec![0; limits.kinds.len()];
-        Self { limits, clock, messages: 0, bytes: 0, control: 0, kinds }
+        Self { limits, key: None, clock, messages: 0, bytes: 0, control: 0, kinds }
+    }
+
+    /// Counts this connection's messages under `key` for the per-key limits (the client the
+    /// connection belongs to: its address, identity, API key...).
+    #[must_use]
+    pub fn with_key(mut self, key: OwnedKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// The limits applied.
     pub fn limits(&self) -> &Arc<MessageLimits> {
         &self.limits
+    }
+
+    /// The key of the per-key limits, if one was given.
+    pub fn key(&self) -> Option<&OwnedKey> {
+        self.key.as_ref()
     }
 
     /// Decides one message the client sent: its kind, its payload length in bytes, and for text
@@ -269,18 +384,31 @@ impl<C: Clock> MessageGate<C> {
             }
             steps[1] = Some(Step { slot: Slot::Bytes, quota, cost });
         }
+        let per_key = limits.per_key.as_ref().filter(|p| !p.is_empty());
+        let mut key_steps: [Option<KeyStep>; 3] = [None, None, None];
+        if let Some(per_key) = per_key {
+            key_steps[0] = per_key.messages_step();
+            key_steps[1] = per_key.bytes_step(cost);
+            if let Some(quota) = per_key.bytes.filter(|q| cost > q.burst().get()) {
+                return too_big(len, quota.burst().get() as usize);
+            }
+        }
         let class = match (&limits.classifier, text) {
-            (Some(classifier), Some(text)) if !limits.kinds.is_empty() => classifier.classify(text),
+            (Some(classifier), Some(text)) if limits.classifies() => classifier.classify(text),
             _ => None,
         };
-        if let Some(i) = class.and_then(|class| limits.kinds.iter().position(|k| k.kind == class)) {
-            steps[2] = Some(Step { slot: Slot::Kind(i), quota: limits.kinds[i].quota, cost: 1 });
+        if let Some(class) = class {
+            if let Some(i) = limits.kinds.iter().position(|k| k.kind == class) {
+                steps[2] = Some(Step { slot: Slot::Kind(i), quota: limits.kinds[i].quota, cost: 1 });
+            }
+            key_steps[2] = per_key.and_then(|p| p.kind_step(class));
         }
         let max_wait = match limits.on_exceed {
             MessageAction::Delay { max_wait } => u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX),
             _ => 0,
         };
-        // All-or-nothing: decide every step first, then commit all or none.
+        // All-or-nothing: decide every step of this connection first, then the key's (which
+        // spend only when all of them pass), then commit this connection's or none.
         let mut new_tats = [0u64; 3];
         let mut wait = Duration::ZERO;
         let mut refused: Option<Refusal> = None;
@@ -302,6 +430,15 @@ impl<C: Clock> MessageGate<C> {
                         refused = Some(Refusal { limit, retry_after: snap.retry_after });
                     }
                 }
+            }
+        }
+        if refused.is_none()
+            && let Some(per_key) = per_key
+        {
+            let key = self.key.as_ref().map_or(MISSING_KEY, OwnedKey::as_key);
+            match per_key.check(key, &key_steps, max_wait) {
+                Ok(key_wait) => wait = wait.max(key_wait),
+                Err((step, retry_after)) => refused = Some(Refusal { limit: per_key.step_name(&step), retry_after }),
             }
         }
         if let Some(refusal) = refused {
@@ -343,6 +480,9 @@ impl<C: Clock> MessageGate<C> {
         }
     }
 }
+
+/// The key of gates given none: all of them share it (as a policy's `MissingKey::Shared`).
+const MISSING_KEY: Key<'static> = Key::Text("\u{0}missing");
 
 fn too_big(len: usize, max: usize) -> Verdict {
     Verdict::Close(CloseFrame::new(
@@ -455,6 +595,126 @@ mod tests {
         let Verdict::Close(c) = text(&mut g, "a") else { panic!() };
         assert_eq!(c.code, close_code::RATE_LIMITED);
         assert_eq!(c.reason, "rate limited: messages (retry after 60s)");
+    }
+
+    /// Gates of `keys` sharing `limits` and one manual clock (per-key state included).
+    fn keyed_gates(limits: MessageLimits, keys: &[&str]) -> (Vec<MessageGate<ManualClock>>, ManualClock) {
+        let clock = ManualClock::at(1_000_000_000_000);
+        let limits = Arc::new(limits.per_key_clock(clock.clone()));
+        let gates = keys
+            .iter()
+            .map(|k| MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(OwnedKey::from(*k)))
+            .collect();
+        (gates, clock)
+    }
+
+    #[test]
+    fn per_key_messages_are_shared_by_the_keys_connections() {
+        let limits = MessageLimits::new().messages(q("10/min")).per_key_messages(q("3/min"));
+        let (mut g, clock) = keyed_gates(limits, &["alice", "alice", "bob"]);
+        assert_eq!(text(&mut g[0], "a"), Verdict::Allow);
+        assert_eq!(text(&mut g[1], "a"), Verdict::Allow);
+        assert_eq!(text(&mut g[0], "a"), Verdict::Allow);
+        let Verdict::Drop(r) = text(&mut g[1], "a") else { panic!("alice's key quota is spent") };
+        assert_eq!(r.limit, "key_messages");
+        assert_eq!(r.retry_after, Duration::from_secs(20));
+        assert!(matches!(text(&mut g[0], "a"), Verdict::Drop(r) if r.limit == "key_messages"));
+        for _ in 0..3 {
+            assert_eq!(text(&mut g[2], "b"), Verdict::Allow, "bob has his own quota");
+        }
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(text(&mut g[1], "a"), Verdict::Allow);
+    }
+
+    #[test]
+    fn a_refusal_per_connection_spends_nothing_per_key_and_back() {
+        // The connection's own limit refuses: the key's quota is untouched.
+        let limits = MessageLimits::new().messages(q("1/min")).per_key_messages(q("3/min"));
+        let (mut g, _) = keyed_gates(limits, &["alice", "alice", "alice"]);
+        assert_eq!(text(&mut g[0], "a"), Verdict::Allow);
+        assert!(matches!(text(&mut g[0], "a"), Verdict::Drop(r) if r.limit == "messages"));
+        assert_eq!(text(&mut g[1], "a"), Verdict::Allow);
+        assert_eq!(text(&mut g[2], "a"), Verdict::Allow);
+
+        // The key's limit refuses: the connection's quota is untouched.
+        let limits = MessageLimits::new().messages(q("2/hour")).per_key_messages(q("2/min"));
+        let (mut g, clock) = keyed_gates(limits, &["alice", "alice"]);
+        assert_eq!(text(&mut g[1], "a"), Verdict::Allow);
+        assert_eq!(text(&mut g[1], "a"), Verdict::Allow);
+        assert!(matches!(text(&mut g[0], "a"), Verdict::Drop(r) if r.limit == "key_messages"));
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(text(&mut g[0], "a"), Verdict::Allow);
+        assert_eq!(text(&mut g[0], "a"), Verdict::Allow, "the refused message spent none of 2/hour");
+    }
+
+    #[test]
+    fn per_key_bytes_and_kinds() {
+        let limits = MessageLimits::new()
+            .per_key_bytes(q("1000/min"))
+            .per_key_kind("catch_up", q("1/min"))
+            .classifier(JsonFieldClassifier::new("action", ["catch_up"]));
+        let (mut g, _) = keyed_gates(limits, &["alice", "alice", "bob"]);
+        assert_eq!(g[0].check(MessageKind::Binary, 600, None), Verdict::Allow);
+        assert!(matches!(g[1].check(MessageKind::Binary, 600, None), Verdict::Drop(r) if r.limit == "key_bytes"));
+        assert_eq!(g[1].check(MessageKind::Binary, 400, None), Verdict::Allow);
+        // Larger than the key's whole byte burst: it could never pass.
+        assert!(matches!(g[2].check(MessageKind::Binary, 1001, None), Verdict::Close(c) if c.code == 1009));
+        let catch_up = r#"{"action":"catch_up"}"#;
+        assert_eq!(text(&mut g[2], catch_up), Verdict::Allow);
+        let Verdict::Drop(r) = text(&mut g[2], catch_up) else { panic!() };
+        assert_eq!((r.limit.as_str(), r.retry_after_secs()), ("catch_up", 60));
+        assert!(matches!(text(&mut g[0], catch_up), Verdict::Drop(r) if r.limit == "key_bytes"));
+    }
+
+    #[test]
+    fn per_key_close_and_delay_actions() {
+        let limits = MessageLimits::new().per_key_messages(q("1/min")).on_exceed(MessageAction::Close);
+        let (mut g, _) = keyed_gates(limits, &["alice", "alice"]);
+        assert_eq!(text(&mut g[0], "a"), Verdict::Allow);
+        let Verdict::Close(c) = text(&mut g[1], "a") else { panic!() };
+        assert_eq!(c.code, close_code::RATE_LIMITED);
+        assert_eq!(c.reason, "rate limited: key_messages (retry after 60s)");
+
+        let limits = MessageLimits::new()
+            .per_key_messages(q("1/s"))
+            .on_exceed(MessageAction::Delay { max_wait: Duration::from_secs(1) });
+        let (mut g, _) = keyed_gates(limits, &["alice", "alice"]);
+        assert_eq!(text(&mut g[0], "a"), Verdict::Allow);
+        assert_eq!(text(&mut g[1], "a"), Verdict::Delay(Duration::from_secs(1)));
+        assert!(matches!(text(&mut g[0], "a"), Verdict::Drop(r) if r.retry_after == Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn gates_without_a_key_share_one() {
+        let clock = ManualClock::at(1_000_000_000_000);
+        let limits = Arc::new(MessageLimits::new().per_key_messages(q("1/min")).per_key_clock(clock.clone()));
+        let mut a = MessageGate::with_clock(Arc::clone(&limits), clock.clone());
+        let mut b = MessageGate::with_clock(Arc::clone(&limits), clock.clone());
+        assert_eq!(text(&mut a, "a"), Verdict::Allow);
+        assert!(matches!(text(&mut b, "b"), Verdict::Drop(r) if r.limit == "key_messages"));
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten_and_the_key_cap_holds() {
+        let clock = ManualClock::at(1_000_000_000_000);
+        let limits = Arc::new(
+            MessageLimits::new().per_key_messages(q("1/s")).per_key_max_keys(100).per_key_clock(clock.clone()),
+        );
+        let per_key = limits.per_key.as_ref().unwrap();
+        assert_eq!(per_key.key_capacity(), 100);
+        let mut refused = 0;
+        for i in 0..20_000u64 {
+            let mut g = MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(OwnedKey::from(i));
+            if let Verdict::Drop(r) = g.check(MessageKind::Binary, 1, None) {
+                assert_eq!(r.retry_after, Duration::from_secs(1), "new keys wait while the table is full");
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "a flood of distinct keys is capped");
+        assert!(per_key.tracked_keys() <= 20_000 - refused);
+        clock.advance(Duration::from_secs(2));
+        let mut g = MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(OwnedKey::from(u64::MAX));
+        assert_eq!(g.check(MessageKind::Binary, 1, None), Verdict::Allow, "idle keys make room");
     }
 
     #[test]

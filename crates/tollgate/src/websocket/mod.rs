@@ -13,6 +13,12 @@
 //! - pings and pongs: not counted as messages, but capped by their own quota (over it: close
 //!   `1008`), so they cannot flood either. Close frames always pass.
 //!
+//! And per key, across all of a key's connections ([`PerKeyLimits`], e.g.
+//! [`MessageLimits::per_key_messages`]): messages, bytes and per-kind limits shared by every
+//! connection of one client, so that opening more sockets does not multiply its quota. The gate
+//! learns its connection's key from [`MessageGate::with_key`]. A message passes only if it
+//! passes every per-connection and per-key limit, and a refused one spends nothing from any.
+//!
 //! Close codes: [`close_code::MESSAGE_TOO_BIG`] (1009), [`close_code::POLICY_VIOLATION`] (1008),
 //! [`close_code::TRY_AGAIN_LATER`] (1013) and [`close_code::RATE_LIMITED`] (4429, ours: a message
 //! rate or byte limit was exceeded and the configured action is to close).
@@ -37,9 +43,11 @@
 
 mod classifier;
 mod gate;
+mod per_key;
 
 pub use classifier::{Classifier, JsonFieldClassifier};
 pub use gate::{DEFAULT_CONTROL_QUOTA, KindLimit, MessageAction, MessageGate, MessageLimits};
+pub use per_key::PerKeyLimits;
 
 use std::time::Duration;
 
