@@ -1,95 +1,61 @@
-//! Building the middleware from the core's TOML [`Config`].
+//! Building the middleware from the core's TOML [`Config`]: the core turns the file into
+//! [`RouteLimits`] (the same for every adapter); this module only maps them to [`Limits`].
 
-use std::str::FromStr;
-
-use http::Method;
-use tollgate::config::Config;
-use tollgate::websocket::MessageLimits;
-use tollgate::{ClientIpResolver, ConcurrencyLimiter, Error, Limit, MemoryStore, Policy, Store};
+use tollgate::config::{Config, RouteLimits};
+use tollgate::{Error, MemoryStore, Store};
 
 use crate::rate_limit::{Limits, RateLimitLayer, WebSocketLimits};
 
 impl RateLimitLayer<MemoryStore> {
     /// The middleware described by `config`, on one in-memory store: `[[routes]]` and
-    /// `[[websocket]]` entries become per-route [`Limits`], `trusted_proxies` the client-address
-    /// resolver, `headers` the header style. Routes not in the configuration are not limited.
+    /// `[[websocket]]` entries become per-route [`Limits`] (see
+    /// [`Config::route_limits_with`]), `trusted_proxies` the client-address resolver, `headers`
+    /// the header style. Routes not in the configuration are not limited.
     pub fn from_config(config: &Config) -> Result<Self, Error> {
-        let mut store = MemoryStore::builder();
-        if let Some(n) = config.store.max_keys {
-            store = store.max_keys(n);
-        }
-        Self::from_config_with(config, &store.build())
+        Self::from_config_with(config, &config.memory_store())
     }
 }
 
 impl<St: Store + Clone> RateLimitLayer<St> {
     /// [`RateLimitLayer::from_config`] on clones of `store` (e.g. a Redis store).
     pub fn from_config_with(config: &Config, store: &St) -> Result<Self, Error> {
-        let policies = config.policies_with(store)?;
+        Ok(Self::from_route_limits(config, config.route_limits_with(store)?))
+    }
+
+    /// The middleware applying `routes` (e.g. [`Config::route_limits_with`]'s, adjusted), with
+    /// `config`'s client-address resolver and header style.
+    pub fn from_route_limits(config: &Config, routes: impl IntoIterator<Item = RouteLimits<St>>) -> Self {
         let mut layer = RateLimitLayer::with_limits(Limits::empty())
-            .client_ip_resolver(ClientIpResolver::new().trust_all(config.trusted_proxies.iter().copied()))
+            .client_ip_resolver(config.client_ip_resolver())
             .headers(config.headers);
-        for (i, route) in config.routes.iter().enumerate() {
-            let mut limits = Limits::empty();
-            if let Some(name) = &route.policy {
-                let policy = policies
-                    .get(name)
-                    .ok_or_else(|| Error::Config {
-                        field: format!("routes[{i}].policy"),
-                        value: format!("{name:?}"),
-                        reason: "no such policy".into(),
-                    })?
-                    .clone();
-                limits = limits.policy(policy);
-            }
-            if let Some(max) = route.max_body {
-                limits = limits.max_body(max.0);
-            }
-            if let Some(quota) = route.body_bytes {
-                let key = route.key.kind(64, &format!("routes[{i}].key"))?;
-                let policy = Policy::builder("body_bytes")
-                    .limit(Limit::new("body_bytes", quota).key(key))
-                    .build_with(store.clone())?;
-                limits = limits.body_bytes(policy);
-            }
-            if let Some(n) = route.concurrent_per_key {
-                limits = limits.in_flight(ConcurrencyLimiter::new("in_flight").per_key(n));
-            }
-            let methods = methods(&route.methods, i)?;
-            layer = layer.route_methods(&route.path, methods, limits);
+        for route in routes {
+            let path = route.path.clone();
+            let methods = route.methods.clone();
+            layer = layer.route_methods(&path, methods, Limits::from(route));
         }
-        for (i, ws) in config.websocket.iter().enumerate() {
-            let key = ws.key.kind(64, &format!("websocket[{i}].key"))?;
-            let mut limits = Limits::empty();
-            if let Some(quota) = ws.connections {
-                let policy = Policy::builder("ws_connections")
-                    .limit(Limit::new("connections", quota).key(key))
-                    .build_with(store.clone())?;
-                limits = limits.policy(policy);
-            }
-            let mut connections = ConcurrencyLimiter::new("ws_open");
-            if let Some(n) = ws.concurrent_per_key {
-                connections = connections.per_key(n);
-            }
-            if let Some(n) = ws.concurrent_global {
-                connections = connections.global(n);
-            }
-            let limits = limits.websocket(WebSocketLimits::new(connections, MessageLimits::from_config(ws)));
-            layer = layer.route_methods(&ws.path, [Method::GET], limits);
-        }
-        Ok(layer)
+        layer
     }
 }
 
-fn methods(names: &[String], route: usize) -> Result<Vec<Method>, Error> {
-    names
-        .iter()
-        .map(|m| {
-            Method::from_str(&m.to_ascii_uppercase()).map_err(|_| Error::Config {
-                field: format!("routes[{route}].methods"),
-                value: format!("{m:?}"),
-                reason: "not an HTTP method".into(),
-            })
-        })
-        .collect()
+impl<St: Store> From<RouteLimits<St>> for Limits<St> {
+    /// The route's limits, its leases and per-key message limits counted by the route's key.
+    fn from(route: RouteLimits<St>) -> Self {
+        let mut limits = Limits::empty().lease_key(route.key.clone());
+        if let Some(policy) = route.policy {
+            limits = limits.policy(policy);
+        }
+        if let Some(max) = route.max_body {
+            limits = limits.max_body(max);
+        }
+        if let Some(policy) = route.body_bytes {
+            limits = limits.body_bytes(policy);
+        }
+        if let Some(limiter) = route.in_flight {
+            limits = limits.in_flight(limiter);
+        }
+        if let Some(ws) = route.websocket {
+            limits = limits.websocket(WebSocketLimits::new(ws.connections, ws.messages).key(route.key));
+        }
+        limits
+    }
 }

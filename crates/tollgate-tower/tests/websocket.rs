@@ -11,12 +11,15 @@ use axum::extract::ws::Message as AxumMessage;
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
+use http::{HeaderName, HeaderValue};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tollgate::config::Config;
 use tollgate::websocket::{JsonFieldClassifier, MessageAction, MessageLimits};
-use tollgate::{ConcurrencyLimiter, KeyKind, Limit, Policy};
+use tollgate::{ConcurrencyLimiter, Key, KeyKind, Limit, Policy};
 use tollgate_tower::{LimitedUpgrade, Limits, RateLimitLayer, WebSocketLimits};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -63,6 +66,26 @@ async fn connect(addr: SocketAddr) -> Result<Client, WsError> {
             .await
             .expect("the handshake timed out")?;
     Ok(socket)
+}
+
+/// A client whose upgrade request carries `x-client: <client>`.
+async fn connect_as(addr: SocketAddr, client: &str) -> Result<Client, WsError> {
+    let mut request = format!("ws://{addr}/ws").into_client_request()?;
+    request.headers_mut().insert("x-client", HeaderValue::from_str(client).unwrap());
+    let (socket, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(request))
+        .await
+        .expect("the handshake timed out")?;
+    Ok(socket)
+}
+
+fn x_client() -> KeyKind {
+    KeyKind::Header(HeaderName::from_static("x-client"))
+}
+
+/// Sends `text` and expects it echoed.
+async fn echoed(client: &mut Client, text: &str) {
+    client.send(Message::text(text)).await.unwrap();
+    assert_eq!(next(client).await, Message::text(text));
 }
 
 fn refused_status(result: Result<Client, WsError>) -> (u16, String) {
@@ -230,6 +253,150 @@ async fn ping_flood_closes_1008() {
     }
     let Message::Close(Some(frame)) = next(&mut c).await else { panic!("expected a close frame") };
     assert_eq!(u16::from(frame.code), 1008);
+}
+
+#[tokio::test]
+async fn connection_leases_are_counted_by_the_websocket_key() {
+    let connections = ConcurrencyLimiter::new("ws").per_key(1);
+    let ws = WebSocketLimits::new(connections.clone(), MessageLimits::new()).key(x_client());
+    let app = Router::new().route("/ws", get(echo)).layer(RateLimitLayer::with_limits(Limits::new().websocket(ws)));
+    let addr = common::serve(app).await;
+    // All clients come from 127.0.0.1: by IP (the layer's default) the second would be refused.
+    let mut a = connect_as(addr, "a").await.unwrap();
+    wait_for_in_use(&connections, 1).await;
+    assert_eq!(connections.in_use_by(Key::Bytes(b"a")), 1);
+    assert_eq!(refused_status(connect_as(addr, "a").await), (429, "1".into()));
+    let mut b = connect_as(addr, "b").await.unwrap();
+    wait_for_in_use(&connections, 2).await;
+    echoed(&mut a, "from a").await;
+    echoed(&mut b, "from b").await;
+    // A client without the header is counted under one shared key, not let through.
+    let _anonymous = connect(addr).await.unwrap();
+    assert_eq!(refused_status(connect(addr).await).0, 429);
+}
+
+#[tokio::test]
+async fn per_key_messages_are_shared_by_a_clients_connections() {
+    let limits = MessageLimits::new().messages("10/min".parse().unwrap()).per_key_messages("3/min".parse().unwrap());
+    let ws = WebSocketLimits::new(ConcurrencyLimiter::new("ws"), limits).key(x_client());
+    let app = Router::new().route("/ws", get(echo)).layer(RateLimitLayer::with_limits(Limits::new().websocket(ws)));
+    let addr = common::serve(app).await;
+    let mut a1 = connect_as(addr, "a").await.unwrap();
+    let mut a2 = connect_as(addr, "a").await.unwrap();
+    let mut b = connect_as(addr, "b").await.unwrap();
+    echoed(&mut a1, "1").await;
+    echoed(&mut a2, "2").await;
+    echoed(&mut a1, "3").await;
+    // Each socket is well within its own 10/min, but client a has spent its 3/min.
+    a2.send(Message::text("4")).await.unwrap();
+    assert_eq!(
+        next(&mut a2).await,
+        Message::text(r#"{"error":"rate_limited","limit":"key_messages","retry_after":20}"#)
+    );
+    a1.send(Message::text("5")).await.unwrap();
+    assert_eq!(
+        next(&mut a1).await,
+        Message::text(r#"{"error":"rate_limited","limit":"key_messages","retry_after":20}"#)
+    );
+    // Client b is unaffected.
+    for i in 0..3 {
+        echoed(&mut b, &format!("b{i}")).await;
+    }
+    // A new socket of client a does not bring a fresh quota.
+    let mut a3 = connect_as(addr, "a").await.unwrap();
+    a3.send(Message::text("6")).await.unwrap();
+    assert!(matches!(next(&mut a3).await, Message::Text(t) if t.contains("key_messages")));
+}
+
+#[tokio::test]
+async fn per_key_limits_fall_back_to_the_layers_lease_key() {
+    // No key on the route: the layer's lease key (the client IP) counts both leases and
+    // messages, so two loopback sockets share one quota.
+    let limits = MessageLimits::new().per_key_messages("2/min".parse().unwrap());
+    let connections = ConcurrencyLimiter::new("ws").per_key(5);
+    let layer = RateLimitLayer::with_limits(Limits::new().websocket(WebSocketLimits::new(connections.clone(), limits)));
+    let addr = common::serve(Router::new().route("/ws", get(echo)).layer(layer)).await;
+    let mut a = connect(addr).await.unwrap();
+    let mut b = connect(addr).await.unwrap();
+    wait_for_in_use(&connections, 2).await;
+    assert_eq!(connections.in_use_by(Key::Ip("127.0.0.1".parse().unwrap())), 2);
+    echoed(&mut a, "1").await;
+    echoed(&mut b, "2").await;
+    b.send(Message::text("3")).await.unwrap();
+    assert!(matches!(next(&mut b).await, Message::Text(t) if t.contains("key_messages")));
+
+    // The layer's lease key chosen by the application applies the same way.
+    let limits = MessageLimits::new().per_key_messages("1/min".parse().unwrap());
+    let layer = RateLimitLayer::with_limits(
+        Limits::new().websocket(WebSocketLimits::new(ConcurrencyLimiter::new("ws"), limits)),
+    )
+    .lease_key(x_client());
+    let addr = common::serve(Router::new().route("/ws", get(echo)).layer(layer)).await;
+    let mut a = connect_as(addr, "a").await.unwrap();
+    let mut b = connect_as(addr, "b").await.unwrap();
+    echoed(&mut a, "1").await;
+    echoed(&mut b, "2").await;
+}
+
+#[tokio::test]
+async fn per_key_close_action_sends_4429() {
+    let limits = MessageLimits::new().per_key_messages("1/min".parse().unwrap()).on_exceed(MessageAction::Close);
+    let connections = ConcurrencyLimiter::new("ws");
+    let ws = WebSocketLimits::new(connections.clone(), limits).key(x_client());
+    let app = Router::new().route("/ws", get(echo)).layer(RateLimitLayer::with_limits(Limits::new().websocket(ws)));
+    let addr = common::serve(app).await;
+    let mut a1 = connect_as(addr, "a").await.unwrap();
+    let mut a2 = connect_as(addr, "a").await.unwrap();
+    let mut b = connect_as(addr, "b").await.unwrap();
+    echoed(&mut a1, "1").await;
+    a2.send(Message::text("2")).await.unwrap();
+    let Message::Close(Some(frame)) = next(&mut a2).await else { panic!("expected a close frame") };
+    assert_eq!(u16::from(frame.code), 4429);
+    assert_eq!(frame.reason.as_str(), "rate limited: key_messages (retry after 60s)");
+    echoed(&mut b, "b").await;
+    // The closed socket gave its lease back; the others hold theirs.
+    wait_for_in_use(&connections, 2).await;
+}
+
+/// The demo's `[[websocket]]` entry, keyed by a header and with per-key limits, read by the core
+/// and applied by the layer.
+const WS_CONFIG: &str = r#"
+[[websocket]]
+path = "/ws"
+key = "header:x-client"
+connections = "10/min"
+concurrent_per_key = 2
+messages = "10/min"
+key_messages = "3/min"
+key_bytes = "1KiB/min"
+max_message = "16KiB"
+kinds = [{ name = "catch_up", field = "action", equals = "catch_up", key_quota = "1/min" }]
+"#;
+
+#[tokio::test]
+async fn config_websocket_key_counts_leases_and_per_key_limits() {
+    let config: Config = WS_CONFIG.parse().unwrap();
+    let app = Router::new().route("/ws", get(echo)).layer(RateLimitLayer::from_config(&config).unwrap());
+    let addr = common::serve(app).await;
+    let mut a1 = connect_as(addr, "a").await.unwrap();
+    let mut a2 = connect_as(addr, "a").await.unwrap();
+    let (status, _) = refused_status(connect_as(addr, "a").await);
+    assert_eq!(status, 429, "concurrent_per_key = 2 for client a");
+    let mut b = connect_as(addr, "b").await.unwrap();
+
+    let catch_up = r#"{"action":"catch_up"}"#;
+    echoed(&mut a1, catch_up).await;
+    a2.send(Message::text(catch_up)).await.unwrap();
+    assert_eq!(next(&mut a2).await, Message::text(r#"{"error":"rate_limited","limit":"catch_up","retry_after":60}"#));
+    echoed(&mut a2, "2").await;
+    echoed(&mut a1, "3").await;
+    a2.send(Message::text("4")).await.unwrap();
+    assert!(matches!(next(&mut a2).await, Message::Text(t) if t.contains(r#""limit":"key_messages""#)));
+
+    echoed(&mut b, catch_up).await;
+    echoed(&mut b, &"x".repeat(900)).await;
+    b.send(Message::text("y".repeat(200))).await.unwrap();
+    assert!(matches!(next(&mut b).await, Message::Text(t) if t.contains(r#""limit":"key_bytes""#)));
 }
 
 #[cfg(feature = "tungstenite")]

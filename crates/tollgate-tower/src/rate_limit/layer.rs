@@ -23,25 +23,37 @@ pub struct Limits<St: Store = MemoryStore> {
     pub(crate) max_body: Option<u64>,
     pub(crate) body_bytes: Option<Policy<St>>,
     pub(crate) in_flight: Option<ConcurrencyLimiter>,
+    pub(crate) lease_key: Option<KeyKind>,
     pub(crate) websocket: Option<WebSocketLimits>,
     /// Every policy's store decides without I/O: the checks run inside `call`, nothing boxed.
     pub(crate) at_once: bool,
 }
 
 /// The WebSocket limits of a route: concurrent connections (the lease lives as long as the
-/// socket) and the limits on each connection's messages. The connection *rate* is the route's
-/// request policy, checked on the upgrade request.
+/// socket), the limits on each connection's messages and on each key's messages across its
+/// connections, and what the lease and the per-key limits count by. The connection *rate* is the
+/// route's request policy, checked on the upgrade request.
 #[derive(Clone, Debug)]
 pub struct WebSocketLimits {
     pub(crate) connections: ConcurrencyLimiter,
     pub(crate) messages: Arc<MessageLimits>,
+    pub(crate) key: Option<KeyKind>,
 }
 
 impl WebSocketLimits {
     /// At most what `connections` allows open at once (per key and globally), each connection's
     /// messages limited by `messages`.
     pub fn new(connections: ConcurrencyLimiter, messages: MessageLimits) -> Self {
-        Self { connections, messages: Arc::new(messages) }
+        Self { connections, messages: Arc::new(messages), key: None }
+    }
+
+    /// Counts the connections (and the per-key message limits, see
+    /// [`MessageLimits::per_key`]) by `key` — e.g. `KeyKind::Header("x-api-key")` — instead of
+    /// the route's [`Limits::lease_key`] or the layer's [`RateLimitLayer::lease_key`].
+    #[must_use]
+    pub fn key(mut self, key: KeyKind) -> Self {
+        self.key = Some(key);
+        self
     }
 }
 
@@ -52,6 +64,7 @@ impl<St: Store> Clone for Limits<St> {
             max_body: self.max_body,
             body_bytes: self.body_bytes.clone(),
             in_flight: self.in_flight.clone(),
+            lease_key: self.lease_key.clone(),
             websocket: self.websocket.clone(),
             at_once: self.at_once,
         }
@@ -65,6 +78,7 @@ impl<St: Store> fmt::Debug for Limits<St> {
             .field("max_body", &self.max_body)
             .field("body_bytes", &self.body_bytes)
             .field("in_flight", &self.in_flight)
+            .field("lease_key", &self.lease_key)
             .field("websocket", &self.websocket)
             .finish()
     }
@@ -86,7 +100,15 @@ impl Default for Limits<MemoryStore> {
 impl<St: Store> Limits<St> {
     /// No limit yet, on any store.
     pub fn empty() -> Self {
-        Self { policy: None, max_body: None, body_bytes: None, in_flight: None, websocket: None, at_once: true }
+        Self {
+            policy: None,
+            max_body: None,
+            body_bytes: None,
+            in_flight: None,
+            lease_key: None,
+            websocket: None,
+            at_once: true,
+        }
     }
 
     /// Each request costs 1 against `policy` (all of its limits, all-or-nothing).
@@ -128,6 +150,15 @@ impl<St: Store> Limits<St> {
 
     fn policies(&self) -> impl Iterator<Item = &Policy<St>> {
         self.policy.iter().chain(&self.body_bytes)
+    }
+
+    /// Counts this route's concurrency leases — in-flight requests, and WebSocket connections
+    /// unless [`WebSocketLimits::key`] says otherwise — by `key` instead of the layer's
+    /// [`RateLimitLayer::lease_key`].
+    #[must_use]
+    pub fn lease_key(mut self, key: KeyKind) -> Self {
+        self.lease_key = Some(key);
+        self
     }
 
     /// WebSocket upgrades: see [`WebSocketLimits`] and [`crate::UpgradeLease`].
@@ -258,8 +289,10 @@ impl<St: Store> RateLimitLayer<St> {
         self.edit(|c| c.keys = c.keys.clone().client_ip_resolver(resolver))
     }
 
-    /// What concurrency leases (in-flight requests, WebSocket connections) are counted by
-    /// (default: the client IP, IPv6 by /64).
+    /// What concurrency leases (in-flight requests, WebSocket connections) and per-key
+    /// WebSocket message limits are counted by on routes that do not say
+    /// ([`Limits::lease_key`], [`WebSocketLimits::key`]; routes from a configuration always do).
+    /// Default: the client IP, IPv6 by /64.
     #[must_use]
     pub fn lease_key(self, key: KeyKind) -> Self {
         self.edit(|c| c.lease_key = key)

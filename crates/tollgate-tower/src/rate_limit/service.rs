@@ -10,8 +10,8 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{Full, Limited};
 use tollgate::{
-    ConcurrencyScope, ConnectionLease, Decision, Error, HeaderOptions, Key, MemoryStore, Policy, Reason, RequestKeys,
-    Store, StoreError,
+    ConcurrencyScope, ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, MemoryStore, Policy, Reason,
+    RequestKeys, Store, StoreError,
 };
 use tower::Service;
 
@@ -249,7 +249,8 @@ fn body_cost<'l, St: Store>(
     Ok((cost > 0).then(|| (policy, u32::try_from(cost).unwrap_or(u32::MAX))))
 }
 
-/// The in-flight lease and the WebSocket connection lease the route asks for.
+/// The in-flight lease and the WebSocket connection lease the route asks for, each counted by
+/// its own key: the WebSocket limits' key, else the route's lease key, else the layer's.
 fn leases<St: Store>(
     config: &Config<St>,
     limits: &Limits<St>,
@@ -258,19 +259,28 @@ fn leases<St: Store>(
     if limits.in_flight.is_none() && limits.websocket.is_none() {
         return Ok((None, None));
     }
-    let lease_key = config.lease_key.resolve(keys).unwrap_or(Key::Text("\u{0}missing"));
+    let route_key = limits.lease_key.as_ref().unwrap_or(&config.lease_key);
     let lease = match &limits.in_flight {
-        Some(limiter) => Some(limiter.try_acquire(lease_key).map_err(|d| Box::new(concurrency_refusal(config, &d)))?),
+        Some(limiter) => Some(
+            limiter.try_acquire(lease_key(route_key, keys)).map_err(|d| Box::new(concurrency_refusal(config, &d)))?,
+        ),
         None => None,
     };
     let upgrade = match &limits.websocket {
         Some(ws) => {
-            let l = ws.connections.try_acquire(lease_key).map_err(|d| Box::new(concurrency_refusal(config, &d)))?;
-            Some(UpgradeLease::new(l, Arc::clone(&ws.messages)))
+            let key = lease_key(ws.key.as_ref().unwrap_or(route_key), keys);
+            let l = ws.connections.try_acquire(key).map_err(|d| Box::new(concurrency_refusal(config, &d)))?;
+            Some(UpgradeLease::new(l, Arc::clone(&ws.messages), key.to_owned_key()))
         }
         None => None,
     };
     Ok((lease, upgrade))
+}
+
+/// The key a lease of `kind` is counted by; requests without one share a key (as a policy's
+/// `MissingKey::Shared`), so leaving it out cannot dodge the limit.
+fn lease_key<'a>(kind: &KeyKind, keys: &RequestKeys<'a>) -> Key<'a> {
+    kind.resolve(keys).unwrap_or(Key::Text("\u{0}missing"))
 }
 
 fn max_body<St: Store>(limits: &Limits<St>) -> usize {

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -10,25 +9,25 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use tollgate::ConnectionLease;
-use tollgate::websocket::MessageLimits;
+use tollgate::websocket::MessageGate;
 
 use super::{LimitedWebSocket, UpgradeLease};
 
 /// axum's `WebSocketUpgrade` for a route with [`WebSocketLimits`](crate::WebSocketLimits): the
-/// socket handed to [`LimitedUpgrade::on_upgrade`] limits its messages and holds the
-/// connection's lease until it is dropped.
+/// socket handed to [`LimitedUpgrade::on_upgrade`] limits its messages (per connection, and per
+/// key across the client's connections) and holds the connection's lease until it is dropped.
 ///
 /// Rejected with 500 when the route has no WebSocket limits (the middleware is missing), and as
 /// `WebSocketUpgrade` is when the request is not an upgrade.
 pub struct LimitedUpgrade {
     upgrade: WebSocketUpgrade,
     lease: Option<ConnectionLease>,
-    limits: Arc<MessageLimits>,
+    gate: MessageGate,
 }
 
 impl fmt::Debug for LimitedUpgrade {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LimitedUpgrade").field("lease", &self.lease).field("limits", &self.limits).finish()
+        f.debug_struct("LimitedUpgrade").field("lease", &self.lease).field("gate", &self.gate).finish()
     }
 }
 
@@ -42,14 +41,14 @@ impl<S: Send + Sync> FromRequestParts<S> for LimitedUpgrade {
         };
         let mut upgrade =
             WebSocketUpgrade::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
-        let limits = Arc::clone(slot.message_limits());
-        if let Some(max) = limits.max_message_size {
+        let gate = slot.gate();
+        if let Some(max) = gate.limits().max_message_size {
             // Room above the limit so that an oversized message reaches the gate and gets its
             // 1009 close frame; far larger ones are cut off by the protocol layer.
             let cap = max.saturating_mul(4).max(64 * 1024);
             upgrade = upgrade.max_message_size(cap).max_frame_size(cap);
         }
-        Ok(Self { upgrade, lease: slot.take(), limits })
+        Ok(Self { upgrade, lease: slot.take(), gate })
     }
 }
 
@@ -60,8 +59,8 @@ impl LimitedUpgrade {
         F: FnOnce(LimitedWebSocket<WebSocket, Message>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Self { upgrade, lease, limits } = self;
-        upgrade.on_upgrade(move |socket| callback(LimitedWebSocket::new(socket, limits).with_lease(lease)))
+        let Self { upgrade, lease, gate } = self;
+        upgrade.on_upgrade(move |socket| callback(LimitedWebSocket::with_gate(socket, gate).with_lease(lease)))
     }
 
     /// The underlying upgrade, for its other settings.

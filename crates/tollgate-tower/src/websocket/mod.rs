@@ -28,28 +28,41 @@ pub use stream::LimitedWebSocket;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tollgate::ConnectionLease;
-use tollgate::websocket::MessageLimits;
+use tollgate::websocket::{MessageGate, MessageLimits};
+use tollgate::{ConnectionLease, OwnedKey};
 
 /// A WebSocket connection's concurrency lease, put in the upgrade request's extensions by the
-/// middleware, with the route's message limits. Take the lease and keep it as long as the socket
-/// (see [`LimitedWebSocket::with_lease`]); if the handler never takes it, it is released when the
+/// middleware, with the route's message limits and the client's key (what the lease and the
+/// per-key message limits count by). Take the lease and keep it as long as the socket (see
+/// [`LimitedWebSocket::with_lease`]); if the handler never takes it, it is released when the
 /// response is sent.
 #[derive(Clone)]
 pub struct UpgradeLease {
     slot: Arc<Mutex<Option<ConnectionLease>>>,
     messages: Arc<MessageLimits>,
+    key: OwnedKey,
 }
 
 impl fmt::Debug for UpgradeLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpgradeLease").field("messages", &self.messages).finish_non_exhaustive()
+        f.debug_struct("UpgradeLease").field("messages", &self.messages).field("key", &self.key).finish_non_exhaustive()
     }
 }
 
 impl UpgradeLease {
-    pub(crate) fn new(lease: ConnectionLease, messages: Arc<MessageLimits>) -> Self {
-        Self { slot: Arc::new(Mutex::new(Some(lease))), messages }
+    pub(crate) fn new(lease: ConnectionLease, messages: Arc<MessageLimits>, key: OwnedKey) -> Self {
+        Self { slot: Arc::new(Mutex::new(Some(lease))), messages, key }
+    }
+
+    /// The client's key: what the connection's lease and the per-key message limits count by.
+    pub fn key(&self) -> &OwnedKey {
+        &self.key
+    }
+
+    /// A message gate for the connection: the route's limits, its per-key limits counted under
+    /// [`UpgradeLease::key`] (for [`LimitedWebSocket::with_gate`]).
+    pub fn gate(&self) -> MessageGate {
+        MessageGate::new(Arc::clone(&self.messages)).with_key(self.key.clone())
     }
 
     /// Takes the lease (once; later calls get `None`).
