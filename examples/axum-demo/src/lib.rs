@@ -18,11 +18,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
 
 /// The in-memory store, honouring `store.max_keys`.
 pub fn build_store(config: &Config) -> MemoryStore {
-    let mut store = MemoryStore::builder();
-    if let Some(n) = config.store.max_keys {
-        store = store.max_keys(n);
-    }
-    store.build()
+    config.memory_store()
 }
 
 /// The Redis URL to use, if any: `redis_url` (from the `REDIS_URL` environment variable) wins
