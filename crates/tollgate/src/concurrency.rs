@@ -2,6 +2,10 @@
 //! globally, held by an RAII [`ConnectionLease`] released on drop — also when the holder's task
 //! panics or its future is cancelled, since both drop it.
 //!
+//! A limiter counts in this process's memory, or — with [`ConcurrencyLimiter::shared`] — in a
+//! [`LeaseStore`] shared by every instance (e.g. `tollgate_redis::RedisStore`), through the
+//! asynchronous [`ConcurrencyLimiter::acquire`].
+//!
 //! ```
 //! use tollgate::{ConcurrencyLimiter, ConcurrencyScope, Key};
 //!
@@ -16,10 +20,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::key::{Key, OwnedKey};
+use crate::policy::FailureMode;
 use crate::store::StoreError;
 use crate::store::table::{Full, Table};
 
@@ -31,6 +37,8 @@ pub enum ConcurrencyScope {
     PerKey,
     /// The global cap is full (adapters answer 503).
     Global,
+    /// The shared [`LeaseStore`] failed and the limiter fails closed (adapters answer 503).
+    StoreUnavailable,
 }
 
 /// A refused lease.
@@ -73,8 +81,21 @@ pub struct ConnectionLease {
 }
 
 enum LeaseKind {
-    Memory { limiter: Arc<Inner>, key: Option<OwnedKey>, global: bool },
+    Memory {
+        limiter: Arc<Inner>,
+        key: Option<OwnedKey>,
+        global: bool,
+    },
     Custom(Option<Box<dyn LeaseRelease>>),
+    /// A lease of a shared store, also counted in this process's memory (for `in_use` and so
+    /// that a fallback during an outage counts the places this process already holds).
+    Shared {
+        limiter: Arc<Inner>,
+        key: Option<OwnedKey>,
+        lease: Box<ConnectionLease>,
+    },
+    /// No place held: admitted uncounted while the shared store failed (fail open).
+    Uncounted,
 }
 
 impl fmt::Debug for ConnectionLease {
@@ -83,7 +104,10 @@ impl fmt::Debug for ConnectionLease {
             LeaseKind::Memory { limiter, key, .. } => {
                 f.debug_struct("ConnectionLease").field("limiter", &limiter.name).field("key", key).finish()
             }
-            LeaseKind::Custom(_) => f.debug_struct("ConnectionLease").finish_non_exhaustive(),
+            LeaseKind::Shared { limiter, lease, .. } => {
+                f.debug_struct("ConnectionLease").field("limiter", &limiter.name).field("shared", lease).finish()
+            }
+            LeaseKind::Custom(_) | LeaseKind::Uncounted => f.debug_struct("ConnectionLease").finish_non_exhaustive(),
         }
     }
 }
@@ -111,7 +135,42 @@ impl Drop for ConnectionLease {
                     r.release();
                 }
             }
+            // The store's lease releases itself when dropped with `self`.
+            LeaseKind::Shared { limiter, key, .. } => {
+                if let Some(key) = key.take() {
+                    limiter.per_key.get(&key.as_key(), |c| c.fetch_sub(1, Ordering::AcqRel));
+                }
+                limiter.total.fetch_sub(1, Ordering::AcqRel);
+            }
+            LeaseKind::Uncounted => {}
         }
+    }
+}
+
+/// The result of a lease store's `acquire`, boxed.
+type BoxAcquire<'a> =
+    Pin<Box<dyn Future<Output = Result<Result<ConnectionLease, ConcurrencyDenied>, StoreError>> + Send + 'a>>;
+
+/// [`LeaseStore`] made object-safe, so that a limiter holds any store without a type parameter.
+trait DynLeaseStore: Send + Sync + 'static {
+    fn acquire_boxed<'a>(
+        &'a self,
+        name: &'a str,
+        key: Key<'a>,
+        per_key: Option<u32>,
+        global: Option<u32>,
+    ) -> BoxAcquire<'a>;
+}
+
+impl<L: LeaseStore> DynLeaseStore for L {
+    fn acquire_boxed<'a>(
+        &'a self,
+        name: &'a str,
+        key: Key<'a>,
+        per_key: Option<u32>,
+        global: Option<u32>,
+    ) -> BoxAcquire<'a> {
+        Box::pin(self.acquire(name, key, per_key, global))
     }
 }
 
@@ -121,9 +180,12 @@ struct Inner {
     global_cap: Option<u32>,
     per_key: Table<OwnedKey, AtomicU32>,
     total: AtomicUsize,
+    shared: Option<Arc<dyn DynLeaseStore>>,
+    failure: FailureMode,
 }
 
-/// An in-memory keyed counting semaphore. Cheap to clone (clones share counts).
+/// A keyed counting semaphore: in this process's memory, or in a shared [`LeaseStore`]
+/// ([`ConcurrencyLimiter::shared`]). Cheap to clone (clones share counts).
 #[derive(Clone)]
 pub struct ConcurrencyLimiter {
     inner: Arc<Inner>,
@@ -135,26 +197,57 @@ impl fmt::Debug for ConcurrencyLimiter {
             .field("name", &self.inner.name)
             .field("per_key", &self.inner.per_key_cap)
             .field("global", &self.inner.global_cap)
+            .field("shared", &self.inner.shared.is_some())
+            .field("failure_mode", &self.inner.failure)
             .field("in_use", &self.in_use())
             .finish()
     }
 }
 
+/// What a limiter is built from: everything but its counts.
+struct Settings {
+    name: Arc<str>,
+    per_key_cap: Option<u32>,
+    global_cap: Option<u32>,
+    shared: Option<Arc<dyn DynLeaseStore>>,
+    failure: FailureMode,
+}
+
 impl ConcurrencyLimiter {
-    /// A limiter with no caps yet (see [`Self::per_key`], [`Self::global`]).
+    /// A limiter with no caps yet (see [`Self::per_key`], [`Self::global`]), in memory.
     pub fn new(name: impl Into<Arc<str>>) -> Self {
-        Self::build(name.into(), None, None)
+        Self::build(Settings {
+            name: name.into(),
+            per_key_cap: None,
+            global_cap: None,
+            shared: None,
+            // With a shared store, its outage leaves each instance its own caps.
+            failure: FailureMode::Fallback,
+        })
     }
 
-    fn build(name: Arc<str>, per_key_cap: Option<u32>, global_cap: Option<u32>) -> Self {
+    fn settings(&self) -> Settings {
+        let i = &self.inner;
+        Settings {
+            name: Arc::clone(&i.name),
+            per_key_cap: i.per_key_cap,
+            global_cap: i.global_cap,
+            shared: i.shared.clone(),
+            failure: i.failure,
+        }
+    }
+
+    fn build(s: Settings) -> Self {
         let shards = std::thread::available_parallelism().map_or(4, usize::from) * 4;
         Self {
             inner: Arc::new(Inner {
-                name,
-                per_key_cap,
-                global_cap,
+                name: s.name,
+                per_key_cap: s.per_key_cap,
+                global_cap: s.global_cap,
                 per_key: Table::new(shards, crate::store::DEFAULT_MAX_KEYS),
                 total: AtomicUsize::new(0),
+                shared: s.shared,
+                failure: s.failure,
             }),
         }
     }
@@ -162,26 +255,110 @@ impl ConcurrencyLimiter {
     /// At most `n` at once per key.
     #[must_use]
     pub fn per_key(self, n: u32) -> Self {
-        Self::build(Arc::clone(&self.inner.name), Some(n), self.inner.global_cap)
+        Self::build(Settings { per_key_cap: Some(n), ..self.settings() })
     }
 
     /// At most `n` at once in all.
     #[must_use]
     pub fn global(self, n: u32) -> Self {
-        Self::build(Arc::clone(&self.inner.name), self.inner.per_key_cap, Some(n))
+        Self::build(Settings { global_cap: Some(n), ..self.settings() })
     }
 
-    /// How many leases are held in all.
+    /// Counts the leases in `store`, shared by every instance using it under this limiter's
+    /// name (e.g. `tollgate_redis::RedisStore`: leases heartbeated, expiring when their holder
+    /// dies). Take them with [`Self::acquire`]. Limiters with different names count apart, so
+    /// two limits of one application need two names.
+    ///
+    /// ```
+    /// # async fn run(store: impl tollgate::LeaseStore) {
+    /// use tollgate::{ConcurrencyLimiter, FailureMode, Key};
+    ///
+    /// let limiter = ConcurrencyLimiter::new("ws_open").per_key(3).shared(store).failure_mode(FailureMode::Closed);
+    /// assert!(!limiter.decides_at_once());
+    /// match limiter.acquire(Key::Text("alice")).await {
+    ///     Ok(lease) => { /* keep `lease` as long as the connection */ }
+    ///     Err(refused) => { /* 429 for refused.scope == PerKey, else 503 */ }
+    /// }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn shared(self, store: impl LeaseStore) -> Self {
+        Self::build(Settings { shared: Some(Arc::new(store)), ..self.settings() })
+    }
+
+    /// What [`Self::acquire`] does when the shared store fails: [`FailureMode::Fallback`] (the
+    /// default) counts in this process's memory with the same caps (the places this process
+    /// holds in the store included), [`FailureMode::Open`] admits
+    /// uncounted, [`FailureMode::Closed`] refuses ([`ConcurrencyScope::StoreUnavailable`]).
+    /// Every failure is logged.
+    #[must_use]
+    pub fn failure_mode(self, mode: FailureMode) -> Self {
+        Self::build(Settings { failure: mode, ..self.settings() })
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Whether [`Self::try_acquire`] decides: the counts are in this process's memory (no
+    /// shared store), so no future is needed.
+    pub fn decides_at_once(&self) -> bool {
+        self.inner.shared.is_none()
+    }
+
+    /// How many leases this process holds in all (shared ones included).
     pub fn in_use(&self) -> usize {
         self.inner.total.load(Ordering::Acquire)
     }
 
-    /// How many leases `key` holds.
+    /// How many leases `key` holds in this process (shared ones included; other instances'
+    /// are in the store).
     pub fn in_use_by(&self, key: Key<'_>) -> u32 {
         self.inner.per_key.get(&key, |c| c.load(Ordering::Acquire)).unwrap_or(0)
     }
 
-    /// Takes a place for `key`, or says which cap is full. Never waits.
+    /// Takes a place for `key`: from the shared store when there is one (see
+    /// [`Self::failure_mode`] for its failures), else as [`Self::try_acquire`].
+    pub async fn acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
+        let inner = &self.inner;
+        let Some(store) = inner.shared.as_ref().filter(|_| inner.per_key_cap.is_some() || inner.global_cap.is_some())
+        else {
+            return self.try_acquire(key);
+        };
+        match store.acquire_boxed(&inner.name, key, inner.per_key_cap, inner.global_cap).await {
+            Ok(Ok(lease)) => {
+                inner.total.fetch_add(1, Ordering::AcqRel);
+                // Uncapped here: the store decided. A full table only loses the local count.
+                let counted = inner.per_key.with(
+                    &key,
+                    0,
+                    |c, _| c.load(Ordering::Acquire) == 0,
+                    |c| c.fetch_add(1, Ordering::AcqRel),
+                );
+                let key = counted.ok().map(|_| key.to_owned_key());
+                let kind = LeaseKind::Shared { limiter: Arc::clone(inner), key, lease: Box::new(lease) };
+                Ok(ConnectionLease { kind })
+            }
+            Ok(Err(denied)) => Err(denied),
+            Err(error) => {
+                tracing::warn!(limiter = %inner.name, %error, mode = ?inner.failure, "concurrency lease store failed");
+                match inner.failure {
+                    FailureMode::Open => Ok(ConnectionLease { kind: LeaseKind::Uncounted }),
+                    FailureMode::Closed => Err(ConcurrencyDenied {
+                        name: Arc::clone(&inner.name),
+                        scope: ConcurrencyScope::StoreUnavailable,
+                        limit: 0,
+                    }),
+                    _ => self.try_acquire(key),
+                }
+            }
+        }
+    }
+
+    /// Takes a place for `key` in this process's memory, or says which cap is full. Never waits.
+    /// On a [`shared`](Self::shared) limiter this counts this process only (as the fallback
+    /// does): use [`Self::acquire`].
     pub fn try_acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
         let inner = &self.inner;
         let denied = |scope, limit| ConcurrencyDenied { name: Arc::clone(&inner.name), scope, limit };

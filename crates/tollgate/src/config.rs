@@ -42,7 +42,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::algorithm::{Algorithm, OnExceed};
 use crate::client_ip::ClientIpResolver;
-use crate::concurrency::ConcurrencyLimiter;
+use crate::concurrency::{ConcurrencyLimiter, LeaseStore};
 use crate::error::Error;
 use crate::headers::HeaderOptions;
 use crate::key::OwnedKey;
@@ -733,6 +733,20 @@ pub struct WebSocketRouteLimits {
     pub connections: ConcurrencyLimiter,
     /// The limits on each connection's messages, and on each key's across its connections.
     pub messages: MessageLimits,
+}
+
+impl<S: Store> RouteLimits<S> {
+    /// Counts the entry's concurrency leases (in-flight requests, WebSocket connections) in
+    /// `store`, shared by every instance using it (see [`ConcurrencyLimiter::shared`]); adapters
+    /// then take them asynchronously.
+    #[must_use]
+    pub fn share_leases<L: LeaseStore + Clone>(mut self, store: &L) -> Self {
+        self.in_flight = self.in_flight.map(|l| l.shared(store.clone()));
+        if let Some(ws) = &mut self.websocket {
+            ws.connections = ws.connections.clone().shared(store.clone());
+        }
+        self
+    }
 }
 
 impl<S: Store> Clone for RouteLimits<S> {
