@@ -2,7 +2,7 @@
 //! [`RouteLimits`] (the same for every adapter); this module only maps them to [`Limits`].
 
 use tollgate::config::{Config, RouteLimits};
-use tollgate::{Error, MemoryStore, Store};
+use tollgate::{Error, LeaseStore, MemoryStore, Store};
 
 use crate::rate_limit::{Limits, RateLimitLayer, WebSocketLimits};
 
@@ -20,6 +20,19 @@ impl<St: Store + Clone> RateLimitLayer<St> {
     /// [`RateLimitLayer::from_config`] on clones of `store` (e.g. a Redis store).
     pub fn from_config_with(config: &Config, store: &St) -> Result<Self, Error> {
         Ok(Self::from_route_limits(config, config.route_limits_with(store)?))
+    }
+
+    /// [`RateLimitLayer::from_config_with`], the concurrency leases (in-flight requests,
+    /// WebSocket connections) counted in `leases` and shared by every instance using it (e.g.
+    /// the same Redis store: `concurrent_per_key = 3` then means 3 across all instances). See
+    /// [`RouteLimits::share_leases`]; the checks of such routes run in a boxed future.
+    pub fn from_config_with_leases<L: LeaseStore + Clone>(
+        config: &Config,
+        store: &St,
+        leases: &L,
+    ) -> Result<Self, Error> {
+        let routes = config.route_limits_with(store)?.into_iter().map(|r| r.share_leases(leases));
+        Ok(Self::from_route_limits(config, routes))
     }
 
     /// The middleware applying `routes` (e.g. [`Config::route_limits_with`]'s, adjusted), with

@@ -25,7 +25,8 @@ pub struct Limits<St: Store = MemoryStore> {
     pub(crate) in_flight: Option<ConcurrencyLimiter>,
     pub(crate) lease_key: Option<KeyKind>,
     pub(crate) websocket: Option<WebSocketLimits>,
-    /// Every policy's store decides without I/O: the checks run inside `call`, nothing boxed.
+    /// Every policy's store and every concurrency limiter decides without I/O: the checks run
+    /// inside `call`, nothing boxed.
     pub(crate) at_once: bool,
 }
 
@@ -115,8 +116,7 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn policy(mut self, policy: Policy<St>) -> Self {
         self.policy = Some(policy);
-        let at_once = self.policies().all(Policy::decides_at_once);
-        self.at_once = at_once;
+        self.refresh_at_once();
         self
     }
 
@@ -135,21 +135,26 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn body_bytes(mut self, policy: Policy<St>) -> Self {
         self.body_bytes = Some(policy);
-        let at_once = self.policies().all(Policy::decides_at_once);
-        self.at_once = at_once;
+        self.refresh_at_once();
         self
     }
 
     /// In-flight requests: a lease from `limiter` is held until the response body is finished or
-    /// dropped (429 when the key holds its maximum, 503 when the global cap is full).
+    /// dropped (429 when the key holds its maximum, 503 when the global cap is full or a shared
+    /// lease store fails closed).
     #[must_use]
     pub fn in_flight(mut self, limiter: ConcurrencyLimiter) -> Self {
         self.in_flight = Some(limiter);
+        self.refresh_at_once();
         self
     }
 
-    fn policies(&self) -> impl Iterator<Item = &Policy<St>> {
-        self.policy.iter().chain(&self.body_bytes)
+    /// Whether everything decides without I/O: then the checks run inside `call`; else (a
+    /// remote store, a [shared](ConcurrencyLimiter::shared) limiter) in a boxed future.
+    fn refresh_at_once(&mut self) {
+        let limiters = self.in_flight.iter().chain(self.websocket.as_ref().map(|ws| &ws.connections));
+        self.at_once = self.policy.iter().chain(&self.body_bytes).all(Policy::decides_at_once)
+            && limiters.into_iter().all(ConcurrencyLimiter::decides_at_once);
     }
 
     /// Counts this route's concurrency leases — in-flight requests, and WebSocket connections
@@ -165,6 +170,7 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn websocket(mut self, limits: WebSocketLimits) -> Self {
         self.websocket = Some(limits);
+        self.refresh_at_once();
         self
     }
 }

@@ -182,7 +182,7 @@ async fn prepare<St: Store, B>(config: &Config<St>, request: Request<B>) -> Prep
             let d = bytes_verdict(config, policy.check(&keys, cost).await)?;
             decision.get_or_insert(d);
         }
-        let (lease, upgrade) = leases(config, limits, &keys)?;
+        let (lease, upgrade) = acquire_leases(config, limits, &keys).await?;
         Ok::<_, Refusal>(Extra { decision, headers: config.headers, lease, upgrade })
     };
     match checked.await {
@@ -277,6 +277,33 @@ fn leases<St: Store>(
     Ok((lease, upgrade))
 }
 
+/// [`leases`] for stores with I/O: the limiters may count in a shared lease store.
+async fn acquire_leases<St: Store>(
+    config: &Config<St>,
+    limits: &Limits<St>,
+    keys: &RequestKeys<'_>,
+) -> Result<(Option<ConnectionLease>, Option<UpgradeLease>), Refusal> {
+    if limits.in_flight.is_none() && limits.websocket.is_none() {
+        return Ok((None, None));
+    }
+    let route_key = limits.lease_key.as_ref().unwrap_or(&config.lease_key);
+    let lease = match &limits.in_flight {
+        Some(limiter) => Some(
+            limiter.acquire(lease_key(route_key, keys)).await.map_err(|d| Box::new(concurrency_refusal(config, &d)))?,
+        ),
+        None => None,
+    };
+    let upgrade = match &limits.websocket {
+        Some(ws) => {
+            let key = lease_key(ws.key.as_ref().unwrap_or(route_key), keys);
+            let l = ws.connections.acquire(key).await.map_err(|d| Box::new(concurrency_refusal(config, &d)))?;
+            Some(UpgradeLease::new(l, Arc::clone(&ws.messages), key.to_owned_key()))
+        }
+        None => None,
+    };
+    Ok((lease, upgrade))
+}
+
 /// The key a lease of `kind` is counted by; requests without one share a key (as a policy's
 /// `MissingKey::Shared`), so leaving it out cannot dodge the limit.
 fn lease_key<'a>(kind: &KeyKind, keys: &RequestKeys<'a>) -> Key<'a> {
@@ -287,12 +314,15 @@ fn max_body<St: Store>(limits: &Limits<St>) -> usize {
     limits.max_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX))
 }
 
-/// 429 when the key holds its maximum, 503 when the global cap is full; rendered by the core as
-/// a rate-limit refusal (`Retry-After: 1`).
+/// 429 when the key holds its maximum, 503 when the global cap is full or the shared lease store
+/// failed closed; rendered by the core as a refusal (`Retry-After: 1`).
 fn concurrency_refusal<St: Store>(config: &Config<St>, denied: &tollgate::ConcurrencyDenied) -> Response<Full<Bytes>> {
     let decision = Decision {
         allowed: false,
-        reason: Reason::RateLimited,
+        reason: match denied.scope {
+            ConcurrencyScope::StoreUnavailable => Reason::StoreUnavailable,
+            _ => Reason::RateLimited,
+        },
         policy: Arc::clone(&denied.name),
         limit: None,
         wait: Duration::ZERO,
