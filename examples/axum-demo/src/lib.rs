@@ -50,6 +50,13 @@ pub fn app_with<S: Store + Clone>(config: &Config, store: &S) -> Result<Router, 
     Ok(routes().layer(RateLimitLayer::from_config_with(config, store)?))
 }
 
+/// The demo's routes with the limits of `config`, all of their state in Redis: the rate limits,
+/// and the concurrency leases (open WebSocket connections), so that several instances share one
+/// `concurrent_per_key`.
+pub fn app_with_redis(config: &Config, store: &RedisStore) -> Result<Router, Error> {
+    Ok(routes().layer(RateLimitLayer::from_config_with_leases(config, store, store)?))
+}
+
 /// The demo's routes, unlimited (the benchmark's baseline).
 pub fn routes() -> Router {
     Router::new().route("/api/hello", get(hello)).route("/api/echo", post(echo)).route("/ws", get(ws))

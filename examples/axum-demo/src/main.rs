@@ -3,7 +3,8 @@
 //! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
 //! built-in ones (printed at start-up). With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`),
-//! the limits live in Redis and every instance pointed at it shares them.
+//! the limits live in Redis and every instance pointed at it shares them, open WebSocket
+//! connections per client included.
 
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -39,7 +40,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => {
             let store = axum_demo::build_redis_store(&config, &url).await?;
             println!("state in Redis at {}", store.url());
-            axum_demo::app_with(&config, &store)?
+            axum_demo::app_with_redis(&config, &store)?
         }
         None => {
             println!("state in memory (set REDIS_URL to share it between instances)");
