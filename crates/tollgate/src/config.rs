@@ -1,5 +1,7 @@
 //! Configuration from TOML: stores, named policies, per-route limits and WebSocket limits.
 //! Unknown fields are errors; invalid values are errors that name the field and the value.
+//! [`Config::route_limits_with`] turns the routes and WebSocket endpoints into framework-free
+//! [`RouteLimits`], which every adapter applies alike.
 //!
 //! ```
 //! use tollgate::config::Config;
@@ -19,8 +21,9 @@
 //! connections = "10/min"
 //! concurrent_per_key = 3
 //! messages = "20/10s"
+//! key_messages = "40/10s"    # shared by all of a client's connections
 //! max_message = "16KiB"
-//! kinds = [{ name = "catch_up", field = "action", equals = "catch_up", quota = "2/min" }]
+//! kinds = [{ name = "catch_up", field = "action", equals = "catch_up", quota = "2/min", key_quota = "3/min" }]
 //! "#.parse()?;
 //! let policies = config.policies()?;
 //! assert_eq!(policies["per_ip"].name(), "per_ip");
