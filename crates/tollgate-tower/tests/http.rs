@@ -123,6 +123,21 @@ async fn body_over_the_limit_is_413_before_reading() {
 }
 
 #[tokio::test]
+async fn error_responses_follow_the_configured_body_format() {
+    let problem = tollgate::HeaderOptions { body: tollgate::BodyFormat::Problem, ..Default::default() };
+    let layer = RateLimitLayer::with_limits(Limits::new()).route("/echo", Limits::new().max_body(8)).headers(problem);
+    let app = Router::new().route("/echo", post(|body: Bytes| async move { body })).layer(layer);
+    let addr = serve(app).await;
+    let big = send(addr, post_body(vec![b'a'; 9])).await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(big.header("content-type"), "application/problem+json");
+    assert_eq!(
+        big.text(),
+        r#"{"type":"about:blank","title":"Payload Too Large","status":413,"error":"payload_too_large","limit":8}"#
+    );
+}
+
+#[tokio::test]
 async fn streamed_body_over_the_limit_is_413() {
     let addr = serve(echo_app()).await;
     // No Content-Length: the body is counted while the handler reads it.

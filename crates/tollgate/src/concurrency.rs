@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
+use crate::decision::{Decision, Reason};
 use crate::key::{Key, OwnedKey};
 use crate::policy::FailureMode;
 use crate::store::StoreError;
@@ -51,6 +52,33 @@ pub struct ConcurrencyDenied {
     pub scope: ConcurrencyScope,
     /// That cap.
     pub limit: u32,
+}
+
+impl ConcurrencyDenied {
+    /// The refusal as a [`Decision`], for rendering like any other refusal (`Retry-After: 1`,
+    /// the limiter's name as the policy; no quota headers, as a concurrency cap has no period).
+    pub fn decision(&self) -> Decision {
+        Decision {
+            allowed: false,
+            reason: match self.scope {
+                ConcurrencyScope::StoreUnavailable => Reason::StoreUnavailable,
+                ConcurrencyScope::PerKey | ConcurrencyScope::Global => Reason::RateLimited,
+            },
+            policy: Arc::clone(&self.name),
+            limit: None,
+            wait: std::time::Duration::ZERO,
+            dry_run_refused: false,
+        }
+    }
+
+    /// 429 when the client holds its maximum; 503 when the global cap is full or the lease store
+    /// is down (the server, not the client, is at its limit).
+    pub fn status(&self) -> http::StatusCode {
+        match self.scope {
+            ConcurrencyScope::PerKey => http::StatusCode::TOO_MANY_REQUESTS,
+            ConcurrencyScope::Global | ConcurrencyScope::StoreUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
 }
 
 /// Releases a lease held elsewhere (e.g. in Redis); implemented by distributed stores.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use tollgate::websocket::MessageLimits;
 use tollgate::{ClientIpResolver, ConcurrencyLimiter, Decision, HeaderOptions, KeyKind, MemoryStore, Policy, Store};
@@ -342,6 +342,12 @@ impl<St: Store> Config<St> {
             .map_or(&self.default, |r| &r.limits)
     }
 
+    /// An error response without a decision (411, 413, 500), rendered by the core in the
+    /// configured body format.
+    pub(crate) fn error(&self, status: StatusCode, error: &str, limit: Option<u64>) -> Response<Full<Bytes>> {
+        error_response(&self.headers, status, error, limit)
+    }
+
     /// A refusal rendered by the core, then through the hook.
     pub(crate) fn refusal(&self, decision: &Decision, status: StatusCode) -> Response<Full<Bytes>> {
         let mut response = Response::new(Bytes::new());
@@ -355,14 +361,21 @@ impl<St: Store> Config<St> {
     }
 }
 
-/// A plain JSON error response (for statuses the core has no decision for: 411, 413, 500).
+/// An error response without a decision (411, 413, 500) in the default body format, for where
+/// no configuration is at hand.
 pub(crate) fn plain_error(status: StatusCode, error: &str, limit: Option<u64>) -> Response<Full<Bytes>> {
-    let body = match limit {
-        Some(limit) => format!(r#"{{"error":"{error}","limit":{limit}}}"#),
-        None => format!(r#"{{"error":"{error}"}}"#),
-    };
+    error_response(&HeaderOptions::default(), status, error, limit)
+}
+
+fn error_response(
+    headers: &HeaderOptions,
+    status: StatusCode,
+    error: &str,
+    limit: Option<u64>,
+) -> Response<Full<Bytes>> {
+    let (content_type, body) = headers.error_body(status, error, limit);
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
     response
 }

@@ -10,14 +10,13 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{Full, Limited};
 use tollgate::{
-    ConcurrencyScope, ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, MemoryStore, Policy, Reason,
-    RequestKeys, Store, StoreError,
+    ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, MemoryStore, Policy, RequestKeys, Store, StoreError,
 };
 use tower::Service;
 
 use super::body::ResponseBody;
 use super::future::{BoxPrepare, ResponseFuture};
-use super::layer::{Config, Limits, plain_error};
+use super::layer::{Config, Limits};
 use crate::websocket::UpgradeLease;
 
 /// The middleware: see the [module docs](crate::rate_limit).
@@ -159,7 +158,7 @@ fn check_now<St: Store, B>(config: &Config<St>, limits: &Limits<St>, request: &R
     if let Some(policy) = &limits.policy {
         decision = Some(verdict(config, policy.try_check_now(&keys, 1).unwrap_or_else(not_at_once))?);
     }
-    if let Some((policy, cost)) = body_cost(limits, request.headers())? {
+    if let Some((policy, cost)) = body_cost(config, limits, request.headers())? {
         let d = bytes_verdict(config, policy.try_check_now(&keys, cost).unwrap_or_else(not_at_once))?;
         decision.get_or_insert(d);
     }
@@ -178,7 +177,7 @@ async fn prepare<St: Store, B>(config: &Config<St>, request: Request<B>) -> Prep
         if let Some(policy) = &limits.policy {
             decision = Some(verdict(config, policy.check(&keys, 1).await)?);
         }
-        if let Some((policy, cost)) = body_cost(limits, &parts.headers)? {
+        if let Some((policy, cost)) = body_cost(config, limits, &parts.headers)? {
             let d = bytes_verdict(config, policy.check(&keys, cost).await)?;
             decision.get_or_insert(d);
         }
@@ -210,7 +209,7 @@ fn verdict<St: Store>(config: &Config<St>, result: Result<Decision, Error>) -> R
     match result {
         Ok(d) if d.allowed => Ok(d),
         Ok(d) => Err(Box::new(config.refusal(&d, d.status()))),
-        Err(err) => Err(Box::new(internal(&err))),
+        Err(err) => Err(Box::new(internal(config, &err))),
     }
 }
 
@@ -219,7 +218,7 @@ fn verdict<St: Store>(config: &Config<St>, result: Result<Decision, Error>) -> R
 fn bytes_verdict<St: Store>(config: &Config<St>, result: Result<Decision, Error>) -> Result<Decision, Refusal> {
     match result {
         Err(Error::InvalidCost { capacity, .. }) => {
-            Err(Box::new(plain_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(capacity))))
+            Err(Box::new(config.error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(capacity))))
         }
         other => verdict(config, other),
     }
@@ -229,6 +228,7 @@ fn bytes_verdict<St: Store>(config: &Config<St>, result: Result<Decision, Error>
 /// body's cost when the route has one (411 when the length is unknown and there is no largest
 /// body to charge).
 fn body_cost<'l, St: Store>(
+    config: &Config<St>,
     limits: &'l Limits<St>,
     headers: &HeaderMap,
 ) -> Result<Option<(&'l Policy<St>, u32)>, Refusal> {
@@ -240,11 +240,11 @@ fn body_cost<'l, St: Store>(
     if let (Some(max), Some(len)) = (limits.max_body, length)
         && len > max
     {
-        return Err(Box::new(plain_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(max))));
+        return Err(Box::new(config.error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(max))));
     }
     let Some(policy) = &limits.body_bytes else { return Ok(None) };
     let Some(cost) = length.or(limits.max_body) else {
-        return Err(Box::new(plain_error(StatusCode::LENGTH_REQUIRED, "length_required", None)));
+        return Err(Box::new(config.error(StatusCode::LENGTH_REQUIRED, "length_required", None)));
     };
     Ok((cost > 0).then(|| (policy, u32::try_from(cost).unwrap_or(u32::MAX))))
 }
@@ -317,25 +317,10 @@ fn max_body<St: Store>(limits: &Limits<St>) -> usize {
 /// 429 when the key holds its maximum, 503 when the global cap is full or the shared lease store
 /// failed closed; rendered by the core as a refusal (`Retry-After: 1`).
 fn concurrency_refusal<St: Store>(config: &Config<St>, denied: &tollgate::ConcurrencyDenied) -> Response<Full<Bytes>> {
-    let decision = Decision {
-        allowed: false,
-        reason: match denied.scope {
-            ConcurrencyScope::StoreUnavailable => Reason::StoreUnavailable,
-            _ => Reason::RateLimited,
-        },
-        policy: Arc::clone(&denied.name),
-        limit: None,
-        wait: Duration::ZERO,
-        dry_run_refused: false,
-    };
-    let status = match denied.scope {
-        ConcurrencyScope::PerKey => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    config.refusal(&decision, status)
+    config.refusal(&denied.decision(), denied.status())
 }
 
-fn internal(err: &Error) -> Response<Full<Bytes>> {
+fn internal<St: Store>(config: &Config<St>, err: &Error) -> Response<Full<Bytes>> {
     tracing::error!(error = %err, "rate limit check failed");
-    plain_error(StatusCode::INTERNAL_SERVER_ERROR, "rate_limit_error", None)
+    config.error(StatusCode::INTERNAL_SERVER_ERROR, "rate_limit_error", None)
 }
