@@ -14,7 +14,6 @@
 //! [`RedisStoreBuilder::lease_ttl`]: crate::RedisStoreBuilder::lease_ttl
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -88,7 +87,7 @@ impl RedisStore {
                     _ => return Err(bad_reply(&reply)),
                 };
                 let limit = u32::try_from(*cap).map_err(|_| bad_reply(&reply))?;
-                return Ok(Err(ConcurrencyDenied { name: Arc::from(limiter), scope, limit }));
+                return Ok(Err(ConcurrencyDenied::new(limiter, scope, limit)));
             }
             _ => return Err(bad_reply(&reply)),
         }

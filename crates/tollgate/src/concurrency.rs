@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use crate::decision::{Decision, Reason};
+use crate::decision::{Decision, Reason, intern};
 use crate::key::{Key, OwnedKey};
 use crate::policy::FailureMode;
 use crate::store::StoreError;
@@ -47,7 +47,7 @@ pub enum ConcurrencyScope {
 #[error("concurrency limit `{name}` reached ({scope:?}: {limit} in use)")]
 pub struct ConcurrencyDenied {
     /// The limiter's name.
-    pub name: Arc<str>,
+    pub name: &'static str,
     /// Which cap refused.
     pub scope: ConcurrencyScope,
     /// That cap.
@@ -55,6 +55,11 @@ pub struct ConcurrencyDenied {
 }
 
 impl ConcurrencyDenied {
+    /// A refusal by the limiter `name` (for [`LeaseStore`] implementations).
+    pub fn new(name: &str, scope: ConcurrencyScope, limit: u32) -> Self {
+        Self { name: intern(name), scope, limit }
+    }
+
     /// The refusal as a [`Decision`], for rendering like any other refusal (`Retry-After: 1`,
     /// the limiter's name as the policy; no quota headers, as a concurrency cap has no period).
     pub fn decision(&self) -> Decision {
@@ -64,7 +69,7 @@ impl ConcurrencyDenied {
                 ConcurrencyScope::StoreUnavailable => Reason::StoreUnavailable,
                 ConcurrencyScope::PerKey | ConcurrencyScope::Global => Reason::RateLimited,
             },
-            policy: Arc::clone(&self.name),
+            policy: self.name,
             limit: None,
             wait: std::time::Duration::ZERO,
             dry_run_refused: false,
@@ -203,7 +208,7 @@ impl<L: LeaseStore> DynLeaseStore for L {
 }
 
 struct Inner {
-    name: Arc<str>,
+    name: &'static str,
     per_key_cap: Option<u32>,
     global_cap: Option<u32>,
     per_key: Table<OwnedKey, AtomicU32>,
@@ -234,7 +239,7 @@ impl fmt::Debug for ConcurrencyLimiter {
 
 /// What a limiter is built from: everything but its counts.
 struct Settings {
-    name: Arc<str>,
+    name: &'static str,
     per_key_cap: Option<u32>,
     global_cap: Option<u32>,
     shared: Option<Arc<dyn DynLeaseStore>>,
@@ -245,7 +250,7 @@ impl ConcurrencyLimiter {
     /// A limiter with no caps yet (see [`Self::per_key`], [`Self::global`]), in memory.
     pub fn new(name: impl Into<Arc<str>>) -> Self {
         Self::build(Settings {
-            name: name.into(),
+            name: intern(&name.into()),
             per_key_cap: None,
             global_cap: None,
             shared: None,
@@ -257,7 +262,7 @@ impl ConcurrencyLimiter {
     fn settings(&self) -> Settings {
         let i = &self.inner;
         Settings {
-            name: Arc::clone(&i.name),
+            name: i.name,
             per_key_cap: i.per_key_cap,
             global_cap: i.global_cap,
             shared: i.shared.clone(),
@@ -326,7 +331,7 @@ impl ConcurrencyLimiter {
 
     /// The name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        self.inner.name
     }
 
     /// Whether [`Self::try_acquire`] decides: the counts are in this process's memory (no
@@ -354,7 +359,7 @@ impl ConcurrencyLimiter {
         else {
             return self.try_acquire(key);
         };
-        match store.acquire_boxed(&inner.name, key, inner.per_key_cap, inner.global_cap).await {
+        match store.acquire_boxed(inner.name, key, inner.per_key_cap, inner.global_cap).await {
             Ok(Ok(lease)) => {
                 inner.total.fetch_add(1, Ordering::AcqRel);
                 // Uncapped here: the store decided. A full table only loses the local count.
@@ -373,11 +378,9 @@ impl ConcurrencyLimiter {
                 tracing::warn!(limiter = %inner.name, %error, mode = ?inner.failure, "concurrency lease store failed");
                 match inner.failure {
                     FailureMode::Open => Ok(ConnectionLease { kind: LeaseKind::Uncounted }),
-                    FailureMode::Closed => Err(ConcurrencyDenied {
-                        name: Arc::clone(&inner.name),
-                        scope: ConcurrencyScope::StoreUnavailable,
-                        limit: 0,
-                    }),
+                    FailureMode::Closed => {
+                        Err(ConcurrencyDenied { name: inner.name, scope: ConcurrencyScope::StoreUnavailable, limit: 0 })
+                    }
                     _ => self.try_acquire(key),
                 }
             }
@@ -389,7 +392,7 @@ impl ConcurrencyLimiter {
     /// does): use [`Self::acquire`].
     pub fn try_acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
         let inner = &self.inner;
-        let denied = |scope, limit| ConcurrencyDenied { name: Arc::clone(&inner.name), scope, limit };
+        let denied = |scope, limit| ConcurrencyDenied { name: inner.name, scope, limit };
         // Counted globally even without a global cap, for `in_use`.
         let global_cap = inner.global_cap.map_or(usize::MAX, |g| g as usize);
         if inner.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < global_cap).then_some(n + 1)).is_err()

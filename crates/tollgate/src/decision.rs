@@ -1,6 +1,7 @@
 //! Decisions: what a check concluded, with everything a response needs.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -51,7 +52,7 @@ impl Reason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitState {
     /// The limit's name.
-    pub name: Arc<str>,
+    pub name: &'static str,
     /// The quota applied to this key.
     pub quota: Quota,
     /// The standing after the check.
@@ -66,7 +67,7 @@ pub struct Decision {
     /// Why.
     pub reason: Reason,
     /// The policy's name.
-    pub policy: Arc<str>,
+    pub policy: &'static str,
     /// The binding limit, when one applied.
     pub limit: Option<LimitState>,
     /// How long to wait before going on (the delay action). Zero for most decisions.
@@ -105,4 +106,19 @@ impl Decision {
 /// Whole seconds, rounded up.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The one `&'static` copy of a policy, limit or limiter name. Decisions carry names on every
+/// request, and many threads copying one `Arc<str>` would contend on its reference count; names
+/// are few (they come from code or configuration), so each distinct one is kept for the life of
+/// the process.
+pub(crate) fn intern(name: &str) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into());
+    names.insert(leaked);
+    leaked
 }

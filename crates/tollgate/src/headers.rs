@@ -211,10 +211,10 @@ impl HeaderOptions {
         }
         if self.ietf {
             let mut policy = String::with_capacity(48);
-            sf_string(&limit.name, &mut policy);
+            sf_string(limit.name, &mut policy);
             let _ = write!(policy, ";q={};w={}", limit.quota.amount(), ceil_secs(limit.quota.period()).max(1));
             let mut state = String::with_capacity(48);
-            sf_string(&limit.name, &mut state);
+            sf_string(limit.name, &mut state);
             let _ = write!(state, ";r={};t={}", s.remaining, reset);
             if let Ok(v) = HeaderValue::try_from(policy) {
                 headers.insert(RATELIMIT_POLICY.clone(), v);
@@ -255,8 +255,8 @@ impl HeaderOptions {
             title: problem.then_some("Too Many Requests"),
             status: problem.then(|| decision.status().as_u16()),
             error: decision.reason.as_str(),
-            policy: &decision.policy,
-            limit: decision.limit.as_ref().map(|l| &*l.name),
+            policy: decision.policy,
+            limit: decision.limit.as_ref().map(|l| l.name),
             retry_after: decision.retry_after_secs(),
         };
         let content_type = if problem { "application/problem+json" } else { "application/json" };

@@ -19,7 +19,7 @@
 //! }
 //! let refused = policy.check(&keys, 1).await?;
 //! assert!(!refused.allowed);
-//! assert_eq!(refused.limit.unwrap().name.as_ref(), "per_ip");
+//! assert_eq!(refused.limit.unwrap().name, "per_ip");
 //! # Ok::<(), tollgate::Error>(()) }).unwrap();
 //! ```
 
@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use crate::algorithm::{Algorithm, OnExceed, Snapshot, capacity};
-use crate::decision::{Decision, LimitState, Reason};
+use crate::decision::{Decision, LimitState, Reason, intern};
 use crate::error::Error;
 use crate::key::{Key, OwnedKey, group_ip};
 use crate::quota::Quota;
@@ -128,7 +128,7 @@ pub struct RequestKeys<'a> {
 /// One limit of a policy.
 #[derive(Clone, Debug)]
 pub struct Limit {
-    name: Arc<str>,
+    name: &'static str,
     quota: Quota,
     algorithm: Algorithm,
     key: KeyKind,
@@ -142,7 +142,7 @@ impl Limit {
     /// A GCRA limit counted globally; see the builder methods.
     pub fn new(name: impl Into<Arc<str>>, quota: Quota) -> Self {
         Self {
-            name: name.into(),
+            name: intern(&name.into()),
             quota,
             algorithm: Algorithm::Gcra,
             key: KeyKind::Global,
@@ -197,7 +197,7 @@ impl Limit {
 
     /// The name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.name
     }
 
     /// The default quota.
@@ -280,7 +280,7 @@ pub type ViolationHook = Arc<dyn Fn(&Decision, &RequestKeys<'_>) + Send + Sync>;
 
 /// Builds a [`Policy`].
 pub struct PolicyBuilder {
-    name: Arc<str>,
+    name: &'static str,
     limits: Vec<Limit>,
     allow: KeyList,
     deny: KeyList,
@@ -381,7 +381,7 @@ impl PolicyBuilder {
             if limits.iter().any(|l: &PolicyLimit<S::Limit>| l.limit.name == limit.name) {
                 return Err(Error::config(
                     format!("policies.{}.limits[{i}].name", self.name),
-                    &limit.name,
+                    limit.name,
                     "limit names must be unique within a policy",
                 ));
             }
@@ -416,7 +416,7 @@ struct PolicyLimit<H> {
 }
 
 struct Inner<S: Store> {
-    name: Arc<str>,
+    name: &'static str,
     limits: Vec<PolicyLimit<S::Limit>>,
     allow: KeyList,
     deny: KeyList,
@@ -457,7 +457,7 @@ impl Policy<MemoryStore> {
     /// A builder for a policy named `name`.
     pub fn builder(name: impl Into<Arc<str>>) -> PolicyBuilder {
         PolicyBuilder {
-            name: name.into(),
+            name: intern(&name.into()),
             limits: Vec::new(),
             allow: KeyList::default(),
             deny: KeyList::default(),
@@ -472,7 +472,7 @@ impl Policy<MemoryStore> {
 impl<S: Store> Policy<S> {
     /// The policy's name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        self.inner.name
     }
 
     /// Its limits.
@@ -520,6 +520,7 @@ impl<S: Store> Policy<S> {
     /// assert!(!policy.try_check_now(&keys, 1).expect("the memory store decides at once")?.allowed);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn try_check_now(&self, request: &RequestKeys<'_>, cost: u32) -> Option<Result<Decision, Error>> {
         let (mut checks, mut refs) = (Checks::new(), SmallVec::new());
         match self.plan(request, cost, &mut checks, &mut refs) {
@@ -545,6 +546,7 @@ impl<S: Store> Policy<S> {
     /// Fills in the checks a request needs (with each one's index in the policy's limits), or
     /// returns a decision reached without the store (allow/deny lists, a missing key, no limit
     /// applying). The checks are filled in place: they are too large to move cheaply.
+    #[inline]
     fn plan<'k>(
         &'k self,
         request: &RequestKeys<'k>,
@@ -591,6 +593,7 @@ impl<S: Store> Policy<S> {
     }
 
     /// The decision from the store's answer.
+    #[inline]
     fn conclude(
         &self,
         result: Result<bool, StoreError>,
@@ -612,16 +615,10 @@ impl<S: Store> Policy<S> {
     }
 
     fn plain(&self, allowed: bool, reason: Reason) -> Decision {
-        Decision {
-            allowed,
-            reason,
-            policy: Arc::clone(&self.inner.name),
-            limit: None,
-            wait: Duration::ZERO,
-            dry_run_refused: false,
-        }
+        Decision { allowed, reason, policy: self.inner.name, limit: None, wait: Duration::ZERO, dry_run_refused: false }
     }
 
+    #[inline]
     fn decide(&self, all: bool, refs: &[usize], checks: &Checks<'_, S::Limit>, out: &[Snapshot]) -> Decision {
         let mut best: Option<usize> = None;
         for (i, s) in out.iter().enumerate() {
@@ -635,7 +632,7 @@ impl<S: Store> Policy<S> {
             }
         }
         let limit = best.map(|i| LimitState {
-            name: Arc::clone(&self.inner.limits[refs[i]].limit.name),
+            name: self.inner.limits[refs[i]].limit.name,
             quota: checks[i].quota,
             snapshot: out[i],
         });
@@ -650,7 +647,7 @@ impl<S: Store> Policy<S> {
             } else {
                 Reason::RateLimited
             },
-            policy: Arc::clone(&self.inner.name),
+            policy: self.inner.name,
             limit,
             wait,
             dry_run_refused: false,
@@ -658,19 +655,28 @@ impl<S: Store> Policy<S> {
     }
 
     /// Applies dry-run and the violation hook to a decision.
+    #[inline]
     fn finish(&self, mut decision: Decision, request: &RequestKeys<'_>) -> Decision {
         if !decision.allowed {
+            self.refused(&mut decision, request);
+        }
+        decision
+    }
+
+    /// The refusal side of [`Policy::finish`], out of the allow path.
+    #[cold]
+    fn refused(&self, decision: &mut Decision, request: &RequestKeys<'_>) {
+        {
             tracing::debug!(policy = %decision.policy, reason = decision.reason.as_str(),
-                limit = decision.limit.as_ref().map(|l| &*l.name), "tollgate refused a request");
+                limit = decision.limit.as_ref().map(|l| l.name), "tollgate refused a request");
             if let Some(hook) = &self.inner.on_violation {
-                hook(&decision, request);
+                hook(decision, request);
             }
             if self.inner.dry_run {
                 decision.allowed = true;
                 decision.dry_run_refused = true;
             }
         }
-        decision
     }
 
     fn on_store_error(

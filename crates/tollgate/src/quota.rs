@@ -29,22 +29,33 @@ pub struct Quota {
     amount: NonZeroU32,
     period: Duration,
     burst: NonZeroU32,
+    /// `period / amount` in nanoseconds, rounded up: computed once, as every check needs it
+    /// and a division costs more than the rest of a check's arithmetic.
+    interval: u64,
+}
+
+/// Nanoseconds to replenish one unit of `amount` per `period`, rounded up.
+const fn interval(amount: NonZeroU32, period: Duration) -> u64 {
+    (period.as_nanos() as u64).div_ceil(amount.get() as u64)
 }
 
 impl Quota {
     /// `amount` per second, burst `amount`.
     pub const fn per_second(amount: NonZeroU32) -> Self {
-        Self { amount, period: Duration::from_secs(1), burst: amount }
+        let period = Duration::from_secs(1);
+        Self { amount, period, burst: amount, interval: interval(amount, period) }
     }
 
     /// `amount` per minute, burst `amount`.
     pub const fn per_minute(amount: NonZeroU32) -> Self {
-        Self { amount, period: Duration::from_secs(60), burst: amount }
+        let period = Duration::from_secs(60);
+        Self { amount, period, burst: amount, interval: interval(amount, period) }
     }
 
     /// `amount` per hour, burst `amount`.
     pub const fn per_hour(amount: NonZeroU32) -> Self {
-        Self { amount, period: Duration::from_secs(3600), burst: amount }
+        let period = Duration::from_secs(3600);
+        Self { amount, period, burst: amount, interval: interval(amount, period) }
     }
 
     /// `amount` per `period`, burst `amount`; `None` when the period is zero or so short that one
@@ -54,7 +65,7 @@ impl Quota {
         if nanos == 0 || nanos < amount.get() as u128 || nanos > u64::MAX as u128 / 4 {
             return None;
         }
-        Some(Self { amount, period, burst: amount })
+        Some(Self { amount, period, burst: amount, interval: interval(amount, period) })
     }
 
     /// The same rate with another burst capacity.
@@ -81,9 +92,7 @@ impl Quota {
     /// Nanoseconds to replenish one unit, rounded up so that rounding never admits more than the
     /// quota allows.
     pub const fn emission_interval_nanos(&self) -> u64 {
-        let p = self.period.as_nanos() as u64;
-        let a = self.amount.get() as u64;
-        p.div_ceil(a)
+        self.interval
     }
 
     /// The period in nanoseconds.

@@ -36,7 +36,7 @@ async fn refused_requests_consume_nothing_from_other_limits() {
     for _ in 0..10 {
         let d = policy.check(&ip(1), 1).await.unwrap();
         assert!(!d.allowed);
-        assert_eq!(d.limit.as_ref().unwrap().name.as_ref(), "per_ip");
+        assert_eq!(d.limit.as_ref().unwrap().name, "per_ip");
         assert_eq!(d.retry_after_secs(), 30);
     }
     // Three of the global five remain for others.
@@ -45,7 +45,7 @@ async fn refused_requests_consume_nothing_from_other_limits() {
     }
     let d = policy.check(&ip(9), 1).await.unwrap();
     assert!(!d.allowed);
-    assert_eq!(d.limit.unwrap().name.as_ref(), "global");
+    assert_eq!(d.limit.unwrap().name, "global");
 }
 
 #[tokio::test]
@@ -57,7 +57,7 @@ async fn allowed_decisions_report_the_tightest_limit() {
         .unwrap();
     let d = policy.check(&ip(1), 1).await.unwrap();
     let l = d.limit.unwrap();
-    assert_eq!((l.name.as_ref(), l.snapshot.remaining), ("tight", 2));
+    assert_eq!((l.name, l.snapshot.remaining), ("tight", 2));
 }
 
 #[tokio::test]
