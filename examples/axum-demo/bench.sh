@@ -9,7 +9,7 @@ DURATION=${DURATION:-5s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-50}
 PORT=${PORT:-4100}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 
 cargo build --release -q -p axum-demo --bin bench-server
@@ -23,24 +23,27 @@ rps() { # url -> requests per second
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'
 }
 status() { curl -s -o /dev/null "$1"; curl -s -o /dev/null -w '%{http_code}' "$1"; }
-best() { # url -> the best of $ROUNDS runs (the machine is shared; the best run is the least disturbed)
-  local b=0 r
-  for _ in $(seq 1 "$ROUNDS"); do r=$(rps "$1"); b=$(awk -v a="$r" -v b="$b" 'BEGIN { print (a > b) ? a : b }'); done
-  echo "$b"
-}
+max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
 
 echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/) governor $(status http://127.0.0.1:$((PORT+4))/)"
-bare=$(best "http://127.0.0.1:$PORT/")
-tg_allow=$(best "http://127.0.0.1:$((PORT+1))/")
-gov_allow=$(best "http://127.0.0.1:$((PORT+3))/")
-tg_refuse=$(best "http://127.0.0.1:$((PORT+2))/")
-gov_refuse=$(best "http://127.0.0.1:$((PORT+4))/")
+# Rounds interleave the five servers so that a disturbance of the shared machine hits them alike;
+# each keeps its best round.
+bare=0 noop=0 tg_allow=0 gov_allow=0 tg_refuse=0 gov_refuse=0
+for _ in $(seq 1 "$ROUNDS"); do
+  bare=$(max "$bare" "$(rps "http://127.0.0.1:$PORT/")")
+  noop=$(max "$noop" "$(rps "http://127.0.0.1:$((PORT+5))/")")
+  tg_allow=$(max "$tg_allow" "$(rps "http://127.0.0.1:$((PORT+1))/")")
+  gov_allow=$(max "$gov_allow" "$(rps "http://127.0.0.1:$((PORT+3))/")")
+  tg_refuse=$(max "$tg_refuse" "$(rps "http://127.0.0.1:$((PORT+2))/")")
+  gov_refuse=$(max "$gov_refuse" "$(rps "http://127.0.0.1:$((PORT+4))/")")
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, best of $ROUNDS, requests/s:"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, best of $ROUNDS interleaved rounds, requests/s:"
 echo "  bare                      $bare"
-echo "  tollgate, allow path      $tg_allow   ($(ratio "$tg_allow" "$bare")x bare)"
-echo "  tower_governor, allow     $gov_allow   ($(ratio "$gov_allow" "$bare")x bare)"
+echo "  no-op layer               $noop   ($(ratio "$noop" "$bare")x bare)"
+echo "  tollgate, allow path      $tg_allow   ($(ratio "$tg_allow" "$bare")x bare, $(ratio "$tg_allow" "$noop")x no-op layer)"
+echo "  tower_governor, allow     $gov_allow   ($(ratio "$gov_allow" "$bare")x bare, $(ratio "$gov_allow" "$noop")x no-op layer)"
 echo "  tollgate, refusal path    $tg_refuse   ($(ratio "$tg_refuse" "$bare")x bare)"
 echo "  tower_governor, refusal   $gov_refuse   ($(ratio "$gov_refuse" "$bare")x bare)"
 echo "  tollgate / tower_governor: allow $(ratio "$tg_allow" "$gov_allow"), refusal $(ratio "$tg_refuse" "$gov_refuse")"

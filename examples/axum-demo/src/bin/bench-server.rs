@@ -56,6 +56,8 @@ async fn http(port: u16) -> Result<(), BoxError> {
     serve(port + 2, tollgate("1/h")?).await?;
     serve(port + 3, governor(true)?).await?;
     serve(port + 4, governor(false)?).await?;
+    // A layer that does nothing: what any tower layer costs through axum's `Router::layer`.
+    serve(port + 5, app().layer(tower::util::MapRequestLayer::new(|r: axum::extract::Request| r))).await?;
     println!("ready");
     std::future::pending::<()>().await;
     Ok(())
