@@ -236,31 +236,22 @@ impl HeaderOptions {
     /// The refusal's body and its content type.
     pub fn refusal_body(&self, decision: &Decision) -> (HeaderValue, Vec<u8>) {
         #[derive(Serialize)]
-        struct Body<'a> {
-            #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-            kind: Option<&'static str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            title: Option<&'static str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            status: Option<u16>,
+        struct Fields<'a> {
             error: &'static str,
             policy: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             limit: Option<&'a str>,
             retry_after: u64,
         }
-        let problem = self.body == BodyFormat::Problem;
-        let body = Body {
-            kind: problem.then_some("about:blank"),
-            title: problem.then_some("Too Many Requests"),
-            status: problem.then(|| decision.status().as_u16()),
-            error: decision.reason.as_str(),
-            policy: decision.policy,
-            limit: decision.limit.as_ref().map(|l| l.name),
-            retry_after: decision.retry_after_secs(),
-        };
-        let content_type = if problem { "application/problem+json" } else { "application/json" };
-        (HeaderValue::from_static(content_type), serde_json::to_vec(&body).unwrap_or_default())
+        self.body(
+            decision.status(),
+            Fields {
+                error: decision.reason.as_str(),
+                policy: decision.policy,
+                limit: decision.limit.as_ref().map(|l| l.name),
+                retry_after: decision.retry_after_secs(),
+            },
+        )
     }
 
     /// The body of a refusal the middleware makes without a [`Decision`] — 413 Payload Too Large,
@@ -279,27 +270,36 @@ impl HeaderOptions {
     /// ```
     pub fn error_body(&self, status: http::StatusCode, error: &str, limit: Option<u64>) -> (HeaderValue, Vec<u8>) {
         #[derive(Serialize)]
-        struct Body<'a> {
-            #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-            kind: Option<&'static str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            title: Option<&'static str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            status: Option<u16>,
+        struct Fields<'a> {
             error: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             limit: Option<u64>,
         }
-        let problem = self.body == BodyFormat::Problem;
-        let body = Body {
-            kind: problem.then_some("about:blank"),
-            title: if problem { status.canonical_reason() } else { None },
-            status: problem.then_some(status.as_u16()),
-            error,
-            limit,
-        };
-        let content_type = if problem { "application/problem+json" } else { "application/json" };
-        (HeaderValue::from_static(content_type), serde_json::to_vec(&body).unwrap_or_default())
+        self.body(status, Fields { error, limit })
+    }
+
+    /// `fields` as JSON, or as problem+json (RFC 9457) with `type`, `title` and `status` first.
+    fn body(&self, status: http::StatusCode, fields: impl Serialize) -> (HeaderValue, Vec<u8>) {
+        #[derive(Serialize)]
+        struct Problem<F> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            title: Option<&'static str>,
+            status: u16,
+            #[serde(flatten)]
+            fields: F,
+        }
+        match self.body {
+            BodyFormat::Json => {
+                (HeaderValue::from_static("application/json"), serde_json::to_vec(&fields).unwrap_or_default())
+            }
+            BodyFormat::Problem => {
+                let problem =
+                    Problem { kind: "about:blank", title: status.canonical_reason(), status: status.as_u16(), fields };
+                (HeaderValue::from_static("application/problem+json"), serde_json::to_vec(&problem).unwrap_or_default())
+            }
+        }
     }
 
     /// Writes the refusal's content type into `headers` and returns its body.
@@ -323,6 +323,31 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             r#"{"type":"about:blank","title":"Length Required","status":411,"error":"length_required"}"#
+        );
+    }
+
+    #[test]
+    fn problem_refusals_carry_their_own_status_and_title() {
+        let problem = HeaderOptions { body: BodyFormat::Problem, ..HeaderOptions::default() };
+        let decision = Decision {
+            allowed: false,
+            reason: crate::Reason::StoreUnavailable,
+            policy: "api",
+            limit: None,
+            wait: Duration::ZERO,
+            dry_run_refused: false,
+        };
+        let (ct, body) = problem.refusal_body(&decision);
+        assert_eq!(ct, "application/problem+json");
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"type":"about:blank","title":"Service Unavailable","status":503,"error":"store_unavailable","policy":"api","retry_after":1}"#
+        );
+        let (ct, body) = HeaderOptions::default().refusal_body(&decision);
+        assert_eq!(ct, "application/json");
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"error":"store_unavailable","policy":"api","retry_after":1}"#
         );
     }
 
