@@ -188,7 +188,8 @@ impl<K: Hash + Eq, C: Clock> KeyedLimiter<K, C> {
         self.len() == 0
     }
 
-    /// Forgets idle keys now (this also happens by itself as the table grows).
+    /// Forgets idle keys now (this also happens by itself as the table grows). The first key of
+    /// each shard is kept for good, so that checking it takes no lock.
     pub fn sweep(&self) {
         self.table.sweep(self.clock.now(), Gcra::is_idle);
     }
