@@ -1,5 +1,9 @@
 //! The in-memory store: sharded, no allocation per check of a tracked key, idle keys evicted as
 //! the table grows, and a cap on tracked keys.
+//!
+//! The first key each shard sees is kept for the life of the store, in a slot read without the
+//! shard's lock (so that threads checking one key — a global or per-route limit — contend on its
+//! state only): at most one such key per shard is never evicted.
 
 use std::fmt;
 use std::future::{Future, ready};
@@ -330,7 +334,8 @@ impl MemoryLimit {
         with_table!(&self.tables, |t, _M| t.capacity())
     }
 
-    /// Forgets every idle key now (this also happens by itself as the table grows).
+    /// Forgets every idle key now (this also happens by itself as the table grows), except the
+    /// first key of each shard (see the module docs).
     pub fn sweep(&self, now: u64) {
         with_table!(&self.tables, |t, M| t.sweep(now, M::is_idle));
         self.blocks.sweep(now, |u, now| u.load(Ordering::Acquire) <= now);
