@@ -28,11 +28,12 @@ max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
 echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/) governor $(status http://127.0.0.1:$((PORT+4))/)"
 # Rounds interleave the five servers so that a disturbance of the shared machine hits them alike;
 # each keeps its best round.
-bare=0 noop=0 tg_allow=0 gov_allow=0 tg_refuse=0 gov_refuse=0
+bare=0 noop=0 tg_bare_headers=0 tg_allow=0 gov_allow=0 tg_refuse=0 gov_refuse=0
 for _ in $(seq 1 "$ROUNDS"); do
   bare=$(max "$bare" "$(rps "http://127.0.0.1:$PORT/")")
   noop=$(max "$noop" "$(rps "http://127.0.0.1:$((PORT+5))/")")
   tg_allow=$(max "$tg_allow" "$(rps "http://127.0.0.1:$((PORT+1))/")")
+  tg_bare_headers=$(max "$tg_bare_headers" "$(rps "http://127.0.0.1:$((PORT+6))/")")
   gov_allow=$(max "$gov_allow" "$(rps "http://127.0.0.1:$((PORT+3))/")")
   tg_refuse=$(max "$tg_refuse" "$(rps "http://127.0.0.1:$((PORT+2))/")")
   gov_refuse=$(max "$gov_refuse" "$(rps "http://127.0.0.1:$((PORT+4))/")")
@@ -43,6 +44,7 @@ echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, best of $ROUNDS interleaved rou
 echo "  bare                      $bare"
 echo "  no-op layer               $noop   ($(ratio "$noop" "$bare")x bare)"
 echo "  tollgate, allow path      $tg_allow   ($(ratio "$tg_allow" "$bare")x bare, $(ratio "$tg_allow" "$noop")x no-op layer)"
+echo "  tollgate, allow, no rate-limit headers on allowed responses  $tg_bare_headers   ($(ratio "$tg_bare_headers" "$bare")x bare)"
 echo "  tower_governor, allow     $gov_allow   ($(ratio "$gov_allow" "$bare")x bare, $(ratio "$gov_allow" "$noop")x no-op layer)"
 echo "  tollgate, refusal path    $tg_refuse   ($(ratio "$tg_refuse" "$bare")x bare)"
 echo "  tower_governor, refusal   $gov_refuse   ($(ratio "$gov_refuse" "$bare")x bare)"

@@ -33,6 +33,13 @@ fn tollgate(quota: &str) -> Result<Router, BoxError> {
     Ok(app().layer(RateLimitLayer::new(policy)))
 }
 
+/// The allow path without the rate-limit headers on allowed responses (tower_governor's default).
+fn tollgate_without_headers(quota: &str) -> Result<Router, BoxError> {
+    let policy = Policy::builder("bench").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
+    let headers = tollgate::HeaderOptions { x_ratelimit: false, ..Default::default() };
+    Ok(app().layer(RateLimitLayer::new(policy).headers(headers)))
+}
+
 fn governor(allow: bool) -> Result<Router, BoxError> {
     let mut builder = GovernorConfigBuilder::default();
     if allow {
@@ -58,6 +65,7 @@ async fn http(port: u16) -> Result<(), BoxError> {
     serve(port + 4, governor(false)?).await?;
     // A layer that does nothing: what any tower layer costs through axum's `Router::layer`.
     serve(port + 5, app().layer(tower::util::MapRequestLayer::new(|r: axum::extract::Request| r))).await?;
+    serve(port + 6, tollgate_without_headers("1000000000/s")?).await?;
     println!("ready");
     std::future::pending::<()>().await;
     Ok(())
