@@ -10,13 +10,14 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{Full, Limited};
 use tollgate::{
-    ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, MemoryStore, Policy, RequestKeys, Store, StoreError,
+    ConcurrencyLimiter, ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, MemoryStore, Policy,
+    RequestKeys, Store, StoreError,
 };
 use tower::Service;
 
 use super::body::ResponseBody;
 use super::future::{BoxPrepare, ResponseFuture};
-use super::layer::{Config, Limits};
+use super::layer::{Config, Limits, WebSocketLimits};
 use crate::websocket::UpgradeLease;
 
 /// The middleware: see the [module docs](crate::rate_limit).
@@ -249,29 +250,33 @@ fn body_cost<'l, St: Store>(
     Ok((cost > 0).then(|| (policy, u32::try_from(cost).unwrap_or(u32::MAX))))
 }
 
-/// The in-flight lease and the WebSocket connection lease the route asks for, each counted by
-/// its own key: the WebSocket limits' key, else the route's lease key, else the layer's.
+/// The limiters a route's leases come from, each with the key it counts by: the WebSocket limits'
+/// key, else the route's lease key, else the layer's.
+type LeasePlan<'l, 'k> = (Option<(&'l ConcurrencyLimiter, Key<'k>)>, Option<(&'l WebSocketLimits, Key<'k>)>);
+
+fn lease_plan<'l, 'k, St: Store>(
+    config: &'l Config<St>,
+    limits: &'l Limits<St>,
+    keys: &RequestKeys<'k>,
+) -> LeasePlan<'l, 'k> {
+    let route_key = limits.lease_key.as_ref().unwrap_or(&config.lease_key);
+    let in_flight = limits.in_flight.as_ref().map(|limiter| (limiter, lease_key(route_key, keys)));
+    let websocket = limits.websocket.as_ref().map(|ws| (ws, lease_key(ws.key.as_ref().unwrap_or(route_key), keys)));
+    (in_flight, websocket)
+}
+
+/// The in-flight lease and the WebSocket connection lease the route asks for (see
+/// [`lease_plan`]), on limiters that count in this process.
 fn leases<St: Store>(
     config: &Config<St>,
     limits: &Limits<St>,
     keys: &RequestKeys<'_>,
 ) -> Result<(Option<ConnectionLease>, Option<UpgradeLease>), Refusal> {
-    if limits.in_flight.is_none() && limits.websocket.is_none() {
-        return Ok((None, None));
-    }
-    let route_key = limits.lease_key.as_ref().unwrap_or(&config.lease_key);
-    let lease = match &limits.in_flight {
-        Some(limiter) => Some(
-            limiter.try_acquire(lease_key(route_key, keys)).map_err(|d| Box::new(concurrency_refusal(config, &d)))?,
-        ),
-        None => None,
-    };
-    let upgrade = match &limits.websocket {
-        Some(ws) => {
-            let key = lease_key(ws.key.as_ref().unwrap_or(route_key), keys);
-            let l = ws.connections.try_acquire(key).map_err(|d| Box::new(concurrency_refusal(config, &d)))?;
-            Some(UpgradeLease::new(l, Arc::clone(&ws.messages), key.to_owned_key()))
-        }
+    let (in_flight, websocket) = lease_plan(config, limits, keys);
+    let refuse = |denied| Box::new(concurrency_refusal(config, &denied));
+    let lease = in_flight.map(|(limiter, key)| limiter.try_acquire(key)).transpose().map_err(refuse)?;
+    let upgrade = match websocket {
+        Some((ws, key)) => Some(upgrade_lease(ws, ws.connections.try_acquire(key).map_err(refuse)?, key)),
         None => None,
     };
     Ok((lease, upgrade))
@@ -283,25 +288,23 @@ async fn acquire_leases<St: Store>(
     limits: &Limits<St>,
     keys: &RequestKeys<'_>,
 ) -> Result<(Option<ConnectionLease>, Option<UpgradeLease>), Refusal> {
-    if limits.in_flight.is_none() && limits.websocket.is_none() {
-        return Ok((None, None));
-    }
-    let route_key = limits.lease_key.as_ref().unwrap_or(&config.lease_key);
-    let lease = match &limits.in_flight {
-        Some(limiter) => Some(
-            limiter.acquire(lease_key(route_key, keys)).await.map_err(|d| Box::new(concurrency_refusal(config, &d)))?,
-        ),
+    let (in_flight, websocket) = lease_plan(config, limits, keys);
+    let refuse = |denied| Box::new(concurrency_refusal(config, &denied));
+    let lease = match in_flight {
+        Some((limiter, key)) => Some(limiter.acquire(key).await.map_err(refuse)?),
         None => None,
     };
-    let upgrade = match &limits.websocket {
-        Some(ws) => {
-            let key = lease_key(ws.key.as_ref().unwrap_or(route_key), keys);
-            let l = ws.connections.acquire(key).await.map_err(|d| Box::new(concurrency_refusal(config, &d)))?;
-            Some(UpgradeLease::new(l, Arc::clone(&ws.messages), key.to_owned_key()))
-        }
+    let upgrade = match websocket {
+        Some((ws, key)) => Some(upgrade_lease(ws, ws.connections.acquire(key).await.map_err(refuse)?, key)),
         None => None,
     };
     Ok((lease, upgrade))
+}
+
+/// The upgraded socket's share of a WebSocket connection lease: the lease, the route's message
+/// limits and the key its per-key message limits count by.
+fn upgrade_lease(ws: &WebSocketLimits, lease: ConnectionLease, key: Key<'_>) -> UpgradeLease {
+    UpgradeLease::new(lease, Arc::clone(&ws.messages), key.to_owned_key())
 }
 
 /// The key a lease of `kind` is counted by; requests without one share a key (as a policy's
