@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use http::{Extensions, HeaderMap, Request};
-use tollgate::{ClientIpResolver, OwnedKey, RequestKeys};
+use tollgate::{ClientIpResolver, KeyFields, OwnedKey, RequestKeys};
 
 /// The authenticated identity of a request, inserted by the application's auth layer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -78,22 +78,33 @@ impl KeyExtractor {
 
     /// Everything the core's policies may count by.
     pub fn keys<'a, B>(&self, request: &'a Request<B>) -> RequestKeys<'a> {
-        self.keys_of(request.extensions(), request.headers())
+        self.keys_of(request.extensions(), request.headers(), KeyFields::ALL)
     }
 
     /// [`KeyExtractor::keys`] from a request's parts.
     pub fn keys_of_parts<'a>(&self, parts: &'a Parts) -> RequestKeys<'a> {
-        self.keys_of(&parts.extensions, &parts.headers)
+        self.keys_of(&parts.extensions, &parts.headers, KeyFields::ALL)
     }
 
-    fn keys_of<'a>(&self, ext: &'a Extensions, headers: &'a HeaderMap) -> RequestKeys<'a> {
+    /// The keys `fields` names, and nothing else: each is a lookup the middleware need not pay for
+    /// when no limit reads it.
+    pub(crate) fn keys_for<'a, B>(&self, request: &'a Request<B>, fields: KeyFields) -> RequestKeys<'a> {
+        self.keys_of(request.extensions(), request.headers(), fields)
+    }
+
+    /// [`KeyExtractor::keys_for`] from a request's parts.
+    pub(crate) fn keys_of_parts_for<'a>(&self, parts: &'a Parts, fields: KeyFields) -> RequestKeys<'a> {
+        self.keys_of(&parts.extensions, &parts.headers, fields)
+    }
+
+    fn keys_of<'a>(&self, ext: &'a Extensions, headers: &'a HeaderMap, fields: KeyFields) -> RequestKeys<'a> {
         RequestKeys {
-            ip: self.client_ip_of(ext, headers),
-            identity: ext.get::<Identity>().map(|i| &*i.0),
-            route: route(ext),
+            ip: if fields.ip { self.client_ip_of(ext, headers) } else { None },
+            identity: if fields.identity { ext.get::<Identity>().map(|i| &*i.0) } else { None },
+            route: if fields.route { route(ext) } else { None },
             headers: Some(headers),
-            tier: ext.get::<Tier>().map(|t| &*t.0),
-            custom: ext.get::<CustomKey>().map(|k| k.0.as_key()),
+            tier: if fields.tier { ext.get::<Tier>().map(|t| &*t.0) } else { None },
+            custom: if fields.custom { ext.get::<CustomKey>().map(|k| k.0.as_key()) } else { None },
         }
     }
 }

@@ -261,3 +261,69 @@ async fn route_layer_limits_only_the_routes_it_wraps_and_sees_the_matched_path()
     }
     assert_eq!(get_ok(addr, "/nope").await.status, StatusCode::NOT_FOUND, "route_layer does not touch the fallback");
 }
+
+#[tokio::test]
+async fn identity_tier_custom_and_lease_keys_come_from_what_the_app_sets() {
+    let per_user = Policy::builder("per_user")
+        .limit(
+            Limit::new("per_user", "1/min".parse().unwrap())
+                .key(KeyKind::identity())
+                .tier("pro", "2/min".parse().unwrap()),
+        )
+        .build()
+        .unwrap();
+    let per_account = Policy::builder("per_account")
+        .limit(Limit::new("per_account", "1/min".parse().unwrap()).key(KeyKind::Custom))
+        .build()
+        .unwrap();
+    // In-flight requests counted by a header, through the layer's lease key.
+    let in_flight = ConcurrencyLimiter::new("in_flight").per_key(1);
+    let layer = RateLimitLayer::new(per_user)
+        .route("/account", Limits::new().policy(per_account).in_flight(in_flight.clone()))
+        .lease_key(KeyKind::Header(http::HeaderName::from_static("x-user")));
+    // What an authentication layer would do: identity, tier and an account key in the extensions.
+    let auth = axum::middleware::map_request(|mut req: axum::extract::Request| async move {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
+        let (user, tier, account) = (header("x-user"), header("x-tier"), header("x-account"));
+        let ext = req.extensions_mut();
+        if let Some(user) = user {
+            ext.insert(tollgate_tower::Identity(user));
+        }
+        if let Some(tier) = tier {
+            ext.insert(tollgate_tower::Tier(tier));
+        }
+        if let Some(account) = account {
+            ext.insert(tollgate_tower::CustomKey(tollgate::OwnedKey::Text(account.as_ref().into())));
+        }
+        Ok::<_, Infallible>(req)
+    });
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route("/account", get(|| async { "account" }))
+        .layer(layer)
+        .layer(auth);
+    let addr = serve(app).await;
+    let call = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = common::get(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        send(addr, request.body(Full::default()).unwrap())
+    };
+    let ok = |status: StatusCode| status == StatusCode::OK;
+    // Alice (free tier) gets 1, Bob (pro) 2, each their own count; anonymous clients count by IP.
+    assert!(ok(call("/hello", &[("x-user", "alice")]).await.status));
+    assert_eq!(call("/hello", &[("x-user", "alice")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..2 {
+        let bob = call("/hello", &[("x-user", "bob"), ("x-tier", "pro")]).await;
+        assert_eq!((bob.status, bob.header("x-ratelimit-limit")), (StatusCode::OK, "2"));
+    }
+    assert_eq!(call("/hello", &[("x-user", "bob"), ("x-tier", "pro")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(ok(get_ok(addr, "/hello").await.status));
+    // The account route counts by the custom key, whoever calls.
+    assert!(ok(call("/account", &[("x-account", "acme"), ("x-user", "carol")]).await.status));
+    let refused = call("/account", &[("x-account", "acme"), ("x-user", "dave")]).await;
+    assert_eq!((refused.status, refused.text().contains("per_account")), (StatusCode::TOO_MANY_REQUESTS, true));
+    assert!(ok(call("/account", &[("x-account", "other"), ("x-user", "carol")]).await.status));
+    assert_eq!(in_flight.in_use(), 0, "leases end with their responses");
+}

@@ -158,6 +158,27 @@ const ARENA_SIZE: usize = 4096;
 
 thread_local! {
     static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    static CONSTANTS: RefCell<[(u64, Option<HeaderValue>); 8]> = const { RefCell::new([const { (0, None) }; 8]) };
+}
+
+/// [`num`] for a number that stays the same from one response to the next (a limit's capacity,
+/// its rate): the last few such values of each thread are kept, so that most responses share
+/// one instead of writing their own.
+fn constant(n: u64) -> HeaderValue {
+    if n < 1000 {
+        return num(n);
+    }
+    CONSTANTS.with_borrow_mut(|cache| {
+        let slot = &mut cache[(n % 8) as usize];
+        if slot.0 == n
+            && let Some(value) = &slot.1
+        {
+            return value.clone();
+        }
+        let value = num(n);
+        *slot = (n, Some(value.clone()));
+        value
+    })
 }
 
 /// A structured-field string: quotes and backslashes escaped, other non-printable bytes dropped.
@@ -197,7 +218,7 @@ impl HeaderOptions {
         let s = &limit.snapshot;
         let reset = ceil_secs(s.reset_after);
         if self.x_ratelimit {
-            headers.insert(X_LIMIT.clone(), num(s.limit));
+            headers.insert(X_LIMIT.clone(), constant(s.limit));
             headers.insert(X_REMAINING.clone(), num(s.remaining));
             let value = match self.reset {
                 ResetStyle::Seconds => reset,
@@ -226,8 +247,8 @@ impl HeaderOptions {
         if self.spring {
             let q = limit.quota;
             let per_sec = (u128::from(q.amount().get()) * 1_000_000_000).div_ceil(q.period().as_nanos().max(1));
-            headers.insert(SPRING_RATE.clone(), num(u64::try_from(per_sec).unwrap_or(u64::MAX)));
-            headers.insert(SPRING_BURST.clone(), num(u64::from(q.burst().get())));
+            headers.insert(SPRING_RATE.clone(), constant(u64::try_from(per_sec).unwrap_or(u64::MAX)));
+            headers.insert(SPRING_BURST.clone(), constant(u64::from(q.burst().get())));
             headers.insert(SPRING_REQUESTED.clone(), num(1));
             headers.insert(X_REMAINING.clone(), num(s.remaining));
         }
@@ -355,6 +376,11 @@ mod tests {
     fn numbers_render_as_http_does() {
         for n in (0..2000).chain([9_999, 10_000, 123_456_789, u64::from(u32::MAX), u64::MAX - 1, u64::MAX]) {
             assert_eq!(num(n), HeaderValue::from(n), "{n}");
+            assert_eq!(constant(n), HeaderValue::from(n), "{n}");
+        }
+        // Cached values are returned again, and slots shared by several values stay right.
+        for n in [1_000_000_000, 1_000_000_008, 1_000_000_000, 5_000, 1_000_000_008] {
+            assert_eq!(constant(n), HeaderValue::from(n), "{n}");
         }
     }
 }

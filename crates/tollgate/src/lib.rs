@@ -54,6 +54,6 @@ pub use error::Error;
 pub use headers::{BodyFormat, HeaderOptions, ResetStyle};
 pub use key::{Key, OwnedKey};
 pub use limiter::{DirectLimiter, KeyedLimiter, NotUntil};
-pub use policy::{FailureMode, KeyKind, Limit, MissingKey, Policy, PolicyBuilder, RequestKeys};
+pub use policy::{FailureMode, KeyFields, KeyKind, Limit, MissingKey, Policy, PolicyBuilder, RequestKeys};
 pub use quota::Quota;
 pub use store::{Check, LimitSpec, MemoryStore, OnFull, Store, StoreError};

@@ -125,6 +125,69 @@ pub struct RequestKeys<'a> {
     pub custom: Option<Key<'a>>,
 }
 
+/// Which fields of [`RequestKeys`] something reads — a key kind, a policy — so that an adapter
+/// takes only those from a request (each is a lookup in the request's extensions or headers).
+///
+/// ```
+/// use tollgate::{KeyFields, KeyKind, Limit, Policy};
+///
+/// let policy = Policy::builder("api").limit(Limit::new("per_ip", "10/s".parse()?).key(KeyKind::ip())).build()?;
+/// assert_eq!(policy.fields(), KeyFields { ip: true, ..KeyFields::NONE });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyFields {
+    /// [`RequestKeys::ip`].
+    pub ip: bool,
+    /// [`RequestKeys::identity`].
+    pub identity: bool,
+    /// [`RequestKeys::route`].
+    pub route: bool,
+    /// [`RequestKeys::headers`].
+    pub headers: bool,
+    /// [`RequestKeys::tier`].
+    pub tier: bool,
+    /// [`RequestKeys::custom`].
+    pub custom: bool,
+}
+
+impl KeyFields {
+    /// No field.
+    pub const NONE: KeyFields =
+        KeyFields { ip: false, identity: false, route: false, headers: false, tier: false, custom: false };
+    /// Every field.
+    pub const ALL: KeyFields =
+        KeyFields { ip: true, identity: true, route: true, headers: true, tier: true, custom: true };
+
+    /// The fields either reads.
+    #[must_use]
+    pub const fn union(self, other: KeyFields) -> KeyFields {
+        KeyFields {
+            ip: self.ip || other.ip,
+            identity: self.identity || other.identity,
+            route: self.route || other.route,
+            headers: self.headers || other.headers,
+            tier: self.tier || other.tier,
+            custom: self.custom || other.custom,
+        }
+    }
+}
+
+impl KeyKind {
+    /// The fields of [`RequestKeys`] that [`KeyKind::resolve`] reads.
+    pub const fn fields(&self) -> KeyFields {
+        let none = KeyFields::NONE;
+        match self {
+            KeyKind::Global => none,
+            KeyKind::Ip { .. } => KeyFields { ip: true, ..none },
+            KeyKind::Identity { .. } => KeyFields { ip: true, identity: true, ..none },
+            KeyKind::Header(_) => KeyFields { headers: true, ..none },
+            KeyKind::Route => KeyFields { route: true, ..none },
+            KeyKind::Custom => KeyFields { custom: true, ..none },
+        }
+    }
+}
+
 /// One limit of a policy.
 #[derive(Clone, Debug)]
 pub struct Limit {
@@ -410,6 +473,13 @@ impl PolicyBuilder {
     }
 }
 
+/// What one limit does for a request (see `Policy::limit_check`).
+enum Step<'k, H> {
+    Check(Check<'k, H>),
+    Skip,
+    Refuse,
+}
+
 struct PolicyLimit<H> {
     limit: Limit,
     handle: H,
@@ -480,6 +550,19 @@ impl<S: Store> Policy<S> {
         self.inner.limits.iter().map(|l| &l.limit)
     }
 
+    /// The fields of [`RequestKeys`] its checks read: its limits' keys and tiers, and all of them
+    /// when it has an allow- or deny-list or a violation hook (which sees the whole request).
+    pub fn fields(&self) -> KeyFields {
+        let inner = &*self.inner;
+        if !inner.allow.is_empty() || !inner.deny.is_empty() || inner.on_violation.is_some() {
+            return KeyFields::ALL;
+        }
+        inner.limits.iter().fold(KeyFields::NONE, |fields, pl| {
+            let tier = KeyFields { tier: !pl.limit.tiers.is_empty(), ..KeyFields::NONE };
+            fields.union(pl.limit.key.fields()).union(tier)
+        })
+    }
+
     /// Its store.
     pub fn store(&self) -> &S {
         &self.inner.store
@@ -522,6 +605,13 @@ impl<S: Store> Policy<S> {
     /// ```
     #[inline]
     pub fn try_check_now(&self, request: &RequestKeys<'_>, cost: u32) -> Option<Result<Decision, Error>> {
+        let inner = &*self.inner;
+        if let [one] = &inner.limits[..]
+            && inner.allow.is_empty()
+            && inner.deny.is_empty()
+        {
+            return self.try_check_one(one, request, cost);
+        }
         let (mut checks, mut refs) = (Checks::new(), SmallVec::new());
         match self.plan(request, cost, &mut checks, &mut refs) {
             Ok(None) => {}
@@ -530,8 +620,37 @@ impl<S: Store> Policy<S> {
         }
         let mut out: Snapshots = SmallVec::from_elem(Snapshot::EMPTY, checks.len());
         let result = self.inner.store.try_check_now(&checks, &mut out)?;
-        if let (Ok(false), Some(penalty), false) = (&result, self.inner.penalty, self.inner.dry_run) {
-            for (c, s) in checks.iter().zip(&out) {
+        self.penalize_now(&result, &checks, &out);
+        Some(Ok(self.conclude(result, request, &checks, &refs, &mut out)))
+    }
+
+    /// [`Policy::try_check_now`] for the common policy of one limit and no allow- or deny-list:
+    /// the same decision without the batch machinery.
+    #[inline]
+    fn try_check_one(
+        &self,
+        one: &PolicyLimit<S::Limit>,
+        request: &RequestKeys<'_>,
+        cost: u32,
+    ) -> Option<Result<Decision, Error>> {
+        let check = match self.limit_check(one, request, cost) {
+            Ok(Step::Check(check)) => check,
+            Ok(Step::Skip) => return Some(Ok(self.plain(true, Reason::Allowed))),
+            Ok(Step::Refuse) => return Some(Ok(self.finish(self.plain(false, Reason::KeyMissing), request))),
+            Err(err) => return Some(Err(err)),
+        };
+        let checks = std::slice::from_ref(&check);
+        let mut out = [Snapshot::EMPTY];
+        let result = self.inner.store.try_check_now(checks, &mut out)?;
+        self.penalize_now(&result, checks, &out);
+        Some(Ok(self.conclude(result, request, checks, &[0], &mut out)))
+    }
+
+    /// Blocks the refused keys for the policy's penalty, on a store that decides at once.
+    #[inline]
+    fn penalize_now(&self, result: &Result<bool, StoreError>, checks: &[Check<'_, S::Limit>], out: &[Snapshot]) {
+        if let (Ok(false), Some(penalty), false) = (result, self.inner.penalty, self.inner.dry_run) {
+            for (c, s) in checks.iter().zip(out) {
                 if !s.allowed && !s.blocked {
                     let r = self.inner.store.try_block_now(c.limit, c.key, penalty);
                     self.penalized(r.unwrap_or_else(|| {
@@ -540,7 +659,31 @@ impl<S: Store> Policy<S> {
                 }
             }
         }
-        Some(Ok(self.conclude(result, request, &checks, &refs, &mut out)))
+    }
+
+    /// What one limit does for a request: check its key, skip it, or refuse the request (a
+    /// missing key, per the limit's [`MissingKey`] rule).
+    #[inline]
+    fn limit_check<'k>(
+        &'k self,
+        pl: &'k PolicyLimit<S::Limit>,
+        request: &RequestKeys<'k>,
+        cost: u32,
+    ) -> Result<Step<'k, S::Limit>, Error> {
+        let key = match pl.limit.key.resolve(request) {
+            Some(k) => k,
+            None => match pl.limit.on_missing {
+                MissingKey::Shared => Key::Text("\u{0}missing"),
+                MissingKey::Skip => return Ok(Step::Skip),
+                MissingKey::Refuse => return Ok(Step::Refuse),
+            },
+        };
+        let quota = pl.limit.quota_for(key, request.tier);
+        let cap = capacity(pl.limit.algorithm, &quota);
+        if cost == 0 || u64::from(cost) > cap {
+            return Err(Error::InvalidCost { cost, capacity: cap });
+        }
+        Ok(Step::Check(Check { limit: &pl.handle, key, quota, cost, max_wait: pl.limit.max_wait() }))
     }
 
     /// Fills in the checks a request needs (with each one's index in the policy's limits), or
@@ -556,23 +699,14 @@ impl<S: Store> Policy<S> {
     ) -> Result<Option<Decision>, Error> {
         let inner = &*self.inner;
         for (i, pl) in inner.limits.iter().enumerate() {
-            let key = match pl.limit.key.resolve(request) {
-                Some(k) => k,
-                None => match pl.limit.on_missing {
-                    MissingKey::Shared => Key::Text("\u{0}missing"),
-                    MissingKey::Skip => continue,
-                    MissingKey::Refuse => {
-                        return Ok(Some(self.finish(self.plain(false, Reason::KeyMissing), request)));
-                    }
-                },
-            };
-            let quota = pl.limit.quota_for(key, request.tier);
-            let cap = capacity(pl.limit.algorithm, &quota);
-            if cost == 0 || u64::from(cost) > cap {
-                return Err(Error::InvalidCost { cost, capacity: cap });
+            match self.limit_check(pl, request, cost)? {
+                Step::Check(check) => {
+                    checks.push(check);
+                    refs.push(i);
+                }
+                Step::Skip => {}
+                Step::Refuse => return Ok(Some(self.finish(self.plain(false, Reason::KeyMissing), request))),
             }
-            checks.push(Check { limit: &pl.handle, key, quota, cost, max_wait: pl.limit.max_wait() });
-            refs.push(i);
         }
         if !inner.deny.is_empty() && inner.deny.contains(request, checks.iter().map(|c| c.key)) {
             return Ok(Some(self.finish(self.plain(false, Reason::DenyListed), request)));
@@ -598,7 +732,7 @@ impl<S: Store> Policy<S> {
         &self,
         result: Result<bool, StoreError>,
         request: &RequestKeys<'_>,
-        checks: &Checks<'_, S::Limit>,
+        checks: &[Check<'_, S::Limit>],
         refs: &[usize],
         out: &mut [Snapshot],
     ) -> Decision {
@@ -619,7 +753,7 @@ impl<S: Store> Policy<S> {
     }
 
     #[inline]
-    fn decide(&self, all: bool, refs: &[usize], checks: &Checks<'_, S::Limit>, out: &[Snapshot]) -> Decision {
+    fn decide(&self, all: bool, refs: &[usize], checks: &[Check<'_, S::Limit>], out: &[Snapshot]) -> Decision {
         let mut best: Option<usize> = None;
         for (i, s) in out.iter().enumerate() {
             let better = match best {
@@ -683,7 +817,7 @@ impl<S: Store> Policy<S> {
         &self,
         err: &StoreError,
         request: &RequestKeys<'_>,
-        checks: &Checks<'_, S::Limit>,
+        checks: &[Check<'_, S::Limit>],
         refs: &[usize],
         out: &mut [Snapshot],
     ) -> Decision {

@@ -6,8 +6,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use tollgate::{
-    Check, Error, FailureMode, KeyKind, Limit, LimitSpec, ManualClock, MemoryStore, MissingKey, OnExceed, Policy,
-    Quota, Reason, RequestKeys, Snapshot, Store, StoreError,
+    Check, Error, FailureMode, KeyFields, KeyKind, Limit, LimitSpec, ManualClock, MemoryStore, MissingKey, OnExceed,
+    Policy, Quota, Reason, RequestKeys, Snapshot, Store, StoreError,
 };
 
 fn q(s: &str) -> Quota {
@@ -115,6 +115,44 @@ fn decisions_at_once_match_the_async_ones_penalty_included() {
     let d = now(ip(1));
     assert_eq!((d.allowed, d.reason, d.retry_after_secs()), (false, Reason::Blocked, 55));
     assert!(matches!(policy.try_check_now(&ip(1), 0), Some(Err(Error::InvalidCost { .. }))));
+}
+
+#[test]
+fn one_limit_decided_at_once_follows_the_missing_key_rule() {
+    let name = http::HeaderName::from_static("x-api-key");
+    let limit = || Limit::new("k", q("1/min")).key(KeyKind::Header(name.clone()));
+    let none = RequestKeys::default();
+    let now = |policy: &Policy, keys: &RequestKeys<'_>| policy.try_check_now(keys, 1).unwrap().unwrap();
+    let refuse = Policy::builder("a").limit(limit().on_missing_key(MissingKey::Refuse)).build().unwrap();
+    let d = now(&refuse, &none);
+    assert_eq!((d.allowed, d.reason, d.status().as_u16()), (false, Reason::KeyMissing, 400));
+    let skip = Policy::builder("b").limit(limit().on_missing_key(MissingKey::Skip)).build().unwrap();
+    for _ in 0..3 {
+        let d = now(&skip, &none);
+        assert_eq!((d.allowed, d.reason, d.limit), (true, Reason::Allowed, None));
+    }
+    let shared = Policy::builder("c").limit(limit()).build().unwrap();
+    assert!(now(&shared, &none).allowed);
+    assert!(!now(&shared, &none).allowed, "keyless requests share one count");
+}
+
+#[test]
+fn policies_say_which_request_keys_they_read() {
+    let header = KeyKind::Header(http::HeaderName::from_static("x-api-key"));
+    let policy = |limit: Limit| Policy::builder("p").limit(limit);
+    let by_header = policy(Limit::new("k", q("1/s")).key(header)).build().unwrap();
+    assert_eq!(by_header.fields(), KeyFields { headers: true, ..KeyFields::NONE });
+    let tiered = policy(Limit::new("k", q("1/s")).key(KeyKind::identity()).tier("pro", q("2/s")))
+        .limit(Limit::new("global", q("9/s")))
+        .build()
+        .unwrap();
+    assert_eq!(tiered.fields(), KeyFields { ip: true, identity: true, tier: true, ..KeyFields::NONE });
+    // Lists and hooks may look at anything.
+    let listed = policy(Limit::new("k", q("1/s"))).allow("admin").build().unwrap();
+    assert_eq!(listed.fields(), KeyFields::ALL);
+    let hooked = policy(Limit::new("k", q("1/s"))).on_violation(|_, _| {}).build().unwrap();
+    assert_eq!(hooked.fields(), KeyFields::ALL);
+    assert_eq!(policy(Limit::new("k", q("1/s")).key(KeyKind::Route)).build().unwrap().fields().route, true);
 }
 
 #[tokio::test]

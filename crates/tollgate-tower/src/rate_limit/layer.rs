@@ -7,7 +7,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use tollgate::websocket::MessageLimits;
-use tollgate::{ClientIpResolver, ConcurrencyLimiter, Decision, HeaderOptions, KeyKind, MemoryStore, Policy, Store};
+use tollgate::{
+    ClientIpResolver, ConcurrencyLimiter, Decision, HeaderOptions, KeyFields, KeyKind, MemoryStore, Policy, Store,
+};
 use tower::Layer;
 
 use super::service::RateLimit;
@@ -28,6 +30,10 @@ pub struct Limits<St: Store = MemoryStore> {
     /// Every policy's store and every concurrency limiter decides without I/O: the checks run
     /// inside `call`, nothing boxed.
     pub(crate) at_once: bool,
+    /// What the checks read of a request, besides the layer's lease key (see `uses_layer_lease_key`).
+    pub(crate) fields: KeyFields,
+    /// A lease is counted by the layer's [`RateLimitLayer::lease_key`].
+    pub(crate) uses_layer_lease_key: bool,
 }
 
 /// The WebSocket limits of a route: concurrent connections (the lease lives as long as the
@@ -68,6 +74,8 @@ impl<St: Store> Clone for Limits<St> {
             lease_key: self.lease_key.clone(),
             websocket: self.websocket.clone(),
             at_once: self.at_once,
+            fields: self.fields,
+            uses_layer_lease_key: self.uses_layer_lease_key,
         }
     }
 }
@@ -109,6 +117,8 @@ impl<St: Store> Limits<St> {
             lease_key: None,
             websocket: None,
             at_once: true,
+            fields: KeyFields::NONE,
+            uses_layer_lease_key: false,
         }
     }
 
@@ -116,7 +126,7 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn policy(mut self, policy: Policy<St>) -> Self {
         self.policy = Some(policy);
-        self.refresh_at_once();
+        self.refresh();
         self
     }
 
@@ -135,7 +145,7 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn body_bytes(mut self, policy: Policy<St>) -> Self {
         self.body_bytes = Some(policy);
-        self.refresh_at_once();
+        self.refresh();
         self
     }
 
@@ -145,16 +155,29 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn in_flight(mut self, limiter: ConcurrencyLimiter) -> Self {
         self.in_flight = Some(limiter);
-        self.refresh_at_once();
+        self.refresh();
         self
     }
 
     /// Whether everything decides without I/O: then the checks run inside `call`; else (a
-    /// remote store, a [shared](ConcurrencyLimiter::shared) limiter) in a boxed future.
-    fn refresh_at_once(&mut self) {
+    /// remote store, a [shared](ConcurrencyLimiter::shared) limiter) in a boxed future. And what
+    /// the checks read of a request, so that only that is taken from it.
+    fn refresh(&mut self) {
         let limiters = self.in_flight.iter().chain(self.websocket.as_ref().map(|ws| &ws.connections));
         self.at_once = self.policy.iter().chain(&self.body_bytes).all(Policy::decides_at_once)
             && limiters.into_iter().all(ConcurrencyLimiter::decides_at_once);
+        let policies = self.policy.iter().chain(&self.body_bytes).fold(KeyFields::NONE, |f, p| f.union(p.fields()));
+        let route_key = self.lease_key.as_ref();
+        let in_flight = self.in_flight.as_ref().and(route_key.map(KeyKind::fields));
+        let websocket = self.websocket.as_ref().and_then(|ws| ws.key.as_ref().or(route_key)).map(KeyKind::fields);
+        self.fields = [in_flight, websocket].into_iter().flatten().fold(policies, KeyFields::union);
+        self.uses_layer_lease_key = route_key.is_none()
+            && (self.in_flight.is_some() || self.websocket.as_ref().is_some_and(|ws| ws.key.is_none()));
+    }
+
+    /// What the checks read of a request, with `layer_lease_key` the layer's lease key.
+    pub(crate) fn fields(&self, layer_lease_key: &KeyKind) -> KeyFields {
+        if self.uses_layer_lease_key { self.fields.union(layer_lease_key.fields()) } else { self.fields }
     }
 
     /// Counts this route's concurrency leases — in-flight requests, and WebSocket connections
@@ -163,6 +186,7 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn lease_key(mut self, key: KeyKind) -> Self {
         self.lease_key = Some(key);
+        self.refresh();
         self
     }
 
@@ -170,7 +194,7 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn websocket(mut self, limits: WebSocketLimits) -> Self {
         self.websocket = Some(limits);
-        self.refresh_at_once();
+        self.refresh();
         self
     }
 }

@@ -154,7 +154,7 @@ impl<S: Clone, St: Store> RateLimit<S, St> {
 /// Every check of the request's limits, in order — request policy, body size, body bytes,
 /// concurrency leases — on stores that decide at once.
 fn check_now<St: Store, B>(config: &Config<St>, limits: &Limits<St>, request: &Request<B>) -> Result<Extra, Refusal> {
-    let keys = config.keys.keys(request);
+    let keys = config.keys.keys_for(request, limits.fields(&config.lease_key));
     let mut decision = None;
     if let Some(policy) = &limits.policy {
         decision = Some(verdict(config, policy.try_check_now(&keys, 1).unwrap_or_else(not_at_once))?);
@@ -173,7 +173,7 @@ async fn prepare<St: Store, B>(config: &Config<St>, request: Request<B>) -> Prep
     // Only the parts are borrowed across the awaits: the body need not be `Sync`.
     let (mut parts, body) = request.into_parts();
     let checked = async {
-        let keys = config.keys.keys_of_parts(&parts);
+        let keys = config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key));
         let mut decision = None;
         if let Some(policy) = &limits.policy {
             decision = Some(verdict(config, policy.check(&keys, 1).await)?);
