@@ -152,7 +152,7 @@ fn policies_say_which_request_keys_they_read() {
     assert_eq!(listed.fields(), KeyFields::ALL);
     let hooked = policy(Limit::new("k", q("1/s"))).on_violation(|_, _| {}).build().unwrap();
     assert_eq!(hooked.fields(), KeyFields::ALL);
-    assert_eq!(policy(Limit::new("k", q("1/s")).key(KeyKind::Route)).build().unwrap().fields().route, true);
+    assert!(policy(Limit::new("k", q("1/s")).key(KeyKind::Route)).build().unwrap().fields().route);
 }
 
 #[tokio::test]
