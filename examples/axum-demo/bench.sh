@@ -2,53 +2,86 @@
 # The load benchmark: the same minimal axum app bare, with tollgate and with tower_governor, on the
 # allow path (a quota nothing exceeds) and the refusal path (every request over the limit), with wrk
 # on 127.0.0.1 only; then WebSocket messages per second through a bare and a wrapped socket.
-# Usage: examples/axum-demo/bench.sh   (env: DURATION=5s THREADS=2 CONNECTIONS=50 PORT=4100)
+#
+# On a machine with 2 or more CPUs the server runs on CPU 0 with one tokio worker and wrk on CPU 1
+# with one thread (PIN=1, the default there): the server is the bottleneck, so requests/s is the
+# inverse of what one request costs it, and the two programs do not fight over cores. PIN=0 runs
+# both unpinned (THREADS wrk threads, a worker per CPU), as before.
+# Usage: examples/axum-demo/bench.sh   (env: DURATION=2s ROUNDS=9 CONNECTIONS=32 PORT=4100 PIN=1 THREADS=2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DURATION=${DURATION:-5s}
+DURATION=${DURATION:-2s}
 THREADS=${THREADS:-2}
-CONNECTIONS=${CONNECTIONS:-50}
+CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-4100}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-9}
+if [ -z "${PIN:-}" ]; then
+  if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; else PIN=0; fi
+fi
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 
 cargo build --release -q -p axum-demo --bin bench-server
 BIN=target/release/bench-server
-"$BIN" http "$PORT" > /tmp/tollgate-bench-server.log 2>&1 &
+if [ "$PIN" = 1 ]; then
+  TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" http "$PORT" > /tmp/tollgate-bench-server.log 2>&1 &
+  WRK=(taskset -c 1 wrk -t1)
+  SETUP="server on CPU 0 with 1 tokio worker, wrk on CPU 1 with 1 thread"
+else
+  "$BIN" http "$PORT" > /tmp/tollgate-bench-server.log 2>&1 &
+  WRK=(wrk -t"$THREADS")
+  SETUP="unpinned, wrk with $THREADS threads"
+fi
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do grep -q ready /tmp/tollgate-bench-server.log 2>/dev/null && break; sleep 0.1; done
 
 rps() { # url -> requests per second
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'
+  "${WRK[@]}" -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'
 }
 status() { curl -s -o /dev/null "$1"; curl -s -o /dev/null -w '%{http_code}' "$1"; }
-max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
 
 echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/) governor $(status http://127.0.0.1:$((PORT+4))/)"
-# Rounds interleave the five servers so that a disturbance of the shared machine hits them alike;
-# each keeps its best round.
-bare=0 noop=0 tg_bare_headers=0 tg_allow=0 gov_allow=0 tg_refuse=0 gov_refuse=0
+# Each round runs every server once, between two runs of the bare server, and each server's
+# figure for the round is its requests/s over the mean of those two: a ratio taken within
+# seconds, so that the shared machine's slow drifts cancel. Reported: the median ratio over the
+# rounds, with the lowest and highest, and the median requests/s.
+names=(noop tg_allow tg_no_headers gov_allow gov_headers tg_refuse gov_refuse)
+offsets=(5 1 6 3 7 2 4)
+OUT=$(mktemp -d)
 for _ in $(seq 1 "$ROUNDS"); do
-  bare=$(max "$bare" "$(rps "http://127.0.0.1:$PORT/")")
-  noop=$(max "$noop" "$(rps "http://127.0.0.1:$((PORT+5))/")")
-  tg_allow=$(max "$tg_allow" "$(rps "http://127.0.0.1:$((PORT+1))/")")
-  tg_bare_headers=$(max "$tg_bare_headers" "$(rps "http://127.0.0.1:$((PORT+6))/")")
-  gov_allow=$(max "$gov_allow" "$(rps "http://127.0.0.1:$((PORT+3))/")")
-  tg_refuse=$(max "$tg_refuse" "$(rps "http://127.0.0.1:$((PORT+2))/")")
-  gov_refuse=$(max "$gov_refuse" "$(rps "http://127.0.0.1:$((PORT+4))/")")
+  before=$(rps "http://127.0.0.1:$PORT/")
+  declare -A got=()
+  for i in "${!names[@]}"; do
+    got[${names[$i]}]=$(rps "http://127.0.0.1:$((PORT + offsets[$i]))/")
+  done
+  after=$(rps "http://127.0.0.1:$PORT/")
+  bare=$(awk -v a="$before" -v b="$after" 'BEGIN { print (a + b) / 2 }')
+  echo "$bare" >> "$OUT/bare.rps"
+  for n in "${names[@]}"; do
+    echo "${got[$n]}" >> "$OUT/$n.rps"
+    awk -v a="${got[$n]}" -v b="$bare" 'BEGIN { printf "%.4f\n", a / b }' >> "$OUT/$n.ratio"
+  done
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, best of $ROUNDS interleaved rounds, requests/s:"
-echo "  bare                      $bare"
-echo "  no-op layer               $noop   ($(ratio "$noop" "$bare")x bare)"
-echo "  tollgate, allow path      $tg_allow   ($(ratio "$tg_allow" "$bare")x bare, $(ratio "$tg_allow" "$noop")x no-op layer)"
-echo "  tollgate, allow, no rate-limit headers on allowed responses  $tg_bare_headers   ($(ratio "$tg_bare_headers" "$bare")x bare)"
-echo "  tower_governor, allow     $gov_allow   ($(ratio "$gov_allow" "$bare")x bare, $(ratio "$gov_allow" "$noop")x no-op layer)"
-echo "  tollgate, refusal path    $tg_refuse   ($(ratio "$tg_refuse" "$bare")x bare)"
-echo "  tower_governor, refusal   $gov_refuse   ($(ratio "$gov_refuse" "$bare")x bare)"
-echo "  tollgate / tower_governor: allow $(ratio "$tg_allow" "$gov_allow"), refusal $(ratio "$tg_refuse" "$gov_refuse")"
+median() { sort -g "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+range() { sort -g "$1" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.3f-%.3f", lo, hi }'; }
+row() { # label name
+  printf "  %-50s %8.0f   %.3fx bare (%s)\n" "$1" "$(median "$OUT/$2.rps")" "$(median "$OUT/$2.ratio")" "$(range "$OUT/$2.ratio")"
+}
+ratio() { awk -v a="$(median "$OUT/$1.ratio")" -v b="$(median "$OUT/$2.ratio")" 'BEGIN { printf "%.3f", a / b }'; }
+echo "wrk -c$CONNECTIONS -d$DURATION, $SETUP, $ROUNDS rounds; median requests/s, median ratio to bare (lowest-highest):"
+printf "  %-50s %8.0f\n" "bare" "$(median "$OUT/bare.rps")"
+row "no-op tower layer" noop
+row "tollgate, allow path" tg_allow
+row "tollgate, allow, no headers on allowed responses" tg_no_headers
+row "tower_governor, allow (no headers, its default)" gov_allow
+row "tower_governor, allow, use_headers()" gov_headers
+row "tollgate, refusal path" tg_refuse
+row "tower_governor, refusal path" gov_refuse
+echo "  tollgate / tower_governor: allow $(ratio tg_allow gov_allow), allow with headers on both" \
+  "$(ratio tg_allow gov_headers), allow with headers off on both $(ratio tg_no_headers gov_allow)," \
+  "refusal $(ratio tg_refuse gov_refuse)"
+rm -r "$OUT"
 kill "$SERVER" 2>/dev/null || true
 
 "$BIN" ws

@@ -1,5 +1,7 @@
 //! What the middleware itself costs per request, without sockets: the same axum router called
-//! as a tower service bare, with tollgate and with tower_governor, in one run.
+//! as a tower service bare, behind a no-op layer, with tollgate (as the README recommends for
+//! axum: `axum_body()`; also without rate-limit headers, and with its own body types) and with
+//! tower_governor (its default, and with `use_headers()`), in one run.
 //!
 //! Run with: `cargo bench -p tollgate-tower --bench middleware`
 //!
@@ -60,13 +62,24 @@ fn run(c: &mut Criterion, name: &str, router: Router) {
 
 fn middleware(c: &mut Criterion) {
     run(c, "middleware/bare", app());
+    run(c, "middleware/no-op_layer", app().layer(tower::util::MapRequestLayer::new(|r: Request<Body>| r)));
     let policy = Policy::builder("api")
         .limit(Limit::new("per_ip", "1000000000/s".parse().unwrap()).key(KeyKind::ip()))
         .build()
         .unwrap();
-    run(c, "middleware/tollgate", app().layer(RateLimitLayer::new(policy)));
+    run(c, "middleware/tollgate", app().layer(RateLimitLayer::new(policy.clone()).axum_body()));
+    let no_headers = tollgate::HeaderOptions { x_ratelimit: false, ..Default::default() };
+    run(
+        c,
+        "middleware/tollgate_no_headers",
+        app().layer(RateLimitLayer::new(policy.clone()).headers(no_headers).axum_body()),
+    );
+    run(c, "middleware/tollgate_wrapped_bodies", app().layer(RateLimitLayer::new(policy)));
     let config = GovernorConfigBuilder::default().per_nanosecond(1).burst_size(1_000_000_000).finish().unwrap();
     run(c, "middleware/tower_governor", app().layer(GovernorLayer::new(Arc::new(config))));
+    let config =
+        GovernorConfigBuilder::default().per_nanosecond(1).burst_size(1_000_000_000).use_headers().finish().unwrap();
+    run(c, "middleware/tower_governor_headers", app().layer(GovernorLayer::new(Arc::new(config))));
 }
 
 criterion_group! {

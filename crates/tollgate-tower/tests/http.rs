@@ -25,9 +25,34 @@ fn hello_app(layer: RateLimitLayer) -> Router {
     Router::new().route("/hello", get(|| async { "hello" })).layer(layer)
 }
 
+/// The body modes: the middleware's own body types, or axum's `Body` passed on as is.
+#[derive(Clone, Copy, Debug)]
+enum Bodies {
+    Wrapped,
+    Axum,
+}
+
+fn limited(router: Router, layer: RateLimitLayer, bodies: Bodies) -> Router {
+    match bodies {
+        Bodies::Wrapped => router.layer(layer),
+        Bodies::Axum => router.layer(layer.axum_body()),
+    }
+}
+
 #[tokio::test]
 async fn refuses_after_the_burst_with_headers_and_json_body() {
-    let addr = serve(hello_app(RateLimitLayer::new(per_ip("3/min")))).await;
+    refuses_after_the_burst(Bodies::Wrapped).await;
+}
+
+#[tokio::test]
+async fn refuses_after_the_burst_passing_axum_bodies_on() {
+    refuses_after_the_burst(Bodies::Axum).await;
+}
+
+async fn refuses_after_the_burst(bodies: Bodies) {
+    let app =
+        limited(Router::new().route("/hello", get(|| async { "hello" })), RateLimitLayer::new(per_ip("3/min")), bodies);
+    let addr = serve(app).await;
     for remaining in ["2", "1", "0"] {
         let ok = get_ok(addr, "/hello").await;
         assert_eq!(ok.status, StatusCode::OK);
@@ -98,13 +123,17 @@ async fn x_forwarded_for_honoured_from_trusted_proxy() {
 }
 
 fn echo_app() -> Router {
+    echo_app_with(Bodies::Wrapped)
+}
+
+fn echo_app_with(bodies: Bodies) -> Router {
     let bytes = Policy::builder("body_bytes")
         .limit(Limit::new("body_bytes", "4KiB/min".parse().unwrap()).key(KeyKind::ip()))
         .build()
         .unwrap();
     let layer = RateLimitLayer::with_limits(Limits::new())
         .route("/echo", Limits::new().max_body(1024).body_bytes(bytes).policy(per_ip("100/s")));
-    Router::new().route("/echo", post(|body: Bytes| async move { body })).layer(layer)
+    limited(Router::new().route("/echo", post(|body: Bytes| async move { body })), layer, bodies)
 }
 
 fn post_body(body: Vec<u8>) -> Request<Full<Bytes>> {
@@ -139,7 +168,19 @@ async fn error_responses_follow_the_configured_body_format() {
 
 #[tokio::test]
 async fn streamed_body_over_the_limit_is_413() {
-    let addr = serve(echo_app()).await;
+    streamed_body_over_the_limit(Bodies::Wrapped).await;
+}
+
+#[tokio::test]
+async fn streamed_body_over_the_limit_is_413_passing_axum_bodies_on() {
+    streamed_body_over_the_limit(Bodies::Axum).await;
+}
+
+async fn streamed_body_over_the_limit(bodies: Bodies) {
+    let addr = serve(echo_app_with(bodies)).await;
+    // Within the limit, streamed and echoed whole.
+    let ok = send(addr, post_body(vec![b'a'; 1024])).await;
+    assert_eq!((ok.status, ok.body.len()), (StatusCode::OK, 1024));
     // No Content-Length: the body is counted while the handler reads it.
     let chunks = futures_util::stream::iter(
         (0..4).map(|_| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(vec![b'x'; 400])))),
@@ -168,6 +209,15 @@ async fn body_bytes_per_period_is_429() {
 
 #[tokio::test]
 async fn in_flight_lease_is_held_until_the_body_finishes() {
+    in_flight_lease_is_held_until_the_body_ends(Bodies::Wrapped).await;
+}
+
+#[tokio::test]
+async fn in_flight_lease_is_held_until_the_body_finishes_passing_axum_bodies_on() {
+    in_flight_lease_is_held_until_the_body_ends(Bodies::Axum).await;
+}
+
+async fn in_flight_lease_is_held_until_the_body_ends(bodies: Bodies) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
     let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
     let handler = move || {
@@ -185,7 +235,7 @@ async fn in_flight_lease_is_held_until_the_body_finishes() {
     };
     let limiter = ConcurrencyLimiter::new("in_flight").per_key(1);
     let layer = RateLimitLayer::with_limits(Limits::new().in_flight(limiter.clone()));
-    let addr = serve(Router::new().route("/stream", get(handler)).layer(layer)).await;
+    let addr = serve(limited(Router::new().route("/stream", get(handler)), layer, bodies)).await;
 
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();

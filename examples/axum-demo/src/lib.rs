@@ -47,14 +47,14 @@ pub fn app(config: &Config) -> Result<Router, Error> {
 /// The demo's routes with the limits of `config`, on `store` (e.g. a [`RedisStore`], so that
 /// several instances share their limits).
 pub fn app_with<S: Store + Clone>(config: &Config, store: &S) -> Result<Router, Error> {
-    Ok(routes().layer(RateLimitLayer::from_config_with(config, store)?))
+    Ok(routes().layer(RateLimitLayer::from_config_with(config, store)?.axum_body()))
 }
 
 /// The demo's routes with the limits of `config`, all of their state in Redis: the rate limits,
 /// and the concurrency leases (open WebSocket connections), so that several instances share one
 /// `concurrent_per_key`.
 pub fn app_with_redis(config: &Config, store: &RedisStore) -> Result<Router, Error> {
-    Ok(routes().layer(RateLimitLayer::from_config_with_leases(config, store, store)?))
+    Ok(routes().layer(RateLimitLayer::from_config_with_leases(config, store, store)?.axum_body()))
 }
 
 /// The demo's routes, unlimited (the benchmark's baseline).

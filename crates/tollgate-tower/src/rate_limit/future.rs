@@ -2,16 +2,18 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{Full, Limited};
+use http_body::Body;
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::body::ResponseBody;
+use super::bodies::{Bodies, BoxError, Wrapped};
 use super::layer::plain_error;
 use super::service::{Extra, Prepared};
 
@@ -21,23 +23,25 @@ pub(crate) type BoxPrepare<B> = Pin<Box<dyn Future<Output = Prepared<B>> + Send>
 pin_project! {
     /// The response future of [`RateLimit`](super::RateLimit): a refusal, or the inner service's
     /// response with the rate-limit headers added. It holds any concurrency lease until the
-    /// response body takes it over, so dropping the future releases it.
-    pub struct ResponseFuture<F, S, B> {
+    /// response body takes it over, so dropping the future releases it. `B` is the request body
+    /// type, `M` how bodies are passed on ([`Bodies`]).
+    pub struct ResponseFuture<F, S, B, M: Bodies = Wrapped> {
         #[pin]
-        state: State<F, S, B>,
+        state: State<F, S, M::Request<B>>,
+        bodies: PhantomData<fn() -> M>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, S, B> {
+    enum State<F, S, R> {
         Refused { response: Option<Response<Full<Bytes>>> },
-        Preparing { prep: BoxPrepare<B>, service: Option<S> },
+        Preparing { prep: BoxPrepare<R>, service: Option<S> },
         Inner { #[pin] future: F, extra: Option<Extra> },
     }
 }
 
-impl<F, S, B> fmt::Debug for ResponseFuture<F, S, B> {
+impl<F, S, B, M: Bodies> fmt::Debug for ResponseFuture<F, S, B, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Refused { .. } => "refused",
@@ -48,26 +52,29 @@ impl<F, S, B> fmt::Debug for ResponseFuture<F, S, B> {
     }
 }
 
-impl<F, S, B> ResponseFuture<F, S, B> {
+impl<F, S, B, M: Bodies> ResponseFuture<F, S, B, M> {
     pub(crate) fn refused(response: Response<Full<Bytes>>) -> Self {
-        Self { state: State::Refused { response: Some(response) } }
+        Self { state: State::Refused { response: Some(response) }, bodies: PhantomData }
     }
 
-    pub(crate) fn preparing(prep: BoxPrepare<B>, service: S) -> Self {
-        Self { state: State::Preparing { prep, service: Some(service) } }
+    pub(crate) fn preparing(prep: BoxPrepare<M::Request<B>>, service: S) -> Self {
+        Self { state: State::Preparing { prep, service: Some(service) }, bodies: PhantomData }
     }
 
     pub(crate) fn inner(future: F, extra: Extra) -> Self {
-        Self { state: State::Inner { future, extra: Some(extra) } }
+        Self { state: State::Inner { future, extra: Some(extra) }, bodies: PhantomData }
     }
 }
 
-impl<F, S, B, ResBody, E> Future for ResponseFuture<F, S, B>
+impl<F, S, B, M, ResBody, E> Future for ResponseFuture<F, S, B, M>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
-    S: Service<Request<Limited<B>>, Response = Response<ResBody>, Error = E, Future = F>,
+    S: Service<Request<M::Request<B>>, Response = Response<ResBody>, Error = E, Future = F>,
+    M: Bodies,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+    type Output = Result<Response<M::Response<ResBody>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -78,23 +85,23 @@ where
                     let response = response.take().unwrap_or_else(|| {
                         plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None)
                     });
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    return Poll::Ready(Ok(response.map(M::refusal)));
                 }
                 StateProj::Preparing { prep, service } => match ready!(prep.as_mut().poll(cx)) {
                     Prepared::Go { request, extra, .. } => {
                         let Some(mut service) = service.take() else {
                             let response =
                                 plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None);
-                            return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                            return Poll::Ready(Ok(response.map(M::refusal)));
                         };
                         let future = service.call(request);
                         state.set(State::Inner { future, extra: Some(extra) });
                     }
-                    Prepared::Refuse(response) => return Poll::Ready(Ok(response.map(ResponseBody::full))),
+                    Prepared::Refuse(response) => return Poll::Ready(Ok(response.map(M::refusal))),
                 },
                 StateProj::Inner { future, extra } => {
                     let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(finish(response, extra.take())));
+                    return Poll::Ready(Ok(finish::<M, _>(response, extra.take())));
                 }
             }
         }
@@ -102,8 +109,12 @@ where
 }
 
 /// Adds the decision's headers and moves the lease into the body.
-fn finish<B>(mut response: Response<B>, extra: Option<Extra>) -> Response<ResponseBody<B>> {
-    let Some(extra) = extra else { return response.map(|b| ResponseBody::inner(b, None)) };
+fn finish<M: Bodies, B>(mut response: Response<B>, extra: Option<Extra>) -> Response<M::Response<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(extra) = extra else { return response.map(|b| M::response(b, None)) };
     if let Some(decision) = &extra.decision {
         extra.headers.render(decision, response.headers_mut());
     }
@@ -117,5 +128,5 @@ fn finish<B>(mut response: Response<B>, extra: Option<Extra>) -> Response<Respon
         );
     }
     let lease = extra.lease;
-    response.map(|b| ResponseBody::inner(b, lease))
+    response.map(|b| M::response(b, lease))
 }

@@ -1,6 +1,7 @@
 //! Configuration of the middleware.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,6 +13,9 @@ use tollgate::{
 };
 use tower::Layer;
 
+#[cfg(feature = "axum")]
+use super::bodies::AxumBody;
+use super::bodies::Wrapped;
 use super::service::RateLimit;
 use crate::keys::{KeyExtractor, route};
 
@@ -199,9 +203,11 @@ impl<St: Store> Limits<St> {
     }
 }
 
-/// Applies [`Limits`] to requests: see the [module docs](crate::rate_limit).
-pub struct RateLimitLayer<St: Store = MemoryStore> {
+/// Applies [`Limits`] to requests: see the [module docs](crate::rate_limit). `M` says how bodies
+/// are passed on ([`Bodies`]; see [`RateLimitLayer::axum_body`]).
+pub struct RateLimitLayer<St: Store = MemoryStore, M = Wrapped> {
     pub(crate) config: Arc<Config<St>>,
+    bodies: PhantomData<fn() -> M>,
 }
 
 pub(crate) struct Config<St: Store> {
@@ -248,13 +254,13 @@ impl<St: Store> Clone for Config<St> {
     }
 }
 
-impl<St: Store> Clone for RateLimitLayer<St> {
+impl<St: Store, M> Clone for RateLimitLayer<St, M> {
     fn clone(&self) -> Self {
-        Self { config: Arc::clone(&self.config) }
+        Self { config: Arc::clone(&self.config), bodies: PhantomData }
     }
 }
 
-impl<St: Store> fmt::Debug for RateLimitLayer<St> {
+impl<St: Store, M> fmt::Debug for RateLimitLayer<St, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &*self.config;
         f.debug_struct("RateLimitLayer")
@@ -285,7 +291,31 @@ impl<St: Store> RateLimitLayer<St> {
                 headers: HeaderOptions::default(),
                 refusal: None,
             }),
+            bodies: PhantomData,
         }
+    }
+}
+
+impl<St: Store, M> RateLimitLayer<St, M> {
+    /// Passes axum's `Body` on as it is, in and out, instead of in the middleware's own body types:
+    /// a body is wrapped only on a route with a largest body (the request's) or an in-flight
+    /// limit (the response's). Inside an axum `Router` that saves the two allocations axum makes
+    /// to box a body type of another kind. Needs the inner service to take and return
+    /// `axum::body::Body`, as the `Router` does.
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use tollgate::{KeyKind, Limit, Policy};
+    /// use tollgate_tower::RateLimitLayer;
+    ///
+    /// let policy = Policy::builder("api").limit(Limit::new("per_ip", "10/s".parse()?).key(KeyKind::ip())).build()?;
+    /// let app: Router = Router::new().route("/", get(|| async { "hello" })).layer(RateLimitLayer::new(policy).axum_body());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "axum")]
+    #[must_use]
+    pub fn axum_body(self) -> RateLimitLayer<St, AxumBody> {
+        RateLimitLayer { config: self.config, bodies: PhantomData }
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Config<St>)) -> Self {
@@ -345,8 +375,8 @@ impl<St: Store> RateLimitLayer<St> {
     }
 }
 
-impl<S, St: Store> Layer<S> for RateLimitLayer<St> {
-    type Service = RateLimit<S, St>;
+impl<S, St: Store, M> Layer<S> for RateLimitLayer<St, M> {
+    type Service = RateLimit<S, St, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit::from_config(inner, Arc::clone(&self.config))

@@ -44,11 +44,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 
+mod bodies;
 mod body;
 mod future;
 mod layer;
 mod service;
 
+#[cfg(feature = "axum")]
+pub use bodies::AxumBody;
+pub use bodies::{Bodies, BoxError, Wrapped};
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use layer::{Limits, RateLimitLayer, RefusalHook, WebSocketLimits};

@@ -1,6 +1,7 @@
 //! The middleware service.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -8,43 +9,45 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::Body;
-use http_body_util::{Full, Limited};
+use http_body_util::Full;
 use tollgate::{
     ConcurrencyLimiter, ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, MemoryStore, Policy,
     RequestKeys, Store, StoreError,
 };
 use tower::Service;
 
-use super::body::ResponseBody;
+use super::bodies::{Bodies, BoxError, Wrapped};
 use super::future::{BoxPrepare, ResponseFuture};
 use super::layer::{Config, Limits, WebSocketLimits};
 use crate::websocket::UpgradeLease;
 
-/// The middleware: see the [module docs](crate::rate_limit).
-pub struct RateLimit<S, St: Store = MemoryStore> {
+/// The middleware: see the [module docs](crate::rate_limit). `M` says how bodies are passed on
+/// ([`Bodies`]).
+pub struct RateLimit<S, St: Store = MemoryStore, M = Wrapped> {
     inner: S,
     config: Arc<Config<St>>,
+    bodies: PhantomData<fn() -> M>,
 }
 
-impl<S: Clone, St: Store> Clone for RateLimit<S, St> {
+impl<S: Clone, St: Store, M> Clone for RateLimit<S, St, M> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), config: Arc::clone(&self.config) }
+        Self { inner: self.inner.clone(), config: Arc::clone(&self.config), bodies: PhantomData }
     }
 }
 
-impl<S: fmt::Debug, St: Store> fmt::Debug for RateLimit<S, St> {
+impl<S: fmt::Debug, St: Store, M> fmt::Debug for RateLimit<S, St, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit").field("inner", &self.inner).finish_non_exhaustive()
     }
 }
 
-impl<S, St: Store> RateLimit<S, St> {
+impl<S, St: Store, M> RateLimit<S, St, M> {
     pub(crate) fn from_config(inner: S, config: Arc<Config<St>>) -> Self {
-        Self { inner, config }
+        Self { inner, config, bodies: PhantomData }
     }
 
     /// Wraps `inner` with the limits of `layer`.
-    pub fn new(inner: S, layer: &super::RateLimitLayer<St>) -> Self {
+    pub fn new(inner: S, layer: &super::RateLimitLayer<St, M>) -> Self {
         Self::from_config(inner, Arc::clone(&layer.config))
     }
 
@@ -68,7 +71,7 @@ impl<S, St: Store> RateLimit<S, St> {
 // Moved once per request; boxing the large variant would allocate on the allow path.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Prepared<B> {
-    Go { request: Request<Limited<B>>, extra: Extra, wait: Duration },
+    Go { request: Request<B>, extra: Extra, wait: Duration },
     Refuse(Response<Full<Bytes>>),
 }
 
@@ -86,17 +89,21 @@ impl Extra {
     }
 }
 
-impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St>
+impl<S, St, M, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St, M>
 where
-    S: Service<Request<Limited<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<M::Request<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     St: Store,
-    ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes>,
+    M: Bodies,
+    M::Request<ReqBody>: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<M::Response<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S, ReqBody>;
+    type Future = ResponseFuture<S::Future, S, ReqBody, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -108,8 +115,8 @@ where
         if !limits.at_once {
             // A store with I/O: check asynchronously, then call the inner service.
             let config = Arc::clone(&self.config);
-            let prep: BoxPrepare<ReqBody> = Box::pin(async move {
-                match prepare(&config, request).await {
+            let prep: BoxPrepare<M::Request<ReqBody>> = Box::pin(async move {
+                match prepare::<St, M, ReqBody>(&config, request).await {
                     Prepared::Go { request, extra, wait } => {
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;
@@ -129,12 +136,12 @@ where
         if let Some(upgrade) = &extra.upgrade {
             request.extensions_mut().insert(upgrade.clone());
         }
-        let request = request.map(|body| Limited::new(body, max_body(limits)));
+        let request = request.map(|body| M::request(body, limits.max_body));
         let wait = extra.wait();
         if wait.is_zero() {
             return ResponseFuture::inner(self.inner.call(request), extra);
         }
-        let prep: BoxPrepare<ReqBody> = Box::pin(async move {
+        let prep: BoxPrepare<M::Request<ReqBody>> = Box::pin(async move {
             tokio::time::sleep(wait).await;
             Prepared::Go { request, extra, wait: Duration::ZERO }
         });
@@ -142,7 +149,7 @@ where
     }
 }
 
-impl<S: Clone, St: Store> RateLimit<S, St> {
+impl<S: Clone, St: Store, M> RateLimit<S, St, M> {
     /// The service made ready by `poll_ready`, leaving a clone in its place (tower's rule: the
     /// ready one must serve this request).
     fn take_ready_inner(&mut self) -> S {
@@ -168,7 +175,11 @@ fn check_now<St: Store, B>(config: &Config<St>, limits: &Limits<St>, request: &R
 }
 
 /// [`check_now`] for stores with I/O.
-async fn prepare<St: Store, B>(config: &Config<St>, request: Request<B>) -> Prepared<B> {
+async fn prepare<St: Store, M: Bodies, B>(config: &Config<St>, request: Request<B>) -> Prepared<M::Request<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let limits: &Limits<St> = config.limits_for(&request);
     // Only the parts are borrowed across the awaits: the body need not be `Sync`.
     let (mut parts, body) = request.into_parts();
@@ -191,7 +202,7 @@ async fn prepare<St: Store, B>(config: &Config<St>, request: Request<B>) -> Prep
                 parts.extensions.insert(upgrade.clone());
             }
             let wait = extra.wait();
-            Prepared::Go { request: Request::from_parts(parts, Limited::new(body, max_body(limits))), extra, wait }
+            Prepared::Go { request: Request::from_parts(parts, M::request(body, limits.max_body)), extra, wait }
         }
         Err(refusal) => Prepared::Refuse(*refusal),
     }
@@ -311,10 +322,6 @@ fn upgrade_lease(ws: &WebSocketLimits, lease: ConnectionLease, key: Key<'_>) -> 
 /// `MissingKey::Shared`), so leaving it out cannot dodge the limit.
 fn lease_key<'a>(kind: &KeyKind, keys: &RequestKeys<'a>) -> Key<'a> {
     kind.resolve(keys).unwrap_or(Key::Text("\u{0}missing"))
-}
-
-fn max_body<St: Store>(limits: &Limits<St>) -> usize {
-    limits.max_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX))
 }
 
 /// 429 when the key holds its maximum, 503 when the global cap is full or the shared lease store

@@ -1,7 +1,8 @@
-//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app five ways
-//! on PORT..PORT+4 (bare; tollgate allow; tollgate refuse; tower_governor allow; tower_governor
-//! refuse). `bench-server ws` measures WebSocket messages per second through a bare and a wrapped
-//! socket and prints both. Driven by `bench.sh`.
+//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app eight ways
+//! on PORT..PORT+7 (bare; tollgate allow; tollgate refuse; tower_governor allow; tower_governor
+//! refuse; a no-op layer; tollgate allow without rate-limit headers; tower_governor allow with its
+//! rate-limit headers). `bench-server ws` measures WebSocket messages per second through a bare
+//! and a wrapped socket and prints both. Driven by `bench.sh`.
 
 // A console tool.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -30,14 +31,26 @@ fn app() -> Router {
 
 fn tollgate(quota: &str) -> Result<Router, BoxError> {
     let policy = Policy::builder("bench").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
-    Ok(app().layer(RateLimitLayer::new(policy)))
+    Ok(app().layer(RateLimitLayer::new(policy).axum_body()))
 }
 
 /// The allow path without the rate-limit headers on allowed responses (tower_governor's default).
 fn tollgate_without_headers(quota: &str) -> Result<Router, BoxError> {
     let policy = Policy::builder("bench").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
     let headers = tollgate::HeaderOptions { x_ratelimit: false, ..Default::default() };
-    Ok(app().layer(RateLimitLayer::new(policy).headers(headers)))
+    Ok(app().layer(RateLimitLayer::new(policy).headers(headers).axum_body()))
+}
+
+/// tower_governor's allow path with its `x-ratelimit-limit`/`-remaining` headers on allowed
+/// responses (`use_headers`), like for like with tollgate's default.
+fn governor_with_headers() -> Result<Router, BoxError> {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .use_headers()
+        .finish()
+        .ok_or("bad governor config")?;
+    Ok(app().layer(GovernorLayer::new(Arc::new(config))))
 }
 
 fn governor(allow: bool) -> Result<Router, BoxError> {
@@ -66,6 +79,7 @@ async fn http(port: u16) -> Result<(), BoxError> {
     // A layer that does nothing: what any tower layer costs through axum's `Router::layer`.
     serve(port + 5, app().layer(tower::util::MapRequestLayer::new(|r: axum::extract::Request| r))).await?;
     serve(port + 6, tollgate_without_headers("1000000000/s")?).await?;
+    serve(port + 7, governor_with_headers()?).await?;
     println!("ready");
     std::future::pending::<()>().await;
     Ok(())

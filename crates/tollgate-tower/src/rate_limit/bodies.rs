@@ -1,0 +1,116 @@
+//! How the middleware passes bodies on: wrapped in its own types (any body), or as axum's `Body`.
+
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::{Full, Limited};
+use tollgate::ConnectionLease;
+
+use super::body::ResponseBody;
+
+/// The error type bodies are boxed with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// What [`RateLimit`](super::RateLimit) hands the inner service as the request body, and what it
+/// answers with as the response body: [`Wrapped`] (the default, for any body type) or, with the
+/// `axum` feature, [`AxumBody`] (see [`RateLimitLayer::axum_body`](super::RateLimitLayer::axum_body)).
+pub trait Bodies: sealed::Sealed + Send + Sync + 'static {
+    /// The request body the inner service gets.
+    type Request<B>;
+    /// The response body.
+    type Response<R>;
+
+    /// The request body, counted against `max` bytes when the route has a largest body.
+    #[doc(hidden)]
+    fn request<B>(body: B, max: Option<u64>) -> Self::Request<B>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>;
+
+    /// The inner service's response body, holding `lease` (an in-flight place) until it ends.
+    #[doc(hidden)]
+    fn response<R>(body: R, lease: Option<ConnectionLease>) -> Self::Response<R>
+    where
+        R: Body<Data = Bytes> + Send + 'static,
+        R::Error: Into<BoxError>;
+
+    /// A refusal's body.
+    #[doc(hidden)]
+    fn refusal<R>(body: Full<Bytes>) -> Self::Response<R>;
+}
+
+/// Any body type: the request body as [`Limited<B>`](http_body_util::Limited), the response body as
+/// [`ResponseBody<R>`]. The default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wrapped;
+
+impl sealed::Sealed for Wrapped {}
+
+impl Bodies for Wrapped {
+    type Request<B> = Limited<B>;
+    type Response<R> = ResponseBody<R>;
+
+    #[inline]
+    fn request<B>(body: B, max: Option<u64>) -> Limited<B> {
+        Limited::new(body, max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)))
+    }
+
+    #[inline]
+    fn response<R>(body: R, lease: Option<ConnectionLease>) -> ResponseBody<R> {
+        ResponseBody::inner(body, lease)
+    }
+
+    #[inline]
+    fn refusal<R>(body: Full<Bytes>) -> ResponseBody<R> {
+        ResponseBody::full(body)
+    }
+}
+
+/// axum's [`Body`](axum::body::Body) in and out. A body is wrapped only where a route needs it —
+/// the request body on a route with a largest body, the response body of a request holding an
+/// in-flight lease — so on other routes axum has no wrapper to box: two allocations fewer per
+/// request than [`Wrapped`] inside an axum `Router`.
+#[cfg(feature = "axum")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AxumBody;
+
+#[cfg(feature = "axum")]
+impl sealed::Sealed for AxumBody {}
+
+#[cfg(feature = "axum")]
+impl Bodies for AxumBody {
+    type Request<B> = axum::body::Body;
+    type Response<R> = axum::body::Body;
+
+    #[inline]
+    fn request<B>(body: B, max: Option<u64>) -> axum::body::Body
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match max {
+            // `Body::new` keeps a `Body` as it is.
+            None => axum::body::Body::new(body),
+            Some(max) => axum::body::Body::new(Wrapped::request(body, Some(max))),
+        }
+    }
+
+    #[inline]
+    fn response<R>(body: R, lease: Option<ConnectionLease>) -> axum::body::Body
+    where
+        R: Body<Data = Bytes> + Send + 'static,
+        R::Error: Into<BoxError>,
+    {
+        match lease {
+            None => axum::body::Body::new(body),
+            lease => axum::body::Body::new(ResponseBody::inner(body, lease)),
+        }
+    }
+
+    fn refusal<R>(body: Full<Bytes>) -> axum::body::Body {
+        axum::body::Body::new(body)
+    }
+}
