@@ -134,6 +134,19 @@ fn num(n: u64) -> HeaderValue {
         }
     }
     let mut buf = [0u8; 20];
+    let digits = digits(n, &mut buf);
+    let bytes = ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < digits.len() {
+            *arena = BytesMut::with_capacity(ARENA_SIZE);
+        }
+        arena.extend_from_slice(digits);
+        arena.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     let mut rest = n;
     loop {
@@ -144,14 +157,12 @@ fn num(n: u64) -> HeaderValue {
             break;
         }
     }
-    let bytes = ARENA.with_borrow_mut(|arena| {
-        if arena.capacity() - arena.len() < buf.len() {
-            *arena = BytesMut::with_capacity(ARENA_SIZE);
-        }
-        arena.extend_from_slice(&buf[at..]);
-        arena.split().freeze()
-    });
-    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
+    &buf[at..]
+}
+
+/// Whether `s` is a JSON string's content as it is: printable ASCII with no quote or backslash.
+fn json_as_is(s: &str) -> bool {
+    s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
 const ARENA_SIZE: usize = 4096;
@@ -161,9 +172,9 @@ thread_local! {
     static CONSTANTS: RefCell<[(u64, Option<HeaderValue>); 8]> = const { RefCell::new([const { (0, None) }; 8]) };
 }
 
-/// [`num`] for a number that stays the same from one response to the next (a limit's capacity,
-/// its rate): the last few such values of each thread are kept, so that most responses share
-/// one instead of writing their own.
+/// [`num`] for a number that changes seldom from one response to the next — a limit's capacity or
+/// rate, and seconds (`Retry-After`, the reset), which change once a second: the last few such
+/// values of each thread are kept, so that most responses share one instead of writing their own.
 fn constant(n: u64) -> HeaderValue {
     if n < 1000 {
         return num(n);
@@ -212,7 +223,7 @@ impl HeaderOptions {
     /// Reads the clock only for [`ResetStyle::EpochSeconds`].
     fn render_with(&self, decision: &Decision, headers: &mut HeaderMap, now: impl FnOnce() -> SystemTime) {
         if !decision.allowed {
-            headers.insert(RETRY_AFTER, num(decision.retry_after_secs()));
+            headers.insert(RETRY_AFTER, constant(decision.retry_after_secs()));
         }
         let Some(limit) = &decision.limit else { return };
         let s = &limit.snapshot;
@@ -228,7 +239,7 @@ impl HeaderOptions {
                     ceil_secs(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
                 }
             };
-            headers.insert(X_RESET.clone(), num(value));
+            headers.insert(X_RESET.clone(), constant(value));
         }
         if self.ietf {
             let mut policy = String::with_capacity(48);
@@ -256,6 +267,23 @@ impl HeaderOptions {
 
     /// The refusal's body and its content type.
     pub fn refusal_body(&self, decision: &Decision) -> (HeaderValue, Vec<u8>) {
+        let limit = decision.limit.as_ref().map(|l| l.name);
+        if self.body == BodyFormat::Json && json_as_is(decision.policy) && limit.is_none_or(json_as_is) {
+            // What serde_json writes below, without its machinery: names seldom need escaping.
+            let mut out = Vec::with_capacity(96);
+            out.extend_from_slice(br#"{"error":""#);
+            out.extend_from_slice(decision.reason.as_str().as_bytes());
+            out.extend_from_slice(br#"","policy":""#);
+            out.extend_from_slice(decision.policy.as_bytes());
+            if let Some(limit) = limit {
+                out.extend_from_slice(br#"","limit":""#);
+                out.extend_from_slice(limit.as_bytes());
+            }
+            out.extend_from_slice(br#"","retry_after":"#);
+            out.extend_from_slice(digits(decision.retry_after_secs(), &mut [0; 20]));
+            out.push(b'}');
+            return (HeaderValue::from_static("application/json"), out);
+        }
         #[derive(Serialize)]
         struct Fields<'a> {
             error: &'static str,
@@ -370,6 +398,49 @@ mod tests {
             std::str::from_utf8(&body).unwrap(),
             r#"{"error":"store_unavailable","policy":"api","retry_after":1}"#
         );
+    }
+
+    #[test]
+    fn refusal_bodies_written_by_hand_match_serde_json() {
+        let decision = |policy: &'static str, limit: Option<&'static str>, reason, retry: u64| Decision {
+            allowed: false,
+            reason,
+            policy,
+            limit: limit.map(|name| crate::LimitState {
+                name,
+                quota: crate::Quota::per_second(std::num::NonZeroU32::MIN),
+                snapshot: crate::Snapshot { retry_after: Duration::from_secs(retry), ..crate::Snapshot::EMPTY },
+            }),
+            wait: Duration::ZERO,
+            dry_run_refused: false,
+        };
+        let json = HeaderOptions::default();
+        let cases = [
+            decision("api", Some("per_ip"), crate::Reason::RateLimited, 3),
+            decision("api", None, crate::Reason::StoreUnavailable, 0),
+            decision("body_bytes:/api/echo", Some("x"), crate::Reason::Blocked, 86_400),
+            decision("we\"ird", Some("tab\there"), crate::Reason::RateLimited, 1),
+            decision("ünïcode", Some("per_ip"), crate::Reason::DenyListed, 12_345_678_901),
+        ];
+        for d in &cases {
+            #[derive(Serialize)]
+            struct Fields<'a> {
+                error: &'static str,
+                policy: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                limit: Option<&'a str>,
+                retry_after: u64,
+            }
+            let fields = Fields {
+                error: d.reason.as_str(),
+                policy: d.policy,
+                limit: d.limit.as_ref().map(|l| l.name),
+                retry_after: d.retry_after_secs(),
+            };
+            let (ct, body) = json.refusal_body(d);
+            assert_eq!(ct, "application/json");
+            assert_eq!(String::from_utf8(body).unwrap(), serde_json::to_string(&fields).unwrap());
+        }
     }
 
     #[test]

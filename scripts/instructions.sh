@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Instructions per request of each case of the middleware bench (bare axum, a no-op layer,
+# tollgate, tower_governor; allow and refusal paths), counted by callgrind inside the bench's
+# `measured` function: deterministic, unlike timings on a shared machine.
+# Usage: scripts/instructions.sh [case ...]   (env: REQUESTS=10000; needs valgrind)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+REQUESTS=${REQUESTS:-10000}
+BIN=$(cargo bench -p tollgate-tower --all-features --bench middleware --no-run 2>&1 |
+  sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+[ -x "$BIN" ] || { echo "could not build the middleware bench" >&2; exit 1; }
+CASES=("$@")
+if [ ${#CASES[@]} -eq 0 ]; then
+  CASES=(bare no-op_layer tollgate tollgate_no_headers tollgate_wrapped_bodies tower_governor
+    tower_governor_headers tollgate_refusal tower_governor_refusal)
+fi
+printf "%-26s %14s %8s %14s\n" case instructions "vs bare" allocations
+bare=""
+for case in "${CASES[@]}"; do
+  out=$(COUNT_CASE="$case" COUNT_REQUESTS="$REQUESTS" valgrind --tool=callgrind \
+    --toggle-collect='*measured*' --callgrind-out-file=/dev/null "$BIN" 2>&1)
+  ir=$(echo "$out" | awk '/refs:/ { gsub(",", "", $NF); print $NF }')
+  per=$((ir / REQUESTS))
+  [ -z "$bare" ] && [ "$case" = bare ] && bare=$per
+  allocs=$(echo "$out" | sed -n 's/.*: \([0-9.]*\) heap allocations per request/\1/p')
+  ratio=$([ -n "$bare" ] && awk -v a="$per" -v b="$bare" 'BEGIN { printf "%.3fx", a / b }' || echo "-")
+  printf "%-26s %14s %8s %14s\n" "$case" "$per" "$ratio" "$allocs"
+done
