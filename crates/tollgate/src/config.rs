@@ -20,6 +20,7 @@
 //! path = "/ws"
 //! connections = "10/min"
 //! concurrent_per_key = 3
+//! lease_failure_mode = "closed"  # 503 while a shared (Redis) count is unreachable
 //! messages = "20/10s"
 //! key_messages = "40/10s"    # shared by all of a client's connections
 //! max_message = "16KiB"
@@ -160,6 +161,16 @@ pub enum FailureModeConfig {
     Closed,
     /// See [`FailureMode::Fallback`].
     Fallback,
+}
+
+impl From<FailureModeConfig> for FailureMode {
+    fn from(mode: FailureModeConfig) -> Self {
+        match mode {
+            FailureModeConfig::Open => FailureMode::Open,
+            FailureModeConfig::Closed => FailureMode::Closed,
+            FailureModeConfig::Fallback => FailureMode::Fallback,
+        }
+    }
 }
 
 /// `[policies.<name>]`.
@@ -305,6 +316,10 @@ pub struct RouteConfig {
     pub key: KeyText,
     /// At most this many requests in flight per key.
     pub concurrent_per_key: Option<u32>,
+    /// What a `concurrent_per_key` counted in a shared store (Redis) does when the store fails:
+    /// `fallback` (the default: each instance counts its own), `open` (admit uncounted) or
+    /// `closed` (refuse with 503).
+    pub lease_failure_mode: Option<FailureModeConfig>,
 }
 
 /// What a WebSocket message over a rate limit does.
@@ -358,6 +373,10 @@ pub struct WebSocketConfig {
     pub concurrent_per_key: Option<u32>,
     /// Open connections in all (503 when full).
     pub concurrent_global: Option<u32>,
+    /// What the open-connection counts do when a shared store (Redis) counting them fails:
+    /// `fallback` (the default: each instance counts its own), `open` (admit uncounted) or
+    /// `closed` (refuse the upgrade with 503).
+    pub lease_failure_mode: Option<FailureModeConfig>,
     /// Messages per period per connection.
     pub messages: Option<Quota>,
     /// Bytes per period per connection.
@@ -475,11 +494,7 @@ impl Config {
     pub fn policy_builder(&self, name: &str) -> Result<PolicyBuilder, Error> {
         let p =
             self.policies.get(name).ok_or_else(|| Error::config("policies", format!("{name:?}"), "no such policy"))?;
-        let mut b = Policy::builder(name).dry_run(p.dry_run).failure_mode(match p.failure_mode {
-            FailureModeConfig::Open => FailureMode::Open,
-            FailureModeConfig::Closed => FailureMode::Closed,
-            FailureModeConfig::Fallback => FailureMode::Fallback,
-        });
+        let mut b = Policy::builder(name).dry_run(p.dry_run).failure_mode(p.failure_mode.into());
         if let Some(d) = p.penalty {
             b = b.penalty(d.0);
         }
@@ -634,9 +649,12 @@ impl Config {
                 ),
                 None => None,
             };
-            let in_flight = route
-                .concurrent_per_key
-                .map(|n| ConcurrencyLimiter::new(format!("in_flight:{}", route.path)).per_key(n));
+            let in_flight = route.concurrent_per_key.map(|n| {
+                lease_failure(
+                    ConcurrencyLimiter::new(format!("in_flight:{}", route.path)).per_key(n),
+                    route.lease_failure_mode,
+                )
+            });
             out.push(RouteLimits {
                 path: route.path.clone(),
                 methods: methods(&route.methods, i)?,
@@ -665,6 +683,7 @@ impl Config {
             if let Some(n) = ws.concurrent_global {
                 connections = connections.global(n);
             }
+            connections = lease_failure(connections, ws.lease_failure_mode);
             let mut messages = MessageLimits::from_config(ws);
             if let (Some(n), Some(_)) = (self.store.max_keys, &messages.per_key) {
                 messages = messages.per_key_max_keys(n);
@@ -681,6 +700,14 @@ impl Config {
             });
         }
         Ok(out)
+    }
+}
+
+/// `limiter` with the configured failure mode, if any (it applies once the limiter is shared).
+fn lease_failure(limiter: ConcurrencyLimiter, mode: Option<FailureModeConfig>) -> ConcurrencyLimiter {
+    match mode {
+        Some(mode) => limiter.failure_mode(mode.into()),
+        None => limiter,
     }
 }
 
@@ -805,6 +832,22 @@ mod tests {
         assert!(e.contains("path"), "missing fields are errors: {e}");
         let e = err("[policies.p]\nlimits = [{ name = \"a\", quota = \"1/s\" }, { name = \"a\", quota = \"2/s\" }]");
         assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn lease_failure_modes_reach_the_limiters() {
+        let config: Config = "[[routes]]\npath = \"/a\"\nconcurrent_per_key = 2\nlease_failure_mode = \"closed\"\n\
+             [[websocket]]\npath = \"/ws\"\nconcurrent_per_key = 3\nlease_failure_mode = \"open\"\n\
+             [[websocket]]\npath = \"/ws2\"\nconcurrent_per_key = 3"
+            .parse()
+            .unwrap();
+        let limits = config.route_limits_with(&MemoryStore::default()).unwrap();
+        let debug = |l: &ConcurrencyLimiter| format!("{l:?}");
+        assert!(debug(limits[0].in_flight.as_ref().unwrap()).contains("Closed"));
+        assert!(debug(&limits[1].websocket.as_ref().unwrap().connections).contains("Open"));
+        assert!(debug(&limits[2].websocket.as_ref().unwrap().connections).contains("Fallback"), "the default");
+        let e = err("[[routes]]\npath = \"/\"\nlease_failure_mode = \"sometimes\"");
+        assert!(e.contains("sometimes") && e.contains("lease_failure_mode"), "{e}");
     }
 
     #[test]

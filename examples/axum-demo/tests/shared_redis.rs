@@ -171,6 +171,33 @@ async fn websocket_concurrency_falls_back_to_each_instance_when_redis_dies() {
     echoed(&mut open[0], "served without Redis").await;
 }
 
+/// `lease_failure_mode = "closed"` in the configuration: once Redis is gone, a route whose
+/// in-flight requests are counted there and a WebSocket endpoint whose open connections are
+/// answer 503 (with `Retry-After`) instead of falling back to each instance's own count.
+#[tokio::test]
+async fn leases_configured_to_fail_closed_answer_503_when_redis_dies() {
+    if !support::redis_available() {
+        return;
+    }
+    let mut server = support::RedisServer::start();
+    let config = format!(
+        "{CONFIG}concurrent_per_key = 5\nlease_failure_mode = \"closed\"\n\n[[websocket]]\npath = \"/ws\"\n\
+         concurrent_per_key = 3\nlease_failure_mode = \"closed\"\n\n[store]\ntimeout = \"200ms\"\n"
+    );
+    let config: Config = config.parse().unwrap();
+    let a = redis_instance(&config, &server.url()).await;
+    assert_eq!(hello(a).await.0, 200);
+    let mut open = ws(a).await.unwrap();
+    echoed(&mut open, "through Redis").await;
+    server.kill();
+    let (status, head) = hello(a).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    assert_eq!(refused(ws(a).await), 503);
+    // The socket opened through Redis is still served.
+    echoed(&mut open, "still open").await;
+}
+
 /// The core's shared limiter on a real Redis: counted across instances, and each failure mode
 /// once Redis is gone.
 #[tokio::test]
