@@ -91,14 +91,15 @@ impl Default for HeaderOptions {
     }
 }
 
-static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static SPRING_RATE: HeaderName = HeaderName::from_static("x-ratelimit-replenish-rate");
-static SPRING_BURST: HeaderName = HeaderName::from_static("x-ratelimit-burst-capacity");
-static SPRING_REQUESTED: HeaderName = HeaderName::from_static("x-ratelimit-requested-tokens");
+// `const`, not `static`: each use is a copy made at compile time, not a clone at run time.
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const SPRING_RATE: HeaderName = HeaderName::from_static("x-ratelimit-replenish-rate");
+const SPRING_BURST: HeaderName = HeaderName::from_static("x-ratelimit-burst-capacity");
+const SPRING_REQUESTED: HeaderName = HeaderName::from_static("x-ratelimit-requested-tokens");
 
 /// The decimal digits of 0..1000, three bytes each (zero-padded), so that the numbers rate-limit
 /// headers carry most often become header values without allocating.
@@ -133,8 +134,8 @@ fn num(n: u64) -> HeaderValue {
             return HeaderValue::from_static(text);
         }
     }
-    let mut buf = [0u8; 20];
-    let digits = digits(n, &mut buf);
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
     let bytes = ARENA.with_borrow_mut(|arena| {
         if arena.capacity() - arena.len() < digits.len() {
             *arena = BytesMut::with_capacity(ARENA_SIZE);
@@ -143,21 +144,6 @@ fn num(n: u64) -> HeaderValue {
         arena.split().freeze()
     });
     HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
-}
-
-/// `n` in decimal, written at the end of `buf`.
-fn digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    &buf[at..]
 }
 
 /// Whether `s` is a JSON string's content as it is: printable ASCII with no quote or backslash.
@@ -229,8 +215,8 @@ impl HeaderOptions {
         let s = &limit.snapshot;
         let reset = ceil_secs(s.reset_after);
         if self.x_ratelimit {
-            headers.insert(X_LIMIT.clone(), constant(s.limit));
-            headers.insert(X_REMAINING.clone(), num(s.remaining));
+            headers.insert(X_LIMIT, constant(s.limit));
+            headers.insert(X_REMAINING, num(s.remaining));
             let value = match self.reset {
                 ResetStyle::Seconds => reset,
                 ResetStyle::EpochSeconds => {
@@ -239,7 +225,7 @@ impl HeaderOptions {
                     ceil_secs(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
                 }
             };
-            headers.insert(X_RESET.clone(), constant(value));
+            headers.insert(X_RESET, constant(value));
         }
         if self.ietf {
             let mut policy = String::with_capacity(48);
@@ -249,19 +235,19 @@ impl HeaderOptions {
             sf_string(limit.name, &mut state);
             let _ = write!(state, ";r={};t={}", s.remaining, reset);
             if let Ok(v) = HeaderValue::try_from(policy) {
-                headers.insert(RATELIMIT_POLICY.clone(), v);
+                headers.insert(RATELIMIT_POLICY, v);
             }
             if let Ok(v) = HeaderValue::try_from(state) {
-                headers.insert(RATELIMIT.clone(), v);
+                headers.insert(RATELIMIT, v);
             }
         }
         if self.spring {
             let q = limit.quota;
             let per_sec = (u128::from(q.amount().get()) * 1_000_000_000).div_ceil(q.period().as_nanos().max(1));
-            headers.insert(SPRING_RATE.clone(), constant(u64::try_from(per_sec).unwrap_or(u64::MAX)));
-            headers.insert(SPRING_BURST.clone(), constant(u64::from(q.burst().get())));
-            headers.insert(SPRING_REQUESTED.clone(), num(1));
-            headers.insert(X_REMAINING.clone(), num(s.remaining));
+            headers.insert(SPRING_RATE, constant(u64::try_from(per_sec).unwrap_or(u64::MAX)));
+            headers.insert(SPRING_BURST, constant(u64::from(q.burst().get())));
+            headers.insert(SPRING_REQUESTED, num(1));
+            headers.insert(X_REMAINING, num(s.remaining));
         }
     }
 
@@ -280,7 +266,7 @@ impl HeaderOptions {
                 out.extend_from_slice(limit.as_bytes());
             }
             out.extend_from_slice(br#"","retry_after":"#);
-            out.extend_from_slice(digits(decision.retry_after_secs(), &mut [0; 20]));
+            out.extend_from_slice(itoa::Buffer::new().format(decision.retry_after_secs()).as_bytes());
             out.push(b'}');
             return (HeaderValue::from_static("application/json"), out);
         }

@@ -649,7 +649,7 @@ impl<S: Store> Policy<S> {
     /// Blocks the refused keys for the policy's penalty, on a store that decides at once.
     #[inline]
     fn penalize_now(&self, result: &Result<bool, StoreError>, checks: &[Check<'_, S::Limit>], out: &[Snapshot]) {
-        if let (Ok(false), Some(penalty), false) = (result, self.inner.penalty, self.inner.dry_run) {
+        if let (Some(penalty), Ok(false), false) = (self.inner.penalty, result, self.inner.dry_run) {
             for (c, s) in checks.iter().zip(out) {
                 if !s.allowed && !s.blocked {
                     let r = self.inner.store.try_block_now(c.limit, c.key, penalty);
