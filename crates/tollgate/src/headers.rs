@@ -146,6 +146,27 @@ fn num(n: u64) -> HeaderValue {
     HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
+/// A refusal body's fields.
+#[derive(Serialize)]
+struct RefusalFields<'a> {
+    error: &'static str,
+    policy: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a str>,
+    retry_after: u64,
+}
+
+impl<'a> RefusalFields<'a> {
+    fn of(decision: &'a Decision) -> Self {
+        RefusalFields {
+            error: decision.reason.as_str(),
+            policy: decision.policy,
+            limit: decision.limit.as_ref().map(|l| l.name),
+            retry_after: decision.retry_after_secs(),
+        }
+    }
+}
+
 /// Whether `s` is a JSON string's content as it is: printable ASCII with no quote or backslash.
 fn json_as_is(s: &str) -> bool {
     s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
@@ -270,23 +291,7 @@ impl HeaderOptions {
             out.push(b'}');
             return (HeaderValue::from_static("application/json"), out);
         }
-        #[derive(Serialize)]
-        struct Fields<'a> {
-            error: &'static str,
-            policy: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            limit: Option<&'a str>,
-            retry_after: u64,
-        }
-        self.body(
-            decision.status(),
-            Fields {
-                error: decision.reason.as_str(),
-                policy: decision.policy,
-                limit: decision.limit.as_ref().map(|l| l.name),
-                retry_after: decision.retry_after_secs(),
-            },
-        )
+        self.body(decision.status(), RefusalFields::of(decision))
     }
 
     /// The body of a refusal the middleware makes without a [`Decision`] — 413 Payload Too Large,
@@ -409,23 +414,9 @@ mod tests {
             decision("ünïcode", Some("per_ip"), crate::Reason::DenyListed, 12_345_678_901),
         ];
         for d in &cases {
-            #[derive(Serialize)]
-            struct Fields<'a> {
-                error: &'static str,
-                policy: &'a str,
-                #[serde(skip_serializing_if = "Option::is_none")]
-                limit: Option<&'a str>,
-                retry_after: u64,
-            }
-            let fields = Fields {
-                error: d.reason.as_str(),
-                policy: d.policy,
-                limit: d.limit.as_ref().map(|l| l.name),
-                retry_after: d.retry_after_secs(),
-            };
             let (ct, body) = json.refusal_body(d);
             assert_eq!(ct, "application/json");
-            assert_eq!(String::from_utf8(body).unwrap(), serde_json::to_string(&fields).unwrap());
+            assert_eq!(String::from_utf8(body).unwrap(), serde_json::to_string(&RefusalFields::of(d)).unwrap());
         }
     }
 
