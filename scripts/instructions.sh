@@ -19,8 +19,13 @@ printf "%-26s %14s %8s %14s\n" case instructions "vs bare" allocations
 bare=""
 for case in "${CASES[@]}"; do
   out=$(COUNT_CASE="$case" COUNT_REQUESTS="$REQUESTS" valgrind --tool=callgrind \
-    --toggle-collect='*measured*' --callgrind-out-file=/dev/null "$BIN" 2>&1)
+    --toggle-collect='*measured*' --callgrind-out-file=/dev/null "$BIN" 2>&1) || {
+    echo "case $case failed:" >&2
+    echo "$out" | grep -v '^==' >&2
+    exit 1
+  }
   ir=$(echo "$out" | awk '/refs:/ { gsub(",", "", $NF); print $NF }')
+  [ -n "$ir" ] || { echo "callgrind counted nothing for $case" >&2; exit 1; }
   per=$((ir / REQUESTS))
   [ -z "$bare" ] && [ "$case" = bare ] && bare=$per
   allocs=$(echo "$out" | sed -n 's/.*: \([0-9.]*\) heap allocations per request/\1/p')

@@ -3,8 +3,8 @@
 # allow path (a quota nothing exceeds) and the refusal path (every request over the limit), with wrk
 # on 127.0.0.1 only; then WebSocket messages per second through a bare and a wrapped socket.
 #
-# On a machine with 2 or more CPUs the server runs on CPU 0 with one tokio worker and wrk on CPU 1
-# with one thread (PIN=1, the default there): the server is the bottleneck, so requests/s is the
+# With 2 or more CPUs to run on, the server runs on the first with one tokio worker and wrk on the
+# second with one thread (PIN=1, the default there): the server is the bottleneck, so requests/s is the
 # inverse of what one request costs it, and the two programs do not fight over cores. PIN=0 runs
 # both unpinned (THREADS wrk threads, a worker per CPU), as before.
 # Usage: examples/axum-demo/bench.sh   (env: DURATION=2s ROUNDS=9 CONNECTIONS=32 PORT=4100 PIN=1 THREADS=2)
@@ -15,17 +15,19 @@ THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-4100}
 ROUNDS=${ROUNDS:-9}
+# The first two CPUs this process may run on (a container may be given, say, CPUs 2-3).
+read -r CPU_A CPU_B < <(python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(*(c + c)[:2])' 2>/dev/null || echo "")
 if [ -z "${PIN:-}" ]; then
-  if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; else PIN=0; fi
+  if command -v taskset >/dev/null && [ -n "${CPU_B:-}" ] && [ "$CPU_A" != "$CPU_B" ]; then PIN=1; else PIN=0; fi
 fi
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 
 cargo build --release -q -p axum-demo --bin bench-server
 BIN=target/release/bench-server
 if [ "$PIN" = 1 ]; then
-  TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" http "$PORT" > /tmp/tollgate-bench-server.log 2>&1 &
-  WRK=(taskset -c 1 wrk -t1)
-  SETUP="server on CPU 0 with 1 tokio worker, wrk on CPU 1 with 1 thread"
+  TOKIO_WORKER_THREADS=1 taskset -c "$CPU_A" "$BIN" http "$PORT" > /tmp/tollgate-bench-server.log 2>&1 &
+  WRK=(taskset -c "$CPU_B" wrk -t1)
+  SETUP="server on CPU $CPU_A with 1 tokio worker, wrk on CPU $CPU_B with 1 thread"
 else
   "$BIN" http "$PORT" > /tmp/tollgate-bench-server.log 2>&1 &
   WRK=(wrk -t"$THREADS")
@@ -34,6 +36,11 @@ fi
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do grep -q ready /tmp/tollgate-bench-server.log 2>/dev/null && break; sleep 0.1; done
+grep -q ready /tmp/tollgate-bench-server.log || {
+  echo "the bench server did not start:" >&2
+  cat /tmp/tollgate-bench-server.log >&2
+  exit 1
+}
 
 rps() { # url -> requests per second
   "${WRK[@]}" -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'

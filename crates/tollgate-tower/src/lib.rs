@@ -50,7 +50,8 @@ pub use keys::{CustomKey, Identity, KeyExtractor, RouteName, Tier};
 #[cfg(feature = "axum")]
 pub use rate_limit::AxumBody;
 pub use rate_limit::{
-    Bodies, Limits, RateLimit, RateLimitLayer, ResponseBody, ResponseFuture, WebSocketLimits, Wrapped,
+    Bodies, Limits, RateLimit, RateLimitLayer, RequestBodies, ResponseBodies, ResponseBody, ResponseFuture,
+    WebSocketLimits, Wrapped,
 };
 #[cfg(feature = "axum")]
 pub use websocket::LimitedUpgrade;

@@ -377,3 +377,21 @@ async fn identity_tier_custom_and_lease_keys_come_from_what_the_app_sets() {
     assert!(ok(call("/account", &[("x-account", "other"), ("x-user", "carol")]).await.status));
     assert_eq!(in_flight.in_use(), 0, "leases end with their responses");
 }
+
+#[tokio::test]
+async fn the_default_bodies_take_any_request_body_type() {
+    // `()` is no `http_body::Body`: the default mode only wraps it, as tests with `service_fn` do.
+    let mut service = ServiceBuilder::new().layer(RateLimitLayer::new(per_ip("1/min"))).service_fn(
+        |_req: Request<http_body_util::Limited<()>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        },
+    );
+    let request = || {
+        let mut req = Request::new(());
+        req.extensions_mut().insert("192.0.2.9:1000".parse::<std::net::SocketAddr>().unwrap());
+        req
+    };
+    assert_eq!(service.ready().await.unwrap().call(request()).await.unwrap().status(), StatusCode::OK);
+    let refused = service.ready().await.unwrap().call(request()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -458,6 +458,13 @@ impl Config {
             {
                 return Err(Error::config(format!("routes[{i}].concurrent_per_key"), n, "must be at least 1"));
             }
+            if let (Some(mode), None) = (r.lease_failure_mode, r.concurrent_per_key) {
+                return Err(Error::config(
+                    format!("routes[{i}].lease_failure_mode"),
+                    format!("{mode:?}").to_lowercase(),
+                    "applies to concurrent_per_key, which this route does not set",
+                ));
+            }
         }
         for (i, w) in self.websocket.iter().enumerate() {
             w.key.kind(64, &format!("websocket[{i}].key"))?;
@@ -466,6 +473,13 @@ impl Config {
                 if v == Some(0) {
                     return Err(Error::config(format!("websocket[{i}].{field}"), 0, "must be at least 1"));
                 }
+            }
+            if let (Some(mode), None, None) = (w.lease_failure_mode, w.concurrent_per_key, w.concurrent_global) {
+                return Err(Error::config(
+                    format!("websocket[{i}].lease_failure_mode"),
+                    format!("{mode:?}").to_lowercase(),
+                    "applies to concurrent_per_key and concurrent_global, which this endpoint does not set",
+                ));
             }
             if w.max_message == Some(ByteSize(0)) {
                 return Err(Error::config(format!("websocket[{i}].max_message"), 0, "must be at least 1 byte"));
@@ -848,6 +862,11 @@ mod tests {
         assert!(debug(&limits[2].websocket.as_ref().unwrap().connections).contains("Fallback"), "the default");
         let e = err("[[routes]]\npath = \"/\"\nlease_failure_mode = \"sometimes\"");
         assert!(e.contains("sometimes") && e.contains("lease_failure_mode"), "{e}");
+        // Set where there is no lease to fail: an error rather than a setting that does nothing.
+        let e = err("[[routes]]\npath = \"/\"\nlease_failure_mode = \"closed\"");
+        assert!(e.contains("routes[0].lease_failure_mode") && e.contains("concurrent_per_key"), "{e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\nmessages = \"5/s\"\nlease_failure_mode = \"open\"");
+        assert!(e.contains("websocket[0].lease_failure_mode"), "{e}");
     }
 
     #[test]

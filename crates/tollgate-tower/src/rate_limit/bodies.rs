@@ -14,32 +14,35 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// What [`RateLimit`](super::RateLimit) hands the inner service as the request body, and what it
-/// answers with as the response body: [`Wrapped`] (the default, for any body type) or, with the
-/// `axum` feature, [`AxumBody`] (see [`RateLimitLayer::axum_body`](super::RateLimitLayer::axum_body)).
-pub trait Bodies: sealed::Sealed + Send + Sync + 'static {
+/// How [`RateLimit`](super::RateLimit) passes bodies on: [`Wrapped`] (the default, for any body
+/// type) or, with the `axum` feature, [`AxumBody`] (see
+/// [`RateLimitLayer::axum_body`](super::RateLimitLayer::axum_body)). Its two halves say what the
+/// inner service gets as the request body ([`RequestBodies`]) and what the middleware answers
+/// with ([`ResponseBodies`]).
+pub trait Bodies: sealed::Sealed + Send + Sync + 'static {}
+
+/// The request half of [`Bodies`], for request bodies of type `B`.
+pub trait RequestBodies<B>: Bodies {
     /// The request body the inner service gets.
-    type Request<B>;
-    /// The response body.
-    type Response<R>;
+    type Request;
 
     /// The request body, counted against `max` bytes when the route has a largest body.
     #[doc(hidden)]
-    fn request<B>(body: B, max: Option<u64>) -> Self::Request<B>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>;
+    fn request(body: B, max: Option<u64>) -> Self::Request;
+}
+
+/// The response half of [`Bodies`], for the inner service's response bodies of type `R`.
+pub trait ResponseBodies<R>: Bodies {
+    /// The response body.
+    type Response;
 
     /// The inner service's response body, holding `lease` (an in-flight place) until it ends.
     #[doc(hidden)]
-    fn response<R>(body: R, lease: Option<ConnectionLease>) -> Self::Response<R>
-    where
-        R: Body<Data = Bytes> + Send + 'static,
-        R::Error: Into<BoxError>;
+    fn response(body: R, lease: Option<ConnectionLease>) -> Self::Response;
 
     /// A refusal's body.
     #[doc(hidden)]
-    fn refusal<R>(body: Full<Bytes>) -> Self::Response<R>;
+    fn refusal(body: Full<Bytes>) -> Self::Response;
 }
 
 /// Any body type: the request body as [`Limited<B>`](http_body_util::Limited), the response body as
@@ -49,22 +52,27 @@ pub struct Wrapped;
 
 impl sealed::Sealed for Wrapped {}
 
-impl Bodies for Wrapped {
-    type Request<B> = Limited<B>;
-    type Response<R> = ResponseBody<R>;
+impl Bodies for Wrapped {}
+
+impl<B> RequestBodies<B> for Wrapped {
+    type Request = Limited<B>;
 
     #[inline]
-    fn request<B>(body: B, max: Option<u64>) -> Limited<B> {
+    fn request(body: B, max: Option<u64>) -> Limited<B> {
         Limited::new(body, max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)))
     }
+}
+
+impl<R> ResponseBodies<R> for Wrapped {
+    type Response = ResponseBody<R>;
 
     #[inline]
-    fn response<R>(body: R, lease: Option<ConnectionLease>) -> ResponseBody<R> {
+    fn response(body: R, lease: Option<ConnectionLease>) -> ResponseBody<R> {
         ResponseBody::inner(body, lease)
     }
 
     #[inline]
-    fn refusal<R>(body: Full<Bytes>) -> ResponseBody<R> {
+    fn refusal(body: Full<Bytes>) -> ResponseBody<R> {
         ResponseBody::full(body)
     }
 }
@@ -81,36 +89,43 @@ pub struct AxumBody;
 impl sealed::Sealed for AxumBody {}
 
 #[cfg(feature = "axum")]
-impl Bodies for AxumBody {
-    type Request<B> = axum::body::Body;
-    type Response<R> = axum::body::Body;
+impl Bodies for AxumBody {}
+
+#[cfg(feature = "axum")]
+impl<B> RequestBodies<B> for AxumBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Request = axum::body::Body;
 
     #[inline]
-    fn request<B>(body: B, max: Option<u64>) -> axum::body::Body
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    fn request(body: B, max: Option<u64>) -> axum::body::Body {
         match max {
             // `Body::new` keeps a `Body` as it is.
             None => axum::body::Body::new(body),
-            Some(max) => axum::body::Body::new(Wrapped::request(body, Some(max))),
+            Some(max) => axum::body::Body::new(<Wrapped as RequestBodies<B>>::request(body, Some(max))),
         }
     }
+}
+
+#[cfg(feature = "axum")]
+impl<R> ResponseBodies<R> for AxumBody
+where
+    R: Body<Data = Bytes> + Send + 'static,
+    R::Error: Into<BoxError>,
+{
+    type Response = axum::body::Body;
 
     #[inline]
-    fn response<R>(body: R, lease: Option<ConnectionLease>) -> axum::body::Body
-    where
-        R: Body<Data = Bytes> + Send + 'static,
-        R::Error: Into<BoxError>,
-    {
+    fn response(body: R, lease: Option<ConnectionLease>) -> axum::body::Body {
         match lease {
             None => axum::body::Body::new(body),
             lease => axum::body::Body::new(ResponseBody::inner(body, lease)),
         }
     }
 
-    fn refusal<R>(body: Full<Bytes>) -> axum::body::Body {
+    fn refusal(body: Full<Bytes>) -> axum::body::Body {
         axum::body::Body::new(body)
     }
 }

@@ -8,12 +8,11 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::bodies::{Bodies, BoxError, Wrapped};
+use super::bodies::{RequestBodies, ResponseBodies, Wrapped};
 use super::layer::plain_error;
 use super::service::{Extra, Prepared};
 
@@ -24,10 +23,10 @@ pin_project! {
     /// The response future of [`RateLimit`](super::RateLimit): a refusal, or the inner service's
     /// response with the rate-limit headers added. It holds any concurrency lease until the
     /// response body takes it over, so dropping the future releases it. `B` is the request body
-    /// type, `M` how bodies are passed on ([`Bodies`]).
-    pub struct ResponseFuture<F, S, B, M: Bodies = Wrapped> {
+    /// type, `M` how bodies are passed on ([`Bodies`](super::Bodies)).
+    pub struct ResponseFuture<F, S, B, M: RequestBodies<B> = Wrapped> {
         #[pin]
-        state: State<F, S, M::Request<B>>,
+        state: State<F, S, M::Request>,
         bodies: PhantomData<fn() -> M>,
     }
 }
@@ -41,7 +40,7 @@ pin_project! {
     }
 }
 
-impl<F, S, B, M: Bodies> fmt::Debug for ResponseFuture<F, S, B, M> {
+impl<F, S, B, M: RequestBodies<B>> fmt::Debug for ResponseFuture<F, S, B, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Refused { .. } => "refused",
@@ -52,12 +51,12 @@ impl<F, S, B, M: Bodies> fmt::Debug for ResponseFuture<F, S, B, M> {
     }
 }
 
-impl<F, S, B, M: Bodies> ResponseFuture<F, S, B, M> {
+impl<F, S, B, M: RequestBodies<B>> ResponseFuture<F, S, B, M> {
     pub(crate) fn refused(response: Response<Full<Bytes>>) -> Self {
         Self { state: State::Refused { response: Some(response) }, bodies: PhantomData }
     }
 
-    pub(crate) fn preparing(prep: BoxPrepare<M::Request<B>>, service: S) -> Self {
+    pub(crate) fn preparing(prep: BoxPrepare<M::Request>, service: S) -> Self {
         Self { state: State::Preparing { prep, service: Some(service) }, bodies: PhantomData }
     }
 
@@ -69,12 +68,10 @@ impl<F, S, B, M: Bodies> ResponseFuture<F, S, B, M> {
 impl<F, S, B, M, ResBody, E> Future for ResponseFuture<F, S, B, M>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
-    S: Service<Request<M::Request<B>>, Response = Response<ResBody>, Error = E, Future = F>,
-    M: Bodies,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    S: Service<Request<M::Request>, Response = Response<ResBody>, Error = E, Future = F>,
+    M: RequestBodies<B> + ResponseBodies<ResBody>,
 {
-    type Output = Result<Response<M::Response<ResBody>>, E>;
+    type Output = Result<Response<<M as ResponseBodies<ResBody>>::Response>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -109,11 +106,7 @@ where
 }
 
 /// Adds the decision's headers and moves the lease into the body.
-fn finish<M: Bodies, B>(mut response: Response<B>, extra: Option<Extra>) -> Response<M::Response<B>>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+fn finish<M: ResponseBodies<B>, B>(mut response: Response<B>, extra: Option<Extra>) -> Response<M::Response> {
     let Some(extra) = extra else { return response.map(|b| M::response(b, None)) };
     if let Some(decision) = &extra.decision {
         extra.headers.render(decision, response.headers_mut());

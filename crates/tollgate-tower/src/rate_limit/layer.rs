@@ -204,7 +204,7 @@ impl<St: Store> Limits<St> {
 }
 
 /// Applies [`Limits`] to requests: see the [module docs](crate::rate_limit). `M` says how bodies
-/// are passed on ([`Bodies`]; see [`RateLimitLayer::axum_body`]).
+/// are passed on ([`Bodies`](super::Bodies); see [`RateLimitLayer::axum_body`]).
 pub struct RateLimitLayer<St: Store = MemoryStore, M = Wrapped> {
     pub(crate) config: Arc<Config<St>>,
     bodies: PhantomData<fn() -> M>,

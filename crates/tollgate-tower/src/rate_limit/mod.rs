@@ -52,7 +52,7 @@ mod service;
 
 #[cfg(feature = "axum")]
 pub use bodies::AxumBody;
-pub use bodies::{Bodies, BoxError, Wrapped};
+pub use bodies::{Bodies, BoxError, RequestBodies, ResponseBodies, Wrapped};
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use layer::{Limits, RateLimitLayer, RefusalHook, WebSocketLimits};

@@ -16,13 +16,13 @@ use tollgate::{
 };
 use tower::Service;
 
-use super::bodies::{Bodies, BoxError, Wrapped};
+use super::bodies::{RequestBodies, ResponseBodies, Wrapped};
 use super::future::{BoxPrepare, ResponseFuture};
 use super::layer::{Config, Limits, WebSocketLimits};
 use crate::websocket::UpgradeLease;
 
 /// The middleware: see the [module docs](crate::rate_limit). `M` says how bodies are passed on
-/// ([`Bodies`]).
+/// ([`Bodies`](super::Bodies)).
 pub struct RateLimit<S, St: Store = MemoryStore, M = Wrapped> {
     inner: S,
     config: Arc<Config<St>>,
@@ -91,17 +91,15 @@ impl Extra {
 
 impl<S, St, M, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St, M>
 where
-    S: Service<Request<M::Request<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<M::Request>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     St: Store,
-    M: Bodies,
-    M::Request<ReqBody>: Send + 'static,
-    ReqBody: Body<Data = Bytes> + Send + 'static,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    M: RequestBodies<ReqBody> + ResponseBodies<ResBody>,
+    M::Request: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes>,
 {
-    type Response = Response<M::Response<ResBody>>;
+    type Response = Response<<M as ResponseBodies<ResBody>>::Response>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, S, ReqBody, M>;
 
@@ -115,7 +113,7 @@ where
         if !limits.at_once {
             // A store with I/O: check asynchronously, then call the inner service.
             let config = Arc::clone(&self.config);
-            let prep: BoxPrepare<M::Request<ReqBody>> = Box::pin(async move {
+            let prep: BoxPrepare<M::Request> = Box::pin(async move {
                 match prepare::<St, M, ReqBody>(&config, request).await {
                     Prepared::Go { request, extra, wait } => {
                         if !wait.is_zero() {
@@ -141,7 +139,7 @@ where
         if wait.is_zero() {
             return ResponseFuture::inner(self.inner.call(request), extra);
         }
-        let prep: BoxPrepare<M::Request<ReqBody>> = Box::pin(async move {
+        let prep: BoxPrepare<M::Request> = Box::pin(async move {
             tokio::time::sleep(wait).await;
             Prepared::Go { request, extra, wait: Duration::ZERO }
         });
@@ -175,11 +173,7 @@ fn check_now<St: Store, B>(config: &Config<St>, limits: &Limits<St>, request: &R
 }
 
 /// [`check_now`] for stores with I/O.
-async fn prepare<St: Store, M: Bodies, B>(config: &Config<St>, request: Request<B>) -> Prepared<M::Request<B>>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request: Request<B>) -> Prepared<M::Request> {
     let limits: &Limits<St> = config.limits_for(&request);
     // Only the parts are borrowed across the awaits: the body need not be `Sync`.
     let (mut parts, body) = request.into_parts();
