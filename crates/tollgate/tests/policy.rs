@@ -78,14 +78,19 @@ async fn dry_run_reports_but_never_refuses() {
     assert_eq!(refusals.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// 2/s per IP, and a minute's block after a violation.
+fn login_policy(clock: &ManualClock) -> Policy {
+    Policy::builder("login")
+        .limit(Limit::new("per_ip", q("2/s")).key(KeyKind::ip()))
+        .penalty(Duration::from_secs(60))
+        .build_with(store(clock))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn penalty_blocks_after_a_violation_until_it_ends() {
     let clock = ManualClock::new();
-    let policy = Policy::builder("login")
-        .limit(Limit::new("per_ip", q("2/s")).key(KeyKind::ip()))
-        .penalty(Duration::from_secs(60))
-        .build_with(store(&clock))
-        .unwrap();
+    let policy = login_policy(&clock);
     policy.check(&ip(1), 1).await.unwrap();
     policy.check(&ip(1), 1).await.unwrap();
     let d = policy.check(&ip(1), 1).await.unwrap();
@@ -102,11 +107,7 @@ async fn penalty_blocks_after_a_violation_until_it_ends() {
 #[test]
 fn decisions_at_once_match_the_async_ones_penalty_included() {
     let clock = ManualClock::new();
-    let policy = Policy::builder("login")
-        .limit(Limit::new("per_ip", q("2/s")).key(KeyKind::ip()))
-        .penalty(Duration::from_secs(60))
-        .build_with(store(&clock))
-        .unwrap();
+    let policy = login_policy(&clock);
     let now = |keys| policy.try_check_now(&keys, 1).expect("the memory store decides at once").unwrap();
     assert!(now(ip(1)).allowed);
     assert!(now(ip(1)).allowed);

@@ -34,10 +34,9 @@ pub struct Limits<St: Store = MemoryStore> {
     /// Every policy's store and every concurrency limiter decides without I/O: the checks run
     /// inside `call`, nothing boxed.
     pub(crate) at_once: bool,
-    /// What the checks read of a request, besides the layer's lease key (see `uses_layer_lease_key`).
-    pub(crate) fields: KeyFields,
-    /// A lease is counted by the layer's [`RateLimitLayer::lease_key`].
-    pub(crate) uses_layer_lease_key: bool,
+    /// What the policies' checks read of a request (the lease keys are added per request, see
+    /// [`Limits::fields`]).
+    pub(crate) policy_fields: KeyFields,
 }
 
 /// The WebSocket limits of a route: concurrent connections (the lease lives as long as the
@@ -78,8 +77,7 @@ impl<St: Store> Clone for Limits<St> {
             lease_key: self.lease_key.clone(),
             websocket: self.websocket.clone(),
             at_once: self.at_once,
-            fields: self.fields,
-            uses_layer_lease_key: self.uses_layer_lease_key,
+            policy_fields: self.policy_fields,
         }
     }
 }
@@ -121,8 +119,7 @@ impl<St: Store> Limits<St> {
             lease_key: None,
             websocket: None,
             at_once: true,
-            fields: KeyFields::NONE,
-            uses_layer_lease_key: false,
+            policy_fields: KeyFields::NONE,
         }
     }
 
@@ -165,23 +162,31 @@ impl<St: Store> Limits<St> {
 
     /// Whether everything decides without I/O: then the checks run inside `call`; else (a
     /// remote store, a [shared](ConcurrencyLimiter::shared) limiter) in a boxed future. And what
-    /// the checks read of a request, so that only that is taken from it.
+    /// the policies read of a request, so that only that is taken from it.
     fn refresh(&mut self) {
         let limiters = self.in_flight.iter().chain(self.websocket.as_ref().map(|ws| &ws.connections));
         self.at_once = self.policy.iter().chain(&self.body_bytes).all(Policy::decides_at_once)
             && limiters.into_iter().all(ConcurrencyLimiter::decides_at_once);
-        let policies = self.policy.iter().chain(&self.body_bytes).fold(KeyFields::NONE, |f, p| f.union(p.fields()));
-        let route_key = self.lease_key.as_ref();
-        let in_flight = self.in_flight.as_ref().and(route_key.map(KeyKind::fields));
-        let websocket = self.websocket.as_ref().and_then(|ws| ws.key.as_ref().or(route_key)).map(KeyKind::fields);
-        self.fields = [in_flight, websocket].into_iter().flatten().fold(policies, KeyFields::union);
-        self.uses_layer_lease_key = route_key.is_none()
-            && (self.in_flight.is_some() || self.websocket.as_ref().is_some_and(|ws| ws.key.is_none()));
+        self.policy_fields =
+            self.policy.iter().chain(&self.body_bytes).fold(KeyFields::NONE, |f, p| f.union(p.fields()));
     }
 
-    /// What the checks read of a request, with `layer_lease_key` the layer's lease key.
+    /// What the in-flight lease and the WebSocket connection lease (when the route takes them)
+    /// are counted by: the WebSocket limits' key, else the route's lease key, else
+    /// `layer_lease_key`, the layer's.
+    #[inline]
+    pub(crate) fn lease_keys<'a>(&'a self, layer_lease_key: &'a KeyKind) -> (Option<&'a KeyKind>, Option<&'a KeyKind>) {
+        let route_key = self.lease_key.as_ref().unwrap_or(layer_lease_key);
+        let in_flight = self.in_flight.as_ref().map(|_| route_key);
+        let websocket = self.websocket.as_ref().map(|ws| ws.key.as_ref().unwrap_or(route_key));
+        (in_flight, websocket)
+    }
+
+    /// What the checks read of a request: the policies' keys and the lease keys.
+    #[inline]
     pub(crate) fn fields(&self, layer_lease_key: &KeyKind) -> KeyFields {
-        if self.uses_layer_lease_key { self.fields.union(layer_lease_key.fields()) } else { self.fields }
+        let (in_flight, websocket) = self.lease_keys(layer_lease_key);
+        [in_flight, websocket].into_iter().flatten().fold(self.policy_fields, |f, k| f.union(k.fields()))
     }
 
     /// Counts this route's concurrency leases — in-flight requests, and WebSocket connections
@@ -190,7 +195,6 @@ impl<St: Store> Limits<St> {
     #[must_use]
     pub fn lease_key(mut self, key: KeyKind) -> Self {
         self.lease_key = Some(key);
-        self.refresh();
         self
     }
 

@@ -255,8 +255,8 @@ fn body_cost<'l, St: Store>(
     Ok((cost > 0).then(|| (policy, u32::try_from(cost).unwrap_or(u32::MAX))))
 }
 
-/// The limiters a route's leases come from, each with the key it counts by: the WebSocket limits'
-/// key, else the route's lease key, else the layer's.
+/// The limiters a route's leases come from, each with the key it counts by
+/// ([`Limits::lease_keys`]).
 type LeasePlan<'l, 'k> = (Option<(&'l ConcurrencyLimiter, Key<'k>)>, Option<(&'l WebSocketLimits, Key<'k>)>);
 
 fn lease_plan<'l, 'k, St: Store>(
@@ -264,9 +264,10 @@ fn lease_plan<'l, 'k, St: Store>(
     limits: &'l Limits<St>,
     keys: &RequestKeys<'k>,
 ) -> LeasePlan<'l, 'k> {
-    let route_key = limits.lease_key.as_ref().unwrap_or(&config.lease_key);
-    let in_flight = limits.in_flight.as_ref().map(|limiter| (limiter, lease_key(route_key, keys)));
-    let websocket = limits.websocket.as_ref().map(|ws| (ws, lease_key(ws.key.as_ref().unwrap_or(route_key), keys)));
+    let (in_flight_key, websocket_key) = limits.lease_keys(&config.lease_key);
+    let in_flight =
+        limits.in_flight.as_ref().zip(in_flight_key).map(|(limiter, kind)| (limiter, lease_key(kind, keys)));
+    let websocket = limits.websocket.as_ref().zip(websocket_key).map(|(ws, kind)| (ws, lease_key(kind, keys)));
     (in_flight, websocket)
 }
 

@@ -18,7 +18,7 @@ use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use tollgate::websocket::MessageLimits;
-use tollgate::{ConcurrencyLimiter, KeyKind, Limit, Policy};
+use tollgate::{ConcurrencyLimiter, HeaderOptions, KeyKind, Limit, Policy};
 use tollgate_tower::{LimitedUpgrade, LimitedWebSocket, Limits, RateLimitLayer, WebSocketLimits};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -29,39 +29,27 @@ fn app() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
 }
 
-fn tollgate(quota: &str) -> Result<Router, BoxError> {
+/// tollgate on a per-IP `quota`, with `headers` on its responses.
+fn tollgate(quota: &str, headers: HeaderOptions) -> Result<Router, BoxError> {
     let policy = Policy::builder("bench").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
-    Ok(app().layer(RateLimitLayer::new(policy).axum_body()))
-}
-
-/// The allow path without the rate-limit headers on allowed responses (tower_governor's default).
-fn tollgate_without_headers(quota: &str) -> Result<Router, BoxError> {
-    let policy = Policy::builder("bench").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
-    let headers = tollgate::HeaderOptions { x_ratelimit: false, ..Default::default() };
     Ok(app().layer(RateLimitLayer::new(policy).headers(headers).axum_body()))
 }
 
-/// tower_governor's allow path with its `x-ratelimit-limit`/`-remaining` headers on allowed
-/// responses (`use_headers`), like for like with tollgate's default.
-fn governor_with_headers() -> Result<Router, BoxError> {
-    let config = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
-        .use_headers()
-        .finish()
-        .ok_or("bad governor config")?;
-    Ok(app().layer(GovernorLayer::new(Arc::new(config))))
-}
-
-fn governor(allow: bool) -> Result<Router, BoxError> {
+/// tower_governor on its allow path (a quota nothing exceeds) or refusal path, with its
+/// `x-ratelimit-limit`/`-remaining` headers on allowed responses (`use_headers`) or without
+/// (its default).
+fn governor(allow: bool, headers: bool) -> Result<Router, BoxError> {
     let mut builder = GovernorConfigBuilder::default();
     if allow {
         builder.per_nanosecond(1).burst_size(u32::MAX);
     } else {
         builder.per_second(3600).burst_size(1);
     }
-    let config = builder.finish().ok_or("bad governor config")?;
-    Ok(app().layer(GovernorLayer::new(Arc::new(config))))
+    if headers {
+        let config = builder.use_headers().finish().ok_or("bad governor config")?;
+        return Ok(app().layer(GovernorLayer::new(Arc::new(config))));
+    }
+    Ok(app().layer(GovernorLayer::new(Arc::new(builder.finish().ok_or("bad governor config")?))))
 }
 
 async fn serve(port: u16, app: Router) -> Result<(), BoxError> {
@@ -72,14 +60,17 @@ async fn serve(port: u16, app: Router) -> Result<(), BoxError> {
 
 async fn http(port: u16) -> Result<(), BoxError> {
     serve(port, app()).await?;
-    serve(port + 1, tollgate("1000000000/s")?).await?;
-    serve(port + 2, tollgate("1/h")?).await?;
-    serve(port + 3, governor(true)?).await?;
-    serve(port + 4, governor(false)?).await?;
+    let (headers, no_headers) = (HeaderOptions::default(), HeaderOptions { x_ratelimit: false, ..Default::default() });
+    serve(port + 1, tollgate("1000000000/s", headers)?).await?;
+    serve(port + 2, tollgate("1/h", headers)?).await?;
+    serve(port + 3, governor(true, false)?).await?;
+    serve(port + 4, governor(false, false)?).await?;
     // A layer that does nothing: what any tower layer costs through axum's `Router::layer`.
     serve(port + 5, app().layer(tower::util::MapRequestLayer::new(|r: axum::extract::Request| r))).await?;
-    serve(port + 6, tollgate_without_headers("1000000000/s")?).await?;
-    serve(port + 7, governor_with_headers()?).await?;
+    // The allow path without headers on allowed responses (tower_governor's default), and
+    // tower_governor with them, like for like with tollgate's default.
+    serve(port + 6, tollgate("1000000000/s", no_headers)?).await?;
+    serve(port + 7, governor(true, true)?).await?;
     println!("ready");
     std::future::pending::<()>().await;
     Ok(())
