@@ -2,7 +2,7 @@
 //! as a tower service bare, behind a no-op layer, with tollgate (as the README recommends for
 //! axum: `axum_body()`; also without rate-limit headers, and with its own body types) and with
 //! tower_governor (its default, and with `use_headers()`), on the allow path and the refusal
-//! path, in one run.
+//! path, each inside the router (`Router::layer`) and around it, in one run.
 //!
 //! Run with: `cargo bench -p tollgate-tower --bench middleware`: criterion's timings, then the
 //! heap allocations per request of each case, counted over 1000 requests.
@@ -13,7 +13,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::alloc::System;
-
+use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,14 +23,14 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
-use axum::routing::{RouterIntoService, get};
+use axum::routing::get;
 use criterion::Criterion;
 use http::{Request, StatusCode};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::runtime::Runtime;
 use tollgate::{HeaderOptions, KeyKind, Limit, Policy};
 use tollgate_tower::RateLimitLayer;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 
@@ -51,39 +51,74 @@ fn per_ip(quota: &str) -> Policy {
     Policy::builder("api").limit(Limit::new("per_ip", quota.parse().unwrap()).key(KeyKind::ip())).build().unwrap()
 }
 
-/// Every case: its name, the router, and the status each request gets.
-fn cases() -> Vec<(&'static str, Router, StatusCode)> {
-    let (allow, refuse) = ("1000000000/s", "1/h");
-    let no_headers = HeaderOptions { x_ratelimit: false, ..HeaderOptions::default() };
-    let governor = |allow: bool, headers: bool| {
+/// A quota nothing in the bench exceeds (a request takes far longer than a nanosecond), with a
+/// burst of a realistic size, so that the headers carry numbers of a realistic size too.
+const ALLOW: &str = "1000000000/s burst 100";
+/// A quota every request after the first exceeds.
+const REFUSE: &str = "1/h";
+
+/// tower_governor's layer on the allow path (the same quota as [`ALLOW`]) or the refusal path;
+/// `headers` adds its rate-limit headers (`use_headers`, which changes the layer's type). A macro:
+/// its layer's type names a type tower_governor does not export.
+macro_rules! governor {
+    (@builder $allow:expr) => {{
         let mut builder = GovernorConfigBuilder::default();
-        if allow {
-            builder.per_nanosecond(1).burst_size(1_000_000_000);
+        if $allow {
+            builder.per_nanosecond(1).burst_size(100);
         } else {
             builder.per_second(3600).burst_size(1);
         }
-        if headers {
-            app().layer(GovernorLayer::new(Arc::new(builder.use_headers().finish().unwrap())))
-        } else {
-            app().layer(GovernorLayer::new(Arc::new(builder.finish().unwrap())))
-        }
+        builder
+    }};
+    ($allow:expr) => {
+        GovernorLayer::new(Arc::new(governor!(@builder $allow).finish().unwrap()))
     };
+    ($allow:expr, headers) => {
+        GovernorLayer::new(Arc::new(governor!(@builder $allow).use_headers().finish().unwrap()))
+    };
+}
+
+/// What runs each case: a service called as a router would be, and the status it answers.
+trait Runner {
+    fn run<S>(&mut self, name: &str, svc: S, status: StatusCode)
+    where
+        S: Service<Request<Body>, Response = Response, Error = Infallible>;
+}
+
+/// Every case, in two placements: the middleware inside the router (`Router::layer`, as most
+/// axum apps add layers: axum boxes each layered route again) and around it (`layer.layer(router)`,
+/// before routing, as `axum::serve` can serve any service).
+fn cases(r: &mut impl Runner) {
+    let no_headers = HeaderOptions { x_ratelimit: false, ..HeaderOptions::default() };
     let (ok, too_many) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
-    vec![
-        ("bare", app(), ok),
-        ("no-op_layer", app().layer(tower::util::MapRequestLayer::new(|r: Request<Body>| r)), ok),
-        ("tollgate", app().layer(RateLimitLayer::new(per_ip(allow)).axum_body()), ok),
-        ("tollgate_no_headers", app().layer(RateLimitLayer::new(per_ip(allow)).headers(no_headers).axum_body()), ok),
-        ("tollgate_wrapped_bodies", app().layer(RateLimitLayer::new(per_ip(allow))), ok),
-        ("tower_governor", governor(true, false), ok),
-        ("tower_governor_headers", governor(true, true), ok),
-        ("tollgate_refusal", app().layer(RateLimitLayer::new(per_ip(refuse)).axum_body()), too_many),
-        ("tower_governor_refusal", governor(false, false), too_many),
-    ]
+    let noop = || tower::util::MapRequestLayer::new(|r: Request<Body>| r);
+    let tollgate = |quota, headers| RateLimitLayer::new(per_ip(quota)).headers(headers).axum_body();
+    let on = HeaderOptions::default();
+    // Inside the router.
+    r.run("bare", app().into_service(), ok);
+    r.run("no-op_layer", app().layer(noop()).into_service(), ok);
+    r.run("tollgate", app().layer(tollgate(ALLOW, on)).into_service(), ok);
+    r.run("tollgate_no_headers", app().layer(tollgate(ALLOW, no_headers)).into_service(), ok);
+    r.run("tollgate_wrapped_bodies", app().layer(RateLimitLayer::new(per_ip(ALLOW))).into_service(), ok);
+    r.run("tower_governor", app().layer(governor!(true)).into_service(), ok);
+    r.run("tower_governor_headers", app().layer(governor!(true, headers)).into_service(), ok);
+    r.run("tollgate_refusal", app().layer(tollgate(REFUSE, on)).into_service(), too_many);
+    r.run("tower_governor_refusal", app().layer(governor!(false)).into_service(), too_many);
+    // Around the router.
+    r.run("around/no-op_layer", noop().layer(app().into_service()), ok);
+    r.run("around/tollgate", tollgate(ALLOW, on).layer(app().into_service()), ok);
+    r.run("around/tollgate_no_headers", tollgate(ALLOW, no_headers).layer(app().into_service()), ok);
+    r.run("around/tower_governor", governor!(true).layer(app().into_service()), ok);
+    r.run("around/tower_governor_headers", governor!(true, headers).layer(app().into_service()), ok);
+    r.run("around/tollgate_refusal", tollgate(REFUSE, on).layer(app().into_service()), too_many);
+    r.run("around/tower_governor_refusal", governor!(false).layer(app().into_service()), too_many);
 }
 
 /// One request through the service, its status checked.
-fn one(rt: &Runtime, svc: &mut RouterIntoService<Body>, status: StatusCode) -> Response {
+fn one<S>(rt: &Runtime, svc: &mut S, status: StatusCode) -> Response
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
     rt.block_on(async {
         let res = svc.ready().await.unwrap().call(request()).await.unwrap();
         assert_eq!(res.status(), status);
@@ -93,7 +128,10 @@ fn one(rt: &Runtime, svc: &mut RouterIntoService<Body>, status: StatusCode) -> R
 
 /// `n` requests: what callgrind counts (`scripts/instructions.sh`).
 #[inline(never)]
-fn measured(rt: &Runtime, svc: &mut RouterIntoService<Body>, status: StatusCode, n: usize) {
+fn measured<S>(rt: &Runtime, svc: &mut S, status: StatusCode, n: usize)
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
     for _ in 0..n {
         drop(one(rt, svc, status));
     }
@@ -104,41 +142,77 @@ fn runtime() -> Runtime {
 }
 
 /// The first requests of a refusal case are allowed (the burst): spend them first.
-fn warm_up(rt: &Runtime, svc: &mut RouterIntoService<Body>) {
+fn warm_up<S>(rt: &Runtime, svc: &mut S)
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
     for _ in 0..100 {
         drop(rt.block_on(async { svc.ready().await.unwrap().call(request()).await.unwrap() }));
     }
 }
 
-fn main() {
-    if let Ok(name) = std::env::var("COUNT_CASE") {
-        let n = std::env::var("COUNT_REQUESTS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
-        let (_, router, status) = cases().into_iter().find(|(case, ..)| *case == name).expect("no such case");
+/// `COUNT_CASE`: only `n` requests to that case, in `measured`, and its allocations per request.
+struct Count {
+    case: String,
+    n: usize,
+    found: bool,
+}
+
+impl Runner for Count {
+    fn run<S>(&mut self, name: &str, mut svc: S, status: StatusCode)
+    where
+        S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    {
+        if name != self.case {
+            return;
+        }
+        self.found = true;
         let rt = runtime();
-        let mut svc = router.into_service::<Body>();
         warm_up(&rt, &mut svc);
         let region = Region::new(GLOBAL);
-        measured(&rt, &mut svc, status, n);
-        let allocations = region.change().allocations as f64 / n as f64;
+        measured(&rt, &mut svc, status, self.n);
+        let allocations = region.change().allocations as f64 / self.n as f64;
         eprintln!("{name}: {allocations:.1} heap allocations per request");
+    }
+}
+
+/// Criterion's timings of every case, and each one's allocations per request.
+struct Bench {
+    criterion: Criterion,
+    allocations: Vec<(String, f64)>,
+}
+
+impl Runner for Bench {
+    fn run<S>(&mut self, name: &str, mut svc: S, status: StatusCode)
+    where
+        S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    {
+        let rt = runtime();
+        warm_up(&rt, &mut svc);
+        self.criterion
+            .bench_function(&format!("middleware/{name}"), |b| b.iter(|| black_box(one(&rt, &mut svc, status))));
+        let region = Region::new(GLOBAL);
+        measured(&rt, &mut svc, status, 1000);
+        self.allocations.push((name.to_owned(), region.change().allocations as f64 / 1000.0));
+    }
+}
+
+fn main() {
+    if let Ok(case) = std::env::var("COUNT_CASE") {
+        let n = std::env::var("COUNT_REQUESTS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+        let mut count = Count { case, n, found: false };
+        cases(&mut count);
+        assert!(count.found, "no such case: {}", count.case);
         return;
     }
-    let mut c = Criterion::default()
+    let criterion = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let mut allocations = Vec::new();
-    for (name, router, status) in cases() {
-        let rt = runtime();
-        let mut svc = router.into_service::<Body>();
-        warm_up(&rt, &mut svc);
-        c.bench_function(&format!("middleware/{name}"), |b| b.iter(|| black_box(one(&rt, &mut svc, status))));
-        let region = Region::new(GLOBAL);
-        measured(&rt, &mut svc, status, 1000);
-        allocations.push((name, region.change().allocations as f64 / 1000.0));
-    }
-    c.final_summary();
-    for (name, per_request) in allocations {
+    let mut bench = Bench { criterion, allocations: Vec::new() };
+    cases(&mut bench);
+    bench.criterion.final_summary();
+    for (name, per_request) in bench.allocations {
         eprintln!("middleware/{name}: {per_request:.1} heap allocations per request");
     }
 }

@@ -59,6 +59,23 @@ pub struct LimitState {
     pub snapshot: Snapshot,
 }
 
+/// What the rate-limit headers of a response show of a [`Decision`]: the binding limit's name,
+/// quota and standing. Small and `Copy`, so that a middleware can keep it from the check until the
+/// response's headers are written ([`Decision::limit_headers`], [`HeaderOptions::render_limit`](crate::HeaderOptions::render_limit)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitHeaders {
+    /// The limit's name.
+    pub name: &'static str,
+    /// The quota applied to this key.
+    pub quota: Quota,
+    /// The capacity: the burst for GCRA, the amount for window algorithms.
+    pub limit: u64,
+    /// What is left now.
+    pub remaining: u64,
+    /// How long until the key is back to full capacity.
+    pub reset_after: Duration,
+}
+
 /// What a check concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -86,6 +103,18 @@ impl Decision {
         }
         let d = self.limit.as_ref().map_or(Duration::from_secs(1), |l| l.snapshot.retry_after);
         ceil_secs(d).max(1)
+    }
+
+    /// What the rate-limit headers show of this decision; `None` when no limit applied.
+    #[inline]
+    pub fn limit_headers(&self) -> Option<LimitHeaders> {
+        self.limit.as_ref().map(|l| LimitHeaders {
+            name: l.name,
+            quota: l.quota,
+            limit: l.snapshot.limit,
+            remaining: l.snapshot.remaining,
+            reset_after: l.snapshot.reset_after,
+        })
     }
 
     /// The status of a refusal: 503 when the store is unavailable, 403 for a deny-listed key, 400

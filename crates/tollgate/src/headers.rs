@@ -39,13 +39,14 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
-use crate::decision::{Decision, ceil_secs};
+use crate::decision::{Decision, LimitHeaders, ceil_secs};
 
 /// What `X-RateLimit-Reset` carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,25 +116,36 @@ static SMALL: [u8; 3000] = {
     table
 };
 
-/// `n` as a header value: borrowed from [`SMALL`] below 1000, else written into a per-thread
+/// The header values of 0..1000, made once from [`SMALL`]: cloning one copies a pointer (they
+/// borrow static bytes), where making it anew would check its bytes again.
+static SMALL_VALUES: LazyLock<Box<[HeaderValue]>> = LazyLock::new(|| {
+    (0..1000)
+        .map(|n: usize| {
+            let skip = if n >= 100 {
+                0
+            } else if n >= 10 {
+                1
+            } else {
+                2
+            };
+            let digits: &'static [u8] = &SMALL[3 * n + skip..3 * n + 3];
+            std::str::from_utf8(digits).map_or_else(|_| HeaderValue::from(n), HeaderValue::from_static)
+        })
+        .collect()
+});
+
+/// `n` as a header value: shared from [`SMALL_VALUES`] below 1000, else written into a per-thread
 /// arena and shared from it (http's `From<u64>` makes two allocations per value; the arena makes
 /// one per few hundred values, freed when the last response using it is dropped).
+#[inline]
 fn num(n: u64) -> HeaderValue {
-    if let Ok(small) = usize::try_from(n)
-        && small < 1000
-    {
-        let skip = if small >= 100 {
-            0
-        } else if small >= 10 {
-            1
-        } else {
-            2
-        };
-        let digits: &'static [u8] = &SMALL[3 * small + skip..3 * small + 3];
-        if let Ok(text) = std::str::from_utf8(digits) {
-            return HeaderValue::from_static(text);
-        }
+    if let Some(value) = usize::try_from(n).ok().and_then(|n| SMALL_VALUES.get(n)) {
+        return value.clone();
     }
+    large(n)
+}
+
+fn large(n: u64) -> HeaderValue {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(n).as_bytes();
     let bytes = ARENA.with_borrow_mut(|arena| {
@@ -182,10 +194,15 @@ thread_local! {
 /// [`num`] for a number that changes seldom from one response to the next — a limit's capacity or
 /// rate, and seconds (`Retry-After`, the reset), which change once a second: the last few such
 /// values of each thread are kept, so that most responses share one instead of writing their own.
+#[inline]
 fn constant(n: u64) -> HeaderValue {
     if n < 1000 {
         return num(n);
     }
+    cached(n)
+}
+
+fn cached(n: u64) -> HeaderValue {
     CONSTANTS.with_borrow_mut(|cache| {
         let slot = &mut cache[(n % 8) as usize];
         if slot.0 == n
@@ -227,22 +244,33 @@ impl HeaderOptions {
         self.render_with(decision, headers, || now);
     }
 
+    /// Writes the headers an allowed response carries (everything [`HeaderOptions::render`]
+    /// writes but `Retry-After`), from what a middleware kept of the decision.
+    #[inline]
+    pub fn render_limit(&self, limit: &LimitHeaders, headers: &mut HeaderMap) {
+        self.render_limit_with(limit, headers, SystemTime::now);
+    }
+
     /// Reads the clock only for [`ResetStyle::EpochSeconds`].
     fn render_with(&self, decision: &Decision, headers: &mut HeaderMap, now: impl FnOnce() -> SystemTime) {
         if !decision.allowed {
             headers.insert(RETRY_AFTER, constant(decision.retry_after_secs()));
         }
-        let Some(limit) = &decision.limit else { return };
-        let s = &limit.snapshot;
-        let reset = ceil_secs(s.reset_after);
+        if let Some(limit) = decision.limit_headers() {
+            self.render_limit_with(&limit, headers, now);
+        }
+    }
+
+    fn render_limit_with(&self, limit: &LimitHeaders, headers: &mut HeaderMap, now: impl FnOnce() -> SystemTime) {
+        let reset = ceil_secs(limit.reset_after);
         if self.x_ratelimit {
-            headers.insert(X_LIMIT, constant(s.limit));
-            headers.insert(X_REMAINING, num(s.remaining));
+            headers.insert(X_LIMIT, constant(limit.limit));
+            headers.insert(X_REMAINING, num(limit.remaining));
             let value = match self.reset {
                 ResetStyle::Seconds => reset,
                 ResetStyle::EpochSeconds => {
                     let now = now();
-                    let at = now.checked_add(s.reset_after).unwrap_or(now);
+                    let at = now.checked_add(limit.reset_after).unwrap_or(now);
                     ceil_secs(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
                 }
             };
@@ -254,7 +282,7 @@ impl HeaderOptions {
             let _ = write!(policy, ";q={};w={}", limit.quota.amount(), ceil_secs(limit.quota.period()).max(1));
             let mut state = String::with_capacity(48);
             sf_string(limit.name, &mut state);
-            let _ = write!(state, ";r={};t={}", s.remaining, reset);
+            let _ = write!(state, ";r={};t={}", limit.remaining, reset);
             if let Ok(v) = HeaderValue::try_from(policy) {
                 headers.insert(RATELIMIT_POLICY, v);
             }
@@ -268,7 +296,7 @@ impl HeaderOptions {
             headers.insert(SPRING_RATE, constant(u64::try_from(per_sec).unwrap_or(u64::MAX)));
             headers.insert(SPRING_BURST, constant(u64::from(q.burst().get())));
             headers.insert(SPRING_REQUESTED, num(1));
-            headers.insert(X_REMAINING, num(s.remaining));
+            headers.insert(X_REMAINING, num(limit.remaining));
         }
     }
 
@@ -418,6 +446,35 @@ mod tests {
             assert_eq!(ct, "application/json");
             assert_eq!(String::from_utf8(body).unwrap(), serde_json::to_string(&RefusalFields::of(d)).unwrap());
         }
+    }
+
+    #[test]
+    fn render_limit_writes_what_render_does_but_retry_after() {
+        let all = HeaderOptions { ietf: true, spring: true, ..HeaderOptions::default() };
+        let snapshot = crate::Snapshot {
+            allowed: false,
+            limit: 40,
+            remaining: 7,
+            reset_after: Duration::from_millis(2_500),
+            retry_after: Duration::from_secs(3),
+            ..crate::Snapshot::EMPTY
+        };
+        let quota: crate::Quota = "20/s burst 40".parse().unwrap();
+        let decision = Decision {
+            allowed: false,
+            reason: crate::Reason::RateLimited,
+            policy: "api",
+            limit: Some(crate::LimitState { name: "per_ip", quota, snapshot }),
+            wait: Duration::ZERO,
+            dry_run_refused: false,
+        };
+        let (mut full, mut kept) = (HeaderMap::new(), HeaderMap::new());
+        all.render(&decision, &mut full);
+        all.render_limit(&decision.limit_headers().unwrap(), &mut kept);
+        assert_eq!(full.remove(RETRY_AFTER).unwrap(), "3");
+        assert_eq!(full, kept);
+        assert_eq!(kept["x-ratelimit-remaining"], "7");
+        assert_eq!(kept["ratelimit"], "\"per_ip\";r=7;t=3");
     }
 
     #[test]

@@ -727,7 +727,7 @@ impl<S: Store> Policy<S> {
     }
 
     /// The decision from the store's answer.
-    #[inline]
+    #[inline(always)]
     fn conclude(
         &self,
         result: Result<bool, StoreError>,

@@ -14,7 +14,7 @@ use tower::Service;
 
 use super::bodies::{RequestBodies, ResponseBodies, Wrapped};
 use super::layer::plain_error;
-use super::service::{Extra, Prepared};
+use super::service::{Extra, Leases, Prepared};
 
 /// Checks still running (a remote store, or the delay action's wait).
 pub(crate) type BoxPrepare<B> = Pin<Box<dyn Future<Output = Prepared<B>> + Send>>;
@@ -108,10 +108,12 @@ where
 /// Adds the decision's headers and moves the lease into the body.
 fn finish<M: ResponseBodies<B>, B>(mut response: Response<B>, extra: Option<Extra>) -> Response<M::Response> {
     let Some(extra) = extra else { return response.map(|b| M::response(b, None)) };
-    if let Some(decision) = &extra.decision {
-        extra.headers.render(decision, response.headers_mut());
+    if let Some(limit) = &extra.limit {
+        extra.headers.render_limit(limit, response.headers_mut());
     }
-    if let Some(upgrade) = &extra.upgrade
+    let Some(leases) = extra.leases else { return response.map(|b| M::response(b, None)) };
+    let Leases { lease, upgrade } = *leases;
+    if let Some(upgrade) = &upgrade
         && upgrade.release_untaken()
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
@@ -120,6 +122,5 @@ fn finish<M: ResponseBodies<B>, B>(mut response: Response<B>, extra: Option<Extr
              (use `LimitedUpgrade` or `UpgradeLease::take`); the connection is not counted"
         );
     }
-    let lease = extra.lease;
     response.map(|b| M::response(b, lease))
 }

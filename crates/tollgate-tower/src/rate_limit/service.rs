@@ -11,8 +11,8 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::Full;
 use tollgate::{
-    ConcurrencyLimiter, ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, MemoryStore, Policy,
-    RequestKeys, Store, StoreError,
+    ConcurrencyLimiter, ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, LimitHeaders, MemoryStore,
+    Policy, RequestKeys, Store, StoreError,
 };
 use tower::Service;
 
@@ -75,18 +75,40 @@ pub(crate) enum Prepared<B> {
     Refuse(Response<Full<Bytes>>),
 }
 
-/// What the response needs from the checks.
+/// What the response needs from the checks. Kept small (it is moved with the response future on
+/// every request): the headers' numbers rather than the whole [`Decision`], the leases boxed, as
+/// only routes with concurrency limits have them.
 pub(crate) struct Extra {
-    pub(crate) decision: Option<Decision>,
+    pub(crate) limit: Option<LimitHeaders>,
     pub(crate) headers: HeaderOptions,
+    pub(crate) leases: Option<Box<Leases>>,
+}
+
+/// The concurrency leases a request holds: the in-flight lease, which the response body takes
+/// over, and a WebSocket connection lease, which the upgraded socket takes over.
+pub(crate) struct Leases {
     pub(crate) lease: Option<ConnectionLease>,
     pub(crate) upgrade: Option<UpgradeLease>,
 }
 
-impl Extra {
-    fn wait(&self) -> Duration {
-        self.decision.as_ref().map_or(Duration::ZERO, |d| d.wait)
+impl Leases {
+    #[inline]
+    fn boxed(lease: Option<ConnectionLease>, upgrade: Option<UpgradeLease>) -> Option<Box<Self>> {
+        (lease.is_some() || upgrade.is_some()).then(|| Box::new(Leases { lease, upgrade }))
     }
+
+    #[inline]
+    fn upgrade(leases: &Option<Box<Self>>) -> Option<&UpgradeLease> {
+        leases.as_ref().and_then(|l| l.upgrade.as_ref())
+    }
+}
+
+/// What an allowed decision leaves for the response: how long to wait first (the delay action),
+/// and its headers.
+#[derive(Clone, Copy, Default)]
+struct Allowed {
+    wait: Duration,
+    limit: Option<LimitHeaders>,
 }
 
 impl<S, St, M, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St, M>
@@ -127,15 +149,14 @@ where
             return ResponseFuture::preparing(prep, self.take_ready_inner());
         }
         // The stores decide at once: check inside `call`, with nothing boxed.
-        let extra = match check_now(&self.config, limits, &request) {
-            Ok(extra) => extra,
+        let (extra, wait) = match check_now(&self.config, limits, &request) {
+            Ok(checked) => checked,
             Err(refusal) => return ResponseFuture::refused(*refusal),
         };
-        if let Some(upgrade) = &extra.upgrade {
+        if let Some(upgrade) = Leases::upgrade(&extra.leases) {
             request.extensions_mut().insert(upgrade.clone());
         }
         let request = request.map(|body| M::request(body, limits.max_body));
-        let wait = extra.wait();
         if wait.is_zero() {
             return ResponseFuture::inner(self.inner.call(request), extra);
         }
@@ -157,19 +178,25 @@ impl<S: Clone, St: Store, M> RateLimit<S, St, M> {
 }
 
 /// Every check of the request's limits, in order — request policy, body size, body bytes,
-/// concurrency leases — on stores that decide at once.
-fn check_now<St: Store, B>(config: &Config<St>, limits: &Limits<St>, request: &Request<B>) -> Result<Extra, Refusal> {
+/// concurrency leases — on stores that decide at once: what the response needs, and how long to
+/// wait before calling the inner service.
+fn check_now<St: Store, B>(
+    config: &Config<St>,
+    limits: &Limits<St>,
+    request: &Request<B>,
+) -> Result<(Extra, Duration), Refusal> {
     let keys = config.keys.keys_for(request, limits.fields(&config.lease_key));
-    let mut decision = None;
+    let mut allowed = None;
     if let Some(policy) = &limits.policy {
-        decision = Some(verdict(config, policy.try_check_now(&keys, 1).unwrap_or_else(not_at_once))?);
+        allowed = Some(verdict(config, policy.try_check_now(&keys, 1))?);
     }
     if let Some((policy, cost)) = body_cost(config, limits, request.headers())? {
-        let d = bytes_verdict(config, policy.try_check_now(&keys, cost).unwrap_or_else(not_at_once))?;
-        decision.get_or_insert(d);
+        let bytes = bytes_verdict(config, policy.try_check_now(&keys, cost))?;
+        allowed = Some(both(allowed, bytes));
     }
     let (lease, upgrade) = leases(config, limits, &keys)?;
-    Ok(Extra { decision, headers: config.headers, lease, upgrade })
+    let Allowed { wait, limit } = allowed.unwrap_or_default();
+    Ok((Extra { limit, headers: config.headers, leases: Leases::boxed(lease, upgrade) }, wait))
 }
 
 /// [`check_now`] for stores with I/O.
@@ -179,51 +206,61 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
     let (mut parts, body) = request.into_parts();
     let checked = async {
         let keys = config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key));
-        let mut decision = None;
+        let mut allowed = None;
         if let Some(policy) = &limits.policy {
-            decision = Some(verdict(config, policy.check(&keys, 1).await)?);
+            allowed = Some(verdict(config, Some(policy.check(&keys, 1).await))?);
         }
         if let Some((policy, cost)) = body_cost(config, limits, &parts.headers)? {
-            let d = bytes_verdict(config, policy.check(&keys, cost).await)?;
-            decision.get_or_insert(d);
+            let bytes = bytes_verdict(config, Some(policy.check(&keys, cost).await))?;
+            allowed = Some(both(allowed, bytes));
         }
         let (lease, upgrade) = acquire_leases(config, limits, &keys).await?;
-        Ok::<_, Refusal>(Extra { decision, headers: config.headers, lease, upgrade })
+        let Allowed { wait, limit } = allowed.unwrap_or_default();
+        Ok::<_, Refusal>((Extra { limit, headers: config.headers, leases: Leases::boxed(lease, upgrade) }, wait))
     };
     match checked.await {
-        Ok(extra) => {
-            if let Some(upgrade) = &extra.upgrade {
+        Ok((extra, wait)) => {
+            if let Some(upgrade) = Leases::upgrade(&extra.leases) {
                 parts.extensions.insert(upgrade.clone());
             }
-            let wait = extra.wait();
             Prepared::Go { request: Request::from_parts(parts, M::request(body, limits.max_body)), extra, wait }
         }
         Err(refusal) => Prepared::Refuse(*refusal),
     }
 }
 
-/// A refusal on its way out of the checks, boxed so that the allow path moves a small `Result`.
-type Refusal = Box<Response<Full<Bytes>>>;
-
-/// A store that said it decides at once and then did not: a broken `Store` implementation.
-fn not_at_once() -> Result<Decision, Error> {
-    Err(Error::Store(StoreError::Protocol("the store stopped deciding at once".into())))
-}
-
-/// The request policy's decision, or its refusal.
-fn verdict<St: Store>(config: &Config<St>, result: Result<Decision, Error>) -> Result<Decision, Refusal> {
-    match result {
-        Ok(d) if d.allowed => Ok(d),
-        Ok(d) => Err(Box::new(config.refusal(&d, d.status()))),
-        Err(err) => Err(Box::new(internal(config, &err))),
+/// The request policy's and the body-bytes policy's decisions together: the headers of the
+/// request policy when there is one, and the longer wait.
+fn both(request: Option<Allowed>, bytes: Allowed) -> Allowed {
+    match request {
+        Some(r) => Allowed { wait: r.wait.max(bytes.wait), limit: r.limit },
+        None => bytes,
     }
 }
 
-/// The body-bytes policy's decision, or its refusal (413 for a body larger than the byte limit
-/// can ever admit at once).
-fn bytes_verdict<St: Store>(config: &Config<St>, result: Result<Decision, Error>) -> Result<Decision, Refusal> {
+/// A refusal on its way out of the checks, boxed so that the allow path moves a small `Result`.
+type Refusal = Box<Response<Full<Bytes>>>;
+
+/// What an allowed decision leaves for the response, or its refusal. `None` is a store that said
+/// it decides at once and then did not: a broken `Store` implementation.
+#[inline]
+fn verdict<St: Store>(config: &Config<St>, result: Option<Result<Decision, Error>>) -> Result<Allowed, Refusal> {
     match result {
-        Err(Error::InvalidCost { capacity, .. }) => {
+        Some(Ok(d)) if d.allowed => Ok(Allowed { wait: d.wait, limit: d.limit_headers() }),
+        Some(Ok(d)) => Err(Box::new(config.refusal(&d, d.status()))),
+        Some(Err(err)) => Err(Box::new(internal(config, &err))),
+        None => {
+            let err = Error::Store(StoreError::Protocol("the store stopped deciding at once".into()));
+            Err(Box::new(internal(config, &err)))
+        }
+    }
+}
+
+/// [`verdict`] for the body-bytes policy (413 for a body larger than the byte limit can ever
+/// admit at once).
+fn bytes_verdict<St: Store>(config: &Config<St>, result: Option<Result<Decision, Error>>) -> Result<Allowed, Refusal> {
+    match result {
+        Some(Err(Error::InvalidCost { capacity, .. })) => {
             Err(Box::new(config.error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(capacity))))
         }
         other => verdict(config, other),
