@@ -47,13 +47,15 @@ rps() { # url -> requests per second
 }
 status() { curl -s -o /dev/null "$1"; curl -s -o /dev/null -w '%{http_code}' "$1"; }
 
-echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/) governor $(status http://127.0.0.1:$((PORT+4))/)"
+echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/) governor $(status http://127.0.0.1:$((PORT+4))/)" \
+  "(around the router: $(status http://127.0.0.1:$((PORT+12))/) $(status http://127.0.0.1:$((PORT+13))/))"
 # Each round runs every server once, between two runs of the bare server, and each server's
 # figure for the round is its requests/s over the mean of those two: a ratio taken within
 # seconds, so that the shared machine's slow drifts cancel. Reported: the median ratio over the
 # rounds, with the lowest and highest, and the median requests/s.
-names=(noop tg_allow tg_no_headers gov_allow gov_headers tg_refuse gov_refuse)
-offsets=(5 1 6 3 7 2 4)
+names=(noop tg_allow tg_no_headers gov_allow gov_headers tg_refuse gov_refuse
+  around_tg_allow around_tg_no_headers around_gov_allow around_gov_headers around_tg_refuse around_gov_refuse)
+offsets=(5 1 6 3 7 2 4 8 9 10 11 12 13)
 OUT=$(mktemp -d)
 for _ in $(seq 1 "$ROUNDS"); do
   before=$(rps "http://127.0.0.1:$PORT/")
@@ -78,6 +80,7 @@ row() { # label name
 ratio() { awk -v a="$(median "$OUT/$1.ratio")" -v b="$(median "$OUT/$2.ratio")" 'BEGIN { printf "%.3f", a / b }'; }
 echo "wrk -c$CONNECTIONS -d$DURATION, $SETUP, $ROUNDS rounds; median requests/s, median ratio to bare (lowest-highest):"
 printf "  %-50s %8.0f\n" "bare" "$(median "$OUT/bare.rps")"
+echo " inside the router (Router::layer):"
 row "no-op tower layer" noop
 row "tollgate, allow path" tg_allow
 row "tollgate, allow, no headers on allowed responses" tg_no_headers
@@ -88,6 +91,16 @@ row "tower_governor, refusal path" gov_refuse
 echo "  tollgate / tower_governor: allow $(ratio tg_allow gov_allow), allow with headers on both" \
   "$(ratio tg_allow gov_headers), allow with headers off on both $(ratio tg_no_headers gov_allow)," \
   "refusal $(ratio tg_refuse gov_refuse)"
+echo " around the router (layer.layer(router), before routing):"
+row "tollgate, allow path" around_tg_allow
+row "tollgate, allow, no headers on allowed responses" around_tg_no_headers
+row "tower_governor, allow (no headers, its default)" around_gov_allow
+row "tower_governor, allow, use_headers()" around_gov_headers
+row "tollgate, refusal path" around_tg_refuse
+row "tower_governor, refusal path" around_gov_refuse
+echo "  tollgate / tower_governor: allow $(ratio around_tg_allow around_gov_allow), allow with headers on both" \
+  "$(ratio around_tg_allow around_gov_headers), allow with headers off on both" \
+  "$(ratio around_tg_no_headers around_gov_allow), refusal $(ratio around_tg_refuse around_gov_refuse)"
 rm -r "$OUT"
 kill "$SERVER" 2>/dev/null || true
 

@@ -10,12 +10,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use common::{get_ok, send, serve};
+use common::{get_ok, send, serve, serve_service};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Full, StreamBody};
 use tollgate::{ClientIpResolver, ConcurrencyLimiter, KeyKind, Limit, OnExceed, Policy};
 use tollgate_tower::{Limits, RateLimitLayer};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 fn per_ip(quota: &str) -> Policy {
     Policy::builder("per_ip").limit(Limit::new("per_ip", quota.parse().unwrap()).key(KeyKind::ip())).build().unwrap()
@@ -310,6 +310,31 @@ async fn route_layer_limits_only_the_routes_it_wraps_and_sees_the_matched_path()
         assert!(free.headers.get("x-ratelimit-limit").is_none(), "routes added after route_layer are not limited");
     }
     assert_eq!(get_ok(addr, "/nope").await.status, StatusCode::NOT_FOUND, "route_layer does not touch the fallback");
+}
+
+#[tokio::test]
+async fn around_the_router_route_limits_match_the_uri_against_their_patterns() {
+    let layer = RateLimitLayer::new(per_ip("100/min"))
+        .route("/items/{id}", Limits::new().policy(per_ip("1/min")))
+        .route_methods("/files/{*path}", [http::Method::GET], Limits::new().policy(per_ip("2/min")))
+        .axum_body();
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route("/files/{*path}", get(|| async { "file" }))
+        .route("/hello", get(|| async { "hello" }));
+    let addr = serve_service(layer.layer(app)).await;
+    let item = get_ok(addr, "/items/1").await;
+    assert_eq!((item.status, item.header("x-ratelimit-limit")), (StatusCode::OK, "1"));
+    // Another id is the same route pattern: one quota for `/items/{id}`.
+    let refused = get_ok(addr, "/items/2").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let file = get_ok(addr, "/files/a/b.txt").await;
+    assert_eq!((file.status, file.header("x-ratelimit-limit")), (StatusCode::OK, "2"));
+    let hello = get_ok(addr, "/hello").await;
+    assert_eq!((hello.status, hello.header("x-ratelimit-limit")), (StatusCode::OK, "100"));
+    // Before routing, a path no route serves is limited by the default limits too.
+    let unknown = get_ok(addr, "/nope").await;
+    assert_eq!((unknown.status, unknown.header("x-ratelimit-limit")), (StatusCode::NOT_FOUND, "100"));
 }
 
 #[tokio::test]

@@ -217,6 +217,9 @@ pub struct RateLimitLayer<St: Store = MemoryStore, M = Wrapped> {
 pub(crate) struct Config<St: Store> {
     pub(crate) default: Limits<St>,
     pub(crate) routes: Vec<RouteEntry<St>>,
+    /// The routes' patterns, each mapped to itself: which one a URI's path matches where no
+    /// router says (the layer around a `Router`, before routing; plain hyper).
+    pub(crate) patterns: matchit::Router<Box<str>>,
     pub(crate) keys: KeyExtractor,
     pub(crate) lease_key: KeyKind,
     pub(crate) headers: HeaderOptions,
@@ -250,6 +253,7 @@ impl<St: Store> Clone for Config<St> {
         Self {
             default: self.default.clone(),
             routes: self.routes.clone(),
+            patterns: self.patterns.clone(),
             keys: self.keys.clone(),
             lease_key: self.lease_key.clone(),
             headers: self.headers,
@@ -290,6 +294,7 @@ impl<St: Store> RateLimitLayer<St> {
             config: Arc::new(Config {
                 default: limits,
                 routes: Vec::new(),
+                patterns: matchit::Router::new(),
                 keys: KeyExtractor::new(),
                 lease_key: KeyKind::ip(),
                 headers: HeaderOptions::default(),
@@ -327,8 +332,29 @@ impl<St: Store, M> RateLimitLayer<St, M> {
         self
     }
 
-    /// Applies `limits` instead of the default ones to the route `path` — axum's matched path
-    /// (`/users/{id}`) with the `axum` feature, else a [`crate::RouteName`] or the URI's path.
+    /// Applies `limits` instead of the default ones to the route `path`, a pattern in axum's syntax
+    /// (`/users/{id}`, `/assets/{*rest}`). A request is on the route when axum's matched path (the
+    /// layer inside a `Router`, feature `axum`) or a [`crate::RouteName`] is `path`, or else when
+    /// its URI's path matches `path` (the layer around a `Router`, or without axum).
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use tollgate::{KeyKind, Limit, Policy};
+    /// use tollgate_tower::{Limits, RateLimitLayer};
+    /// use tower::Layer;
+    ///
+    /// let per_ip = |quota: &str| -> Result<Policy, Box<dyn std::error::Error>> {
+    ///     Ok(Policy::builder("api").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?)
+    /// };
+    /// let layer = RateLimitLayer::new(per_ip("100/s")?)
+    ///     .route("/users/{id}", Limits::new().policy(per_ip("5/s")?))
+    ///     .axum_body();
+    /// let app = Router::new().route("/users/{id}", get(|| async { "user" }));
+    /// // Around the router: `/users/7` is matched against `/users/{id}` before routing.
+    /// let service = layer.layer(app);
+    /// # let _ = service;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn route(self, path: &str, limits: Limits<St>) -> Self {
         self.route_methods(path, [], limits)
@@ -338,7 +364,16 @@ impl<St: Store, M> RateLimitLayer<St, M> {
     #[must_use]
     pub fn route_methods(self, path: &str, methods: impl IntoIterator<Item = Method>, limits: Limits<St>) -> Self {
         let entry = RouteEntry { path: path.into(), methods: methods.into_iter().collect(), limits };
-        self.edit(|c| c.routes.push(entry))
+        self.edit(|c| {
+            // A pattern seen before (the same route, other methods) is already there; one matchit
+            // rejects (it conflicts with another) still matches by the router's matched path.
+            if let Err(err) = c.patterns.insert(path, path.into())
+                && !c.routes.iter().any(|r| *r.path == *path)
+            {
+                tracing::warn!(route = path, error = %err, "tollgate: this route matches only axum's matched path");
+            }
+            c.routes.push(entry);
+        })
     }
 
     /// How keys are taken from requests.
@@ -392,7 +427,9 @@ impl<St: Store> Config<St> {
         if self.routes.is_empty() {
             return &self.default;
         }
-        let path = route(request.extensions()).unwrap_or_else(|| request.uri().path());
+        let uri = request.uri().path();
+        let path =
+            route(request.extensions()).or_else(|| self.patterns.at(uri).ok().map(|m| &**m.value)).unwrap_or(uri);
         let method = request.method();
         self.routes
             .iter()

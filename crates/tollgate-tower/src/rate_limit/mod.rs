@@ -12,6 +12,15 @@
 //! The in-memory store decides inline, with nothing boxed on the allow path; a remote store's
 //! check runs in a boxed future.
 //!
+//! In axum, the layer can go inside the router or around it:
+//! - `Router::layer` / `route_layer` runs it after routing: it sees axum's matched path (for
+//!   [`KeyKind::Route`](tollgate::KeyKind::Route) keys), and axum boxes each layered route once
+//!   more, which costs any layer about a thousand instructions and three allocations per request.
+//! - Around the router, `layer.layer(router)` served with `axum::ServiceExt::into_make_service_with_connect_info`,
+//!   runs it before routing: none of that cost, requests for paths no route serves are limited
+//!   too, and [`RateLimitLayer::route`] patterns are matched against the URI's path by the layer.
+//!
+//!
 //! ```
 //! use std::net::SocketAddr;
 //! use http::{Request, Response, StatusCode};

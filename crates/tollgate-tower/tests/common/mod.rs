@@ -1,6 +1,7 @@
 //! Test helpers: a server on a loopback port and a small HTTP/1 client.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,14 +11,26 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tower::Service;
 
 /// Serves `app` on 127.0.0.1:0 with `ConnectInfo`; returns its address.
 pub async fn serve(app: Router) -> SocketAddr {
+    serve_service(app).await
+}
+
+/// [`serve`] for any service, such as a middleware around a whole router.
+pub async fn serve_service<S>(service: S) -> SocketAddr
+where
+    S: Service<axum::extract::Request, Response = axum::response::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-    });
+    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(service);
+    tokio::spawn(async move { axum::serve(listener, make).await.unwrap() });
     addr
 }
 

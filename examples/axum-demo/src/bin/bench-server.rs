@@ -1,25 +1,30 @@
-//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app eight ways
-//! on PORT..PORT+7 (bare; tollgate allow; tollgate refuse; tower_governor allow; tower_governor
-//! refuse; a no-op layer; tollgate allow without rate-limit headers; tower_governor allow with its
-//! rate-limit headers). `bench-server ws` measures WebSocket messages per second through a bare
-//! and a wrapped socket and prints both. Driven by `bench.sh`.
+//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app fourteen
+//! ways on PORT..PORT+13: bare; then, with each middleware inside the router (`Router::layer`),
+//! tollgate allow, tollgate refuse, tower_governor allow, tower_governor refuse, a no-op layer,
+//! tollgate allow without rate-limit headers, tower_governor allow with its rate-limit headers;
+//! then, with the middleware around the router (before routing), tollgate allow, tollgate allow
+//! without headers, tower_governor allow, tower_governor allow with headers, tollgate refuse,
+//! tower_governor refuse. `bench-server ws` measures WebSocket messages per second through a
+//! bare and a wrapped socket and prints both. Driven by `bench.sh`.
 
 // A console tool.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::WebSocketUpgrade;
 use axum::extract::ws::Message;
+use axum::extract::{Request, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use tollgate::websocket::MessageLimits;
-use tollgate::{ConcurrencyLimiter, HeaderOptions, KeyKind, Limit, Policy};
-use tollgate_tower::{LimitedUpgrade, LimitedWebSocket, Limits, RateLimitLayer, WebSocketLimits};
+use tollgate::{ConcurrencyLimiter, HeaderOptions, KeyKind, Limit, MemoryStore, Policy};
+use tollgate_tower::{AxumBody, LimitedUpgrade, LimitedWebSocket, Limits, RateLimitLayer, WebSocketLimits};
+use tower::{Layer, Service};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 
@@ -29,27 +34,38 @@ fn app() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
 }
 
+/// A quota nothing in the bench exceeds (a request takes far longer than a nanosecond), with a
+/// burst of a realistic size, so that the headers carry numbers of a realistic size too.
+const ALLOW: &str = "1000000000/s burst 100";
+/// A quota every request after the first exceeds.
+const REFUSE: &str = "1/h";
+
 /// tollgate on a per-IP `quota`, with `headers` on its responses.
-fn tollgate(quota: &str, headers: HeaderOptions) -> Result<Router, BoxError> {
+fn tollgate(quota: &str, headers: HeaderOptions) -> Result<RateLimitLayer<MemoryStore, AxumBody>, BoxError> {
     let policy = Policy::builder("bench").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
-    Ok(app().layer(RateLimitLayer::new(policy).headers(headers).axum_body()))
+    Ok(RateLimitLayer::new(policy).headers(headers).axum_body())
 }
 
-/// tower_governor on its allow path (a quota nothing exceeds) or refusal path, with its
-/// `x-ratelimit-limit`/`-remaining` headers on allowed responses (`use_headers`) or without
-/// (its default).
-fn governor(allow: bool, headers: bool) -> Result<Router, BoxError> {
-    let mut builder = GovernorConfigBuilder::default();
-    if allow {
-        builder.per_nanosecond(1).burst_size(u32::MAX);
-    } else {
-        builder.per_second(3600).burst_size(1);
-    }
-    if headers {
-        let config = builder.use_headers().finish().ok_or("bad governor config")?;
-        return Ok(app().layer(GovernorLayer::new(Arc::new(config))));
-    }
-    Ok(app().layer(GovernorLayer::new(Arc::new(builder.finish().ok_or("bad governor config")?))))
+/// tower_governor's layer on its allow path (the same quota as [`ALLOW`]) or refusal path;
+/// `headers` adds its `x-ratelimit-limit`/`-remaining` headers on allowed responses
+/// (`use_headers`, which changes the layer's type). A macro: the layer's type names a type
+/// tower_governor does not export.
+macro_rules! governor {
+    (@builder $allow:expr) => {{
+        let mut builder = GovernorConfigBuilder::default();
+        if $allow {
+            builder.per_nanosecond(1).burst_size(100);
+        } else {
+            builder.per_second(3600).burst_size(1);
+        }
+        builder
+    }};
+    ($allow:expr) => {
+        GovernorLayer::new(Arc::new(governor!(@builder $allow).finish().ok_or("bad governor config")?))
+    };
+    ($allow:expr, headers) => {
+        GovernorLayer::new(Arc::new(governor!(@builder $allow).use_headers().finish().ok_or("bad governor config")?))
+    };
 }
 
 async fn serve(port: u16, app: Router) -> Result<(), BoxError> {
@@ -58,19 +74,39 @@ async fn serve(port: u16, app: Router) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Serves `service` — a middleware around the whole router — with the peer address available.
+async fn serve_around<S>(port: u16, service: S) -> Result<(), BoxError>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service);
+    tokio::spawn(async move { axum::serve(listener, make).await });
+    Ok(())
+}
+
 async fn http(port: u16) -> Result<(), BoxError> {
     serve(port, app()).await?;
     let (headers, no_headers) = (HeaderOptions::default(), HeaderOptions { x_ratelimit: false, ..Default::default() });
-    serve(port + 1, tollgate("1000000000/s", headers)?).await?;
-    serve(port + 2, tollgate("1/h", headers)?).await?;
-    serve(port + 3, governor(true, false)?).await?;
-    serve(port + 4, governor(false, false)?).await?;
+    // Inside the router.
+    serve(port + 1, app().layer(tollgate(ALLOW, headers)?)).await?;
+    serve(port + 2, app().layer(tollgate(REFUSE, headers)?)).await?;
+    serve(port + 3, app().layer(governor!(true))).await?;
+    serve(port + 4, app().layer(governor!(false))).await?;
     // A layer that does nothing: what any tower layer costs through axum's `Router::layer`.
-    serve(port + 5, app().layer(tower::util::MapRequestLayer::new(|r: axum::extract::Request| r))).await?;
+    serve(port + 5, app().layer(tower::util::MapRequestLayer::new(|r: Request| r))).await?;
     // The allow path without headers on allowed responses (tower_governor's default), and
     // tower_governor with them, like for like with tollgate's default.
-    serve(port + 6, tollgate("1000000000/s", no_headers)?).await?;
-    serve(port + 7, governor(true, true)?).await?;
+    serve(port + 6, app().layer(tollgate(ALLOW, no_headers)?)).await?;
+    serve(port + 7, app().layer(governor!(true, headers))).await?;
+    // Around the router.
+    serve_around(port + 8, tollgate(ALLOW, headers)?.layer(app())).await?;
+    serve_around(port + 9, tollgate(ALLOW, no_headers)?.layer(app())).await?;
+    serve_around(port + 10, governor!(true).layer(app())).await?;
+    serve_around(port + 11, governor!(true, headers).layer(app())).await?;
+    serve_around(port + 12, tollgate(REFUSE, headers)?.layer(app())).await?;
+    serve_around(port + 13, governor!(false).layer(app())).await?;
     println!("ready");
     std::future::pending::<()>().await;
     Ok(())
