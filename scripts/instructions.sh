@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request of each case of the middleware bench (bare axum, a no-op layer,
-# tollgate, tower_governor; allow and refusal paths), counted by callgrind inside the bench's
-# `measured` function: deterministic, unlike timings on a shared machine.
+# tollgate, tower_governor; allow and refusal paths; inside the router and around it), counted
+# by callgrind inside the bench's `measured` function: deterministic, unlike timings on a shared
+# machine.
 # Usage: scripts/instructions.sh [case ...]   (env: REQUESTS=10000; needs valgrind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,9 @@ BIN=$(cargo bench -p tollgate-tower --all-features --bench middleware --no-run 2
 CASES=("$@")
 if [ ${#CASES[@]} -eq 0 ]; then
   CASES=(bare no-op_layer tollgate tollgate_no_headers tollgate_wrapped_bodies tower_governor
-    tower_governor_headers tollgate_refusal tower_governor_refusal)
+    tower_governor_headers tollgate_refusal tower_governor_refusal around/no-op_layer around/tollgate
+    around/tollgate_no_headers around/tower_governor around/tower_governor_headers around/tollgate_refusal
+    around/tower_governor_refusal)
 fi
 printf "%-26s %14s %8s %14s\n" case instructions "vs bare" allocations
 bare=""

@@ -78,26 +78,42 @@ impl KeyExtractor {
 
     /// Everything the core's policies may count by.
     pub fn keys<'a, B>(&self, request: &'a Request<B>) -> RequestKeys<'a> {
-        self.keys_of(request.extensions(), request.headers(), KeyFields::ALL)
+        self.keys_of(request.extensions(), request.headers(), KeyFields::ALL, |ext| route(ext))
     }
 
     /// [`KeyExtractor::keys`] from a request's parts.
     pub fn keys_of_parts<'a>(&self, parts: &'a Parts) -> RequestKeys<'a> {
-        self.keys_of(&parts.extensions, &parts.headers, KeyFields::ALL)
+        self.keys_of(&parts.extensions, &parts.headers, KeyFields::ALL, |ext| route(ext))
     }
 
     /// The keys `fields` names, and nothing else: each is a lookup the middleware need not pay for
-    /// when no limit reads it.
-    pub(crate) fn keys_for<'a, B>(&self, request: &'a Request<B>, fields: KeyFields) -> RequestKeys<'a> {
-        self.keys_of(request.extensions(), request.headers(), fields)
+    /// when no limit reads it. `route` finds the request's route (see `Config::route`).
+    pub(crate) fn keys_for<'a, B>(
+        &self,
+        request: &'a Request<B>,
+        fields: KeyFields,
+        route: impl FnOnce(&'a Extensions) -> Option<&'a str>,
+    ) -> RequestKeys<'a> {
+        self.keys_of(request.extensions(), request.headers(), fields, route)
     }
 
     /// [`KeyExtractor::keys_for`] from a request's parts.
-    pub(crate) fn keys_of_parts_for<'a>(&self, parts: &'a Parts, fields: KeyFields) -> RequestKeys<'a> {
-        self.keys_of(&parts.extensions, &parts.headers, fields)
+    pub(crate) fn keys_of_parts_for<'a>(
+        &self,
+        parts: &'a Parts,
+        fields: KeyFields,
+        route: impl FnOnce(&'a Extensions) -> Option<&'a str>,
+    ) -> RequestKeys<'a> {
+        self.keys_of(&parts.extensions, &parts.headers, fields, route)
     }
 
-    fn keys_of<'a>(&self, ext: &'a Extensions, headers: &'a HeaderMap, fields: KeyFields) -> RequestKeys<'a> {
+    fn keys_of<'a>(
+        &self,
+        ext: &'a Extensions,
+        headers: &'a HeaderMap,
+        fields: KeyFields,
+        route: impl FnOnce(&'a Extensions) -> Option<&'a str>,
+    ) -> RequestKeys<'a> {
         RequestKeys {
             ip: if fields.ip { self.client_ip_of(ext, headers) } else { None },
             identity: if fields.identity { ext.get::<Identity>().map(|i| &*i.0) } else { None },

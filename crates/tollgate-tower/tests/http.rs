@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::{get_ok, send, serve, serve_service};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Full, StreamBody};
-use tollgate::{ClientIpResolver, ConcurrencyLimiter, KeyKind, Limit, OnExceed, Policy};
+use tollgate::{ClientIpResolver, ConcurrencyLimiter, KeyKind, Limit, MissingKey, OnExceed, Policy};
 use tollgate_tower::{Limits, RateLimitLayer};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -314,8 +314,14 @@ async fn route_layer_limits_only_the_routes_it_wraps_and_sees_the_matched_path()
 
 #[tokio::test]
 async fn around_the_router_route_limits_match_the_uri_against_their_patterns() {
+    // Keyed by route, refusing requests whose route is unknown: around the router the route is
+    // the layer's pattern the URI matches.
+    let by_route = Policy::builder("per_route")
+        .limit(Limit::new("per_route", "1/min".parse().unwrap()).key(KeyKind::Route).on_missing_key(MissingKey::Refuse))
+        .build()
+        .unwrap();
     let layer = RateLimitLayer::new(per_ip("100/min"))
-        .route("/items/{id}", Limits::new().policy(per_ip("1/min")))
+        .route("/items/{id}", Limits::new().policy(by_route))
         .route_methods("/files/{*path}", [http::Method::GET], Limits::new().policy(per_ip("2/min")))
         .axum_body();
     let app = Router::new()
@@ -328,6 +334,7 @@ async fn around_the_router_route_limits_match_the_uri_against_their_patterns() {
     // Another id is the same route pattern: one quota for `/items/{id}`.
     let refused = get_ok(addr, "/items/2").await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.text().contains(r#""limit":"per_route""#), "{}", refused.text());
     let file = get_ok(addr, "/files/a/b.txt").await;
     assert_eq!((file.status, file.header("x-ratelimit-limit")), (StatusCode::OK, "2"));
     let hello = get_ok(addr, "/hello").await;

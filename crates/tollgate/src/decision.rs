@@ -63,6 +63,7 @@ pub struct LimitState {
 /// quota and standing. Small and `Copy`, so that a middleware can keep it from the check until the
 /// response's headers are written ([`Decision::limit_headers`], [`HeaderOptions::render_limit`](crate::HeaderOptions::render_limit)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LimitHeaders {
     /// The limit's name.
     pub name: &'static str,

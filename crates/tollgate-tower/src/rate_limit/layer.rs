@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Extensions, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use tollgate::websocket::MessageLimits;
 use tollgate::{
@@ -335,7 +335,9 @@ impl<St: Store, M> RateLimitLayer<St, M> {
     /// Applies `limits` instead of the default ones to the route `path`, a pattern in axum's syntax
     /// (`/users/{id}`, `/assets/{*rest}`). A request is on the route when axum's matched path (the
     /// layer inside a `Router`, feature `axum`) or a [`crate::RouteName`] is `path`, or else when
-    /// its URI's path matches `path` (the layer around a `Router`, or without axum).
+    /// `path` is the most specific of the layer's patterns its URI's path matches (the layer
+    /// around a `Router`, or without axum; that pattern is then also the request's
+    /// [`KeyKind::Route`] key). Inside a `Router`, write `path` as the route is written there.
     ///
     /// ```
     /// use axum::{Router, routing::get};
@@ -349,7 +351,7 @@ impl<St: Store, M> RateLimitLayer<St, M> {
     /// let layer = RateLimitLayer::new(per_ip("100/s")?)
     ///     .route("/users/{id}", Limits::new().policy(per_ip("5/s")?))
     ///     .axum_body();
-    /// let app = Router::new().route("/users/{id}", get(|| async { "user" }));
+    /// let app: Router = Router::new().route("/users/{id}", get(|| async { "user" }));
     /// // Around the router: `/users/7` is matched against `/users/{id}` before routing.
     /// let service = layer.layer(app);
     /// # let _ = service;
@@ -366,8 +368,10 @@ impl<St: Store, M> RateLimitLayer<St, M> {
         let entry = RouteEntry { path: path.into(), methods: methods.into_iter().collect(), limits };
         self.edit(|c| {
             // A pattern seen before (the same route, other methods) is already there; one matchit
-            // rejects (it conflicts with another) still matches by the router's matched path.
-            if let Err(err) = c.patterns.insert(path, path.into())
+            // rejects (it conflicts with another) still matches by the router's matched path. A
+            // name without a leading `/` (a `RouteName`) is no URI pattern.
+            if path.starts_with('/')
+                && let Err(err) = c.patterns.insert(path, path.into())
                 && !c.routes.iter().any(|r| *r.path == *path)
             {
                 tracing::warn!(route = path, error = %err, "tollgate: this route matches only axum's matched path");
@@ -428,13 +432,18 @@ impl<St: Store> Config<St> {
             return &self.default;
         }
         let uri = request.uri().path();
-        let path =
-            route(request.extensions()).or_else(|| self.patterns.at(uri).ok().map(|m| &**m.value)).unwrap_or(uri);
+        let path = self.route(request.extensions(), uri).unwrap_or(uri);
         let method = request.method();
         self.routes
             .iter()
             .find(|r| *r.path == *path && (r.methods.is_empty() || r.methods.contains(method)))
             .map_or(&self.default, |r| &r.limits)
+    }
+
+    /// The route a request is on: axum's matched path or a [`crate::RouteName`], else the most
+    /// specific of the routes' patterns its URI's path (`uri`) matches.
+    pub(crate) fn route<'a>(&'a self, ext: &'a Extensions, uri: &'a str) -> Option<&'a str> {
+        route(ext).or_else(|| self.patterns.at(uri).ok().map(|m| &**m.value))
     }
 
     /// An error response without a decision (411, 413, 500), rendered by the core in the

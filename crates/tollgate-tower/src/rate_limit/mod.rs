@@ -17,9 +17,8 @@
 //!   [`KeyKind::Route`](tollgate::KeyKind::Route) keys), and axum boxes each layered route once
 //!   more, which costs any layer about a thousand instructions and three allocations per request.
 //! - Around the router, `layer.layer(router)` served with `axum::ServiceExt::into_make_service_with_connect_info`,
-//!   runs it before routing: none of that cost, requests for paths no route serves are limited
-//!   too, and [`RateLimitLayer::route`] patterns are matched against the URI's path by the layer.
-//!
+//!   runs it before routing: none of that cost; the layer matches the URI's path against its
+//!   own [`RateLimitLayer::route`] patterns, and the pattern matched is the route key.
 //!
 //! ```
 //! use std::net::SocketAddr;

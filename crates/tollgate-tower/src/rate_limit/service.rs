@@ -185,7 +185,8 @@ fn check_now<St: Store, B>(
     limits: &Limits<St>,
     request: &Request<B>,
 ) -> Result<(Extra, Duration), Refusal> {
-    let keys = config.keys.keys_for(request, limits.fields(&config.lease_key));
+    let uri = request.uri().path();
+    let keys = config.keys.keys_for(request, limits.fields(&config.lease_key), |ext| config.route(ext, uri));
     let mut allowed = None;
     if let Some(policy) = &limits.policy {
         allowed = Some(verdict(config, policy.try_check_now(&keys, 1))?);
@@ -205,7 +206,9 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
     // Only the parts are borrowed across the awaits: the body need not be `Sync`.
     let (mut parts, body) = request.into_parts();
     let checked = async {
-        let keys = config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key));
+        let uri = parts.uri.path();
+        let keys =
+            config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key), |ext| config.route(ext, uri));
         let mut allowed = None;
         if let Some(policy) = &limits.policy {
             allowed = Some(verdict(config, Some(policy.check(&keys, 1).await))?);
