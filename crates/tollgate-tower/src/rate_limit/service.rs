@@ -185,8 +185,8 @@ fn check_now<St: Store, B>(
     limits: &Limits<St>,
     request: &Request<B>,
 ) -> Result<(Extra, Duration), Refusal> {
-    let uri = request.uri().path();
-    let keys = config.keys.keys_for(request, limits.fields(&config.lease_key), |ext| config.route(ext, uri));
+    let route = |ext| config.route(ext, request.uri().path());
+    let keys = config.keys.keys_for(request, limits.fields(&config.lease_key), route);
     let mut allowed = None;
     if let Some(policy) = &limits.policy {
         allowed = Some(verdict(config, policy.try_check_now(&keys, 1))?);
