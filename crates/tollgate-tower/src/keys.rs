@@ -78,12 +78,12 @@ impl KeyExtractor {
 
     /// Everything the core's policies may count by.
     pub fn keys<'a, B>(&self, request: &'a Request<B>) -> RequestKeys<'a> {
-        self.keys_of(request.extensions(), request.headers(), KeyFields::ALL, |ext| route(ext))
+        self.keys_of(request.extensions(), request.headers(), KeyFields::ALL, route)
     }
 
     /// [`KeyExtractor::keys`] from a request's parts.
     pub fn keys_of_parts<'a>(&self, parts: &'a Parts) -> RequestKeys<'a> {
-        self.keys_of(&parts.extensions, &parts.headers, KeyFields::ALL, |ext| route(ext))
+        self.keys_of(&parts.extensions, &parts.headers, KeyFields::ALL, route)
     }
 
     /// The keys `fields` names, and nothing else: each is a lookup the middleware need not pay for

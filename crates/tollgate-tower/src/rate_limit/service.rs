@@ -206,9 +206,8 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
     // Only the parts are borrowed across the awaits: the body need not be `Sync`.
     let (mut parts, body) = request.into_parts();
     let checked = async {
-        let uri = parts.uri.path();
-        let keys =
-            config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key), |ext| config.route(ext, uri));
+        let route = |ext| config.route(ext, parts.uri.path());
+        let keys = config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key), route);
         let mut allowed = None;
         if let Some(policy) = &limits.policy {
             allowed = Some(verdict(config, Some(policy.check(&keys, 1).await))?);
