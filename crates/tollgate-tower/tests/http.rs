@@ -89,6 +89,22 @@ async fn ietf_headers_and_custom_refusal() {
 }
 
 #[tokio::test]
+async fn with_every_header_style_off_only_refusals_carry_retry_after() {
+    let headers = tollgate::HeaderOptions { x_ratelimit: false, ietf: false, spring: false, ..Default::default() };
+    let addr = serve(hello_app(RateLimitLayer::new(per_ip("1/min")).headers(headers))).await;
+    let ok = get_ok(addr, "/hello").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    for name in ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "ratelimit", "retry-after"] {
+        assert!(ok.headers.get(name).is_none(), "{name} on an allowed response");
+    }
+    let refused = get_ok(addr, "/hello").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("retry-after"), "60");
+    assert!(refused.headers.get("x-ratelimit-limit").is_none());
+    assert_eq!(refused.text(), r#"{"error":"rate_limited","policy":"per_ip","limit":"per_ip","retry_after":60}"#);
+}
+
+#[tokio::test]
 async fn x_forwarded_for_ignored_from_untrusted_peer() {
     // 127.0.0.1 is not a trusted proxy here: forged headers cannot buy a fresh quota.
     let layer = RateLimitLayer::new(per_ip("2/min"))

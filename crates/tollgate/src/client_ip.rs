@@ -124,9 +124,18 @@ impl ClientIpResolver {
     /// trusted, the left-most one is. When the walk meets a hop that is not an address (`unknown`,
     /// an obfuscated id), the client cannot be told apart from the proxy that reported it, so
     /// the last trusted address walked is the answer. Never panics.
+    #[inline]
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
-        if self.trusted.is_empty() || !self.is_trusted(peer) {
+        if self.trusted.is_empty() {
+            return peer;
+        }
+        self.resolve_trusted(peer, headers)
+    }
+
+    /// [`ClientIpResolver::resolve`] with trusted proxies configured.
+    fn resolve_trusted(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.is_trusted(peer) {
             return peer;
         }
         for header in &self.headers {

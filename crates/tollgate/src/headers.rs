@@ -244,6 +244,13 @@ impl HeaderOptions {
         self.render_with(decision, headers, || now);
     }
 
+    /// Whether any header style that carries a limit's numbers is on: when none is, a middleware
+    /// need not keep them for the response.
+    #[inline]
+    pub fn writes_limit(&self) -> bool {
+        self.x_ratelimit || self.ietf || self.spring
+    }
+
     /// Writes the headers an allowed response carries (everything [`HeaderOptions::render`]
     /// writes but `Retry-After`), from what a middleware kept of the decision.
     #[inline]
@@ -446,6 +453,15 @@ mod tests {
             assert_eq!(ct, "application/json");
             assert_eq!(String::from_utf8(body).unwrap(), serde_json::to_string(&RefusalFields::of(d)).unwrap());
         }
+    }
+
+    #[test]
+    fn writes_limit_is_whether_any_style_writes_the_numbers() {
+        let off = HeaderOptions { x_ratelimit: false, ietf: false, spring: false, ..HeaderOptions::default() };
+        assert!(!off.writes_limit());
+        assert!(HeaderOptions::default().writes_limit());
+        assert!(HeaderOptions { ietf: true, ..off }.writes_limit());
+        assert!(HeaderOptions { spring: true, ..off }.writes_limit());
     }
 
     #[test]

@@ -278,10 +278,18 @@ impl Limit {
         &self.key
     }
 
+    /// The quota for `key` in `tier`: an override's, a tier's or the default. The common case of
+    /// neither is decided inline.
+    #[inline(always)]
     fn quota_for(&self, key: Key<'_>, tier: Option<&str>) -> Quota {
-        if !self.overrides.is_empty()
-            && let Some((_, q)) = self.overrides.iter().find(|(k, _)| key.matches(k))
-        {
+        if self.overrides.is_empty() && (tier.is_none() || self.tiers.is_empty()) {
+            return self.quota;
+        }
+        self.special_quota(key, tier)
+    }
+
+    fn special_quota(&self, key: Key<'_>, tier: Option<&str>) -> Quota {
+        if let Some((_, q)) = self.overrides.iter().find(|(k, _)| key.matches(k)) {
             return *q;
         }
         if let Some(tier) = tier
@@ -646,17 +654,22 @@ impl<S: Store> Policy<S> {
         Some(Ok(self.conclude(result, request, checks, &[0], &mut out)))
     }
 
-    /// Blocks the refused keys for the policy's penalty, on a store that decides at once.
-    #[inline]
+    /// Blocks the refused keys for the policy's penalty, on a store that decides at once. Whether
+    /// there is anything to block is decided inline; the blocking is not.
+    #[inline(always)]
     fn penalize_now(&self, result: &Result<bool, StoreError>, checks: &[Check<'_, S::Limit>], out: &[Snapshot]) {
         if let (Some(penalty), Ok(false), false) = (self.inner.penalty, result, self.inner.dry_run) {
-            for (c, s) in checks.iter().zip(out) {
-                if !s.allowed && !s.blocked {
-                    let r = self.inner.store.try_block_now(c.limit, c.key, penalty);
-                    self.penalized(r.unwrap_or_else(|| {
-                        Err(StoreError::Unavailable("the store decided at once but cannot block at once".into()))
-                    }));
-                }
+            self.block_refused_now(penalty, checks, out);
+        }
+    }
+
+    fn block_refused_now(&self, penalty: Duration, checks: &[Check<'_, S::Limit>], out: &[Snapshot]) {
+        for (c, s) in checks.iter().zip(out) {
+            if !s.allowed && !s.blocked {
+                let r = self.inner.store.try_block_now(c.limit, c.key, penalty);
+                self.penalized(r.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable("the store decided at once but cannot block at once".into()))
+                }));
             }
         }
     }

@@ -182,9 +182,18 @@ impl<St: Store> Limits<St> {
         (in_flight, websocket)
     }
 
+    /// Whether the route takes concurrency leases (in-flight requests, WebSocket connections).
+    #[inline]
+    pub(crate) fn takes_leases(&self) -> bool {
+        self.in_flight.is_some() || self.websocket.is_some()
+    }
+
     /// What the checks read of a request: the policies' keys and the lease keys.
     #[inline]
     pub(crate) fn fields(&self, layer_lease_key: &KeyKind) -> KeyFields {
+        if !self.takes_leases() {
+            return self.policy_fields;
+        }
         let (in_flight, websocket) = self.lease_keys(layer_lease_key);
         [in_flight, websocket].into_iter().flatten().fold(self.policy_fields, |f, k| f.union(k.fields()))
     }

@@ -92,7 +92,7 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    #[inline]
+    #[inline(always)]
     fn boxed(lease: Option<ConnectionLease>, upgrade: Option<UpgradeLease>) -> Option<Box<Self>> {
         (lease.is_some() || upgrade.is_some()).then(|| Box::new(Leases { lease, upgrade }))
     }
@@ -195,9 +195,14 @@ fn check_now<St: Store, B>(
         let bytes = bytes_verdict(config, policy.try_check_now(&keys, cost))?;
         allowed = Some(both(allowed, bytes));
     }
-    let (lease, upgrade) = leases(config, limits, &keys)?;
     let Allowed { wait, limit } = allowed.unwrap_or_default();
-    Ok((Extra { limit, headers: config.headers, leases: Leases::boxed(lease, upgrade) }, wait))
+    let leases = if limits.takes_leases() {
+        let (lease, upgrade) = leases(config, limits, &keys)?;
+        Leases::boxed(lease, upgrade)
+    } else {
+        None
+    };
+    Ok((Extra { limit, headers: config.headers, leases }, wait))
 }
 
 /// [`check_now`] for stores with I/O.
@@ -243,17 +248,28 @@ fn both(request: Option<Allowed>, bytes: Allowed) -> Allowed {
 /// A refusal on its way out of the checks, boxed so that the allow path moves a small `Result`.
 type Refusal = Box<Response<Full<Bytes>>>;
 
-/// What an allowed decision leaves for the response, or its refusal. `None` is a store that said
-/// it decides at once and then did not: a broken `Store` implementation.
-#[inline]
+/// What an allowed decision leaves for the response (its headers' numbers only when a header style
+/// writes them), or its refusal. `None` is a store that said it decides at once and then did not:
+/// a broken `Store` implementation.
+#[inline(always)]
 fn verdict<St: Store>(config: &Config<St>, result: Option<Result<Decision, Error>>) -> Result<Allowed, Refusal> {
     match result {
-        Some(Ok(d)) if d.allowed => Ok(Allowed { wait: d.wait, limit: d.limit_headers() }),
-        Some(Ok(d)) => Err(Box::new(config.refusal(&d, d.status()))),
-        Some(Err(err)) => Err(Box::new(internal(config, &err))),
+        Some(Ok(d)) if d.allowed => {
+            Ok(Allowed { wait: d.wait, limit: if config.headers.writes_limit() { d.limit_headers() } else { None } })
+        }
+        other => Err(refusal_of(config, other)),
+    }
+}
+
+/// The refusal side of [`verdict`], out of the allow path.
+#[inline(never)]
+fn refusal_of<St: Store>(config: &Config<St>, result: Option<Result<Decision, Error>>) -> Refusal {
+    match result {
+        Some(Ok(d)) => Box::new(config.refusal(&d, d.status())),
+        Some(Err(err)) => Box::new(internal(config, &err)),
         None => {
             let err = Error::Store(StoreError::Protocol("the store stopped deciding at once".into()));
-            Err(Box::new(internal(config, &err)))
+            Box::new(internal(config, &err))
         }
     }
 }
@@ -271,7 +287,8 @@ fn bytes_verdict<St: Store>(config: &Config<St>, result: Option<Result<Decision,
 
 /// 413 from `Content-Length` over the route's largest body; else the body-bytes policy and the
 /// body's cost when the route has one (411 when the length is unknown and there is no largest
-/// body to charge).
+/// body to charge). Routes without body limits are decided inline.
+#[inline(always)]
 fn body_cost<'l, St: Store>(
     config: &Config<St>,
     limits: &'l Limits<St>,
@@ -280,6 +297,14 @@ fn body_cost<'l, St: Store>(
     if limits.max_body.is_none() && limits.body_bytes.is_none() {
         return Ok(None);
     }
+    body_limits(config, limits, headers)
+}
+
+fn body_limits<'l, St: Store>(
+    config: &Config<St>,
+    limits: &'l Limits<St>,
+    headers: &HeaderMap,
+) -> Result<Option<(&'l Policy<St>, u32)>, Refusal> {
     let length =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     if let (Some(max), Some(len)) = (limits.max_body, length)
