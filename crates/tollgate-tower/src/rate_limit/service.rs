@@ -221,9 +221,14 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
             let bytes = bytes_verdict(config, Some(policy.check(&keys, cost).await))?;
             allowed = Some(both(allowed, bytes));
         }
-        let (lease, upgrade) = acquire_leases(config, limits, &keys).await?;
         let Allowed { wait, limit } = allowed.unwrap_or_default();
-        Ok::<_, Refusal>((Extra { limit, headers: config.headers, leases: Leases::boxed(lease, upgrade) }, wait))
+        let leases = if limits.takes_leases() {
+            let (lease, upgrade) = acquire_leases(config, limits, &keys).await?;
+            Leases::boxed(lease, upgrade)
+        } else {
+            None
+        };
+        Ok::<_, Refusal>((Extra { limit, headers: config.headers, leases }, wait))
     };
     match checked.await {
         Ok((extra, wait)) => {
