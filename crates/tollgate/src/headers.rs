@@ -245,7 +245,8 @@ impl HeaderOptions {
     }
 
     /// Whether any header style that carries a limit's numbers is on: when none is, a middleware
-    /// need not keep them for the response.
+    /// need not keep them for an allowed response. Refusals do not depend on it: their
+    /// `Retry-After` and body are always written.
     #[inline]
     pub fn writes_limit(&self) -> bool {
         self.x_ratelimit || self.ietf || self.spring
@@ -459,7 +460,7 @@ mod tests {
     fn writes_limit_is_whether_any_style_writes_the_numbers() {
         let off = HeaderOptions { x_ratelimit: false, ietf: false, spring: false, ..HeaderOptions::default() };
         assert!(!off.writes_limit());
-        assert!(HeaderOptions::default().writes_limit());
+        assert!(HeaderOptions { x_ratelimit: true, ..off }.writes_limit());
         assert!(HeaderOptions { ietf: true, ..off }.writes_limit());
         assert!(HeaderOptions { spring: true, ..off }.writes_limit());
     }

@@ -104,7 +104,7 @@ impl Leases {
 }
 
 /// What an allowed decision leaves for the response: how long to wait first (the delay action),
-/// and its headers.
+/// and its headers' numbers when a header style writes them.
 #[derive(Clone, Copy, Default)]
 struct Allowed {
     wait: Duration,
@@ -290,9 +290,8 @@ fn bytes_verdict<St: Store>(config: &Config<St>, result: Option<Result<Decision,
     }
 }
 
-/// 413 from `Content-Length` over the route's largest body; else the body-bytes policy and the
-/// body's cost when the route has one (411 when the length is unknown and there is no largest
-/// body to charge). Routes without body limits are decided inline.
+/// The route's body checks: nothing for a route without body limits (decided inline), else
+/// [`body_limits`].
 #[inline(always)]
 fn body_cost<'l, St: Store>(
     config: &Config<St>,
@@ -305,6 +304,9 @@ fn body_cost<'l, St: Store>(
     body_limits(config, limits, headers)
 }
 
+/// 413 from `Content-Length` over the route's largest body; else the body-bytes policy and the
+/// body's cost when the route has one (411 when the length is unknown and there is no largest
+/// body to charge).
 fn body_limits<'l, St: Store>(
     config: &Config<St>,
     limits: &'l Limits<St>,
