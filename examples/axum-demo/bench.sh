@@ -49,26 +49,28 @@ status() { curl -s -o /dev/null "$1"; curl -s -o /dev/null -w '%{http_code}' "$1
 
 echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/) governor $(status http://127.0.0.1:$((PORT+4))/)" \
   "(around the router: $(status http://127.0.0.1:$((PORT+12))/) $(status http://127.0.0.1:$((PORT+13))/))"
-# Each round runs every server once, between two runs of the bare server, and each server's
-# figure for the round is its requests/s over the mean of those two: a ratio taken within
-# seconds, so that the shared machine's slow drifts cancel. Reported: the median ratio over the
-# rounds, with the lowest and highest, and the median requests/s.
+# Each round runs every server once, in a shuffled order, with a run of the bare server before
+# and after each one (the bare runs between two servers serve both), and each server's figure for
+# the round is its requests/s over the mean of the two bare runs next to it: a ratio taken within
+# three seconds. This shared machine's speed swings by a third from one run to the next in spells
+# of a few seconds, which the guest does not see as steal time; ratios over a wider window carry
+# those swings. Reported: the median ratio over the rounds, with the lowest and highest, and the
+# median requests/s.
 names=(noop tg_allow tg_no_headers gov_allow gov_headers tg_refuse gov_refuse
   around_tg_allow around_tg_no_headers around_gov_allow around_gov_headers around_tg_refuse around_gov_refuse)
 offsets=(5 1 6 3 7 2 4 8 9 10 11 12 13)
 OUT=$(mktemp -d)
 for _ in $(seq 1 "$ROUNDS"); do
-  before=$(rps "http://127.0.0.1:$PORT/")
-  declare -A got=()
-  for i in "${!names[@]}"; do
-    got[${names[$i]}]=$(rps "http://127.0.0.1:$((PORT + offsets[$i]))/")
-  done
-  after=$(rps "http://127.0.0.1:$PORT/")
-  bare=$(awk -v a="$before" -v b="$after" 'BEGIN { print (a + b) / 2 }')
-  echo "$bare" >> "$OUT/bare.rps"
-  for n in "${names[@]}"; do
-    echo "${got[$n]}" >> "$OUT/$n.rps"
-    awk -v a="${got[$n]}" -v b="$bare" 'BEGIN { printf "%.4f\n", a / b }' >> "$OUT/$n.ratio"
+  previous=$(rps "http://127.0.0.1:$PORT/")
+  for i in $(seq 0 $((${#names[@]} - 1)) | shuf); do
+    n=${names[$i]}
+    got=$(rps "http://127.0.0.1:$((PORT + offsets[$i]))/")
+    next=$(rps "http://127.0.0.1:$PORT/")
+    bare=$(awk -v a="$previous" -v b="$next" 'BEGIN { print (a + b) / 2 }')
+    echo "$bare" >> "$OUT/bare.rps"
+    echo "$got" >> "$OUT/$n.rps"
+    awk -v a="$got" -v b="$bare" 'BEGIN { printf "%.4f\n", a / b }' >> "$OUT/$n.ratio"
+    previous=$next
   done
 done
 
