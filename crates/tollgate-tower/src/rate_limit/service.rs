@@ -92,7 +92,7 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    #[inline(always)]
+    #[inline]
     fn boxed(lease: Option<ConnectionLease>, upgrade: Option<UpgradeLease>) -> Option<Box<Self>> {
         (lease.is_some() || upgrade.is_some()).then(|| Box::new(Leases { lease, upgrade }))
     }
@@ -195,13 +195,8 @@ fn check_now<St: Store, B>(
         let bytes = bytes_verdict(config, policy.try_check_now(&keys, cost))?;
         allowed = Some(both(allowed, bytes));
     }
+    let leases = leases(config, limits, &keys)?;
     let Allowed { wait, limit } = allowed.unwrap_or_default();
-    let leases = if limits.takes_leases() {
-        let (lease, upgrade) = leases(config, limits, &keys)?;
-        Leases::boxed(lease, upgrade)
-    } else {
-        None
-    };
     Ok((Extra { limit, headers: config.headers, leases }, wait))
 }
 
@@ -221,13 +216,8 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
             let bytes = bytes_verdict(config, Some(policy.check(&keys, cost).await))?;
             allowed = Some(both(allowed, bytes));
         }
+        let leases = acquire_leases(config, limits, &keys).await?;
         let Allowed { wait, limit } = allowed.unwrap_or_default();
-        let leases = if limits.takes_leases() {
-            let (lease, upgrade) = acquire_leases(config, limits, &keys).await?;
-            Leases::boxed(lease, upgrade)
-        } else {
-            None
-        };
         Ok::<_, Refusal>((Extra { limit, headers: config.headers, leases }, wait))
     };
     match checked.await {
@@ -343,12 +333,25 @@ fn lease_plan<'l, 'k, St: Store>(
 }
 
 /// The in-flight lease and the WebSocket connection lease the route asks for (see
-/// [`lease_plan`]), on limiters that count in this process.
+/// [`lease_plan`]), on limiters that count in this process; a route without concurrency limits is
+/// decided inline.
+#[inline(always)]
 fn leases<St: Store>(
     config: &Config<St>,
     limits: &Limits<St>,
     keys: &RequestKeys<'_>,
-) -> Result<(Option<ConnectionLease>, Option<UpgradeLease>), Refusal> {
+) -> Result<Option<Box<Leases>>, Refusal> {
+    if !limits.takes_leases() {
+        return Ok(None);
+    }
+    take_leases(config, limits, keys)
+}
+
+fn take_leases<St: Store>(
+    config: &Config<St>,
+    limits: &Limits<St>,
+    keys: &RequestKeys<'_>,
+) -> Result<Option<Box<Leases>>, Refusal> {
     let (in_flight, websocket) = lease_plan(config, limits, keys);
     let refuse = |denied| Box::new(concurrency_refusal(config, &denied));
     let lease = in_flight.map(|(limiter, key)| limiter.try_acquire(key)).transpose().map_err(refuse)?;
@@ -356,7 +359,7 @@ fn leases<St: Store>(
         Some((ws, key)) => Some(upgrade_lease(ws, ws.connections.try_acquire(key).map_err(refuse)?, key)),
         None => None,
     };
-    Ok((lease, upgrade))
+    Ok(Leases::boxed(lease, upgrade))
 }
 
 /// [`leases`] for stores with I/O: the limiters may count in a shared lease store.
@@ -364,7 +367,10 @@ async fn acquire_leases<St: Store>(
     config: &Config<St>,
     limits: &Limits<St>,
     keys: &RequestKeys<'_>,
-) -> Result<(Option<ConnectionLease>, Option<UpgradeLease>), Refusal> {
+) -> Result<Option<Box<Leases>>, Refusal> {
+    if !limits.takes_leases() {
+        return Ok(None);
+    }
     let (in_flight, websocket) = lease_plan(config, limits, keys);
     let refuse = |denied| Box::new(concurrency_refusal(config, &denied));
     let lease = match in_flight {
@@ -375,7 +381,7 @@ async fn acquire_leases<St: Store>(
         Some((ws, key)) => Some(upgrade_lease(ws, ws.connections.acquire(key).await.map_err(refuse)?, key)),
         None => None,
     };
-    Ok((lease, upgrade))
+    Ok(Leases::boxed(lease, upgrade))
 }
 
 /// The upgraded socket's share of a WebSocket connection lease: the lease, the route's message
