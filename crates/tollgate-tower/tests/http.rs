@@ -233,6 +233,21 @@ async fn body_bytes_per_period_is_429() {
 }
 
 #[tokio::test]
+async fn a_route_with_only_a_body_bytes_limit_shows_its_numbers() {
+    let bytes = Policy::builder("body_bytes")
+        .limit(Limit::new("body_bytes", "4KiB/min".parse().unwrap()).key(KeyKind::ip()))
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::with_limits(Limits::new()).route("/echo", Limits::new().body_bytes(bytes));
+    let addr = serve(Router::new().route("/echo", post(|body: Bytes| async move { body })).layer(layer)).await;
+    let first = send(addr, post_body(vec![b'a'; 1000])).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!((first.header("x-ratelimit-limit"), first.header("x-ratelimit-remaining")), ("4096", "3096"));
+    let second = send(addr, post_body(vec![b'a'; 96])).await;
+    assert_eq!(second.header("x-ratelimit-remaining"), "3000");
+}
+
+#[tokio::test]
 async fn in_flight_lease_is_held_until_the_body_finishes() {
     in_flight_lease_is_held_until_the_body_ends(Bodies::Wrapped).await;
 }

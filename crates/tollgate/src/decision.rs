@@ -77,6 +77,20 @@ pub struct LimitHeaders {
     pub reset_after: Duration,
 }
 
+impl LimitHeaders {
+    /// The header numbers of limit `name`'s standing `snapshot` under `quota`.
+    #[inline]
+    pub(crate) fn of(name: &'static str, quota: Quota, snapshot: &Snapshot) -> Self {
+        LimitHeaders {
+            name,
+            quota,
+            limit: snapshot.limit,
+            remaining: snapshot.remaining,
+            reset_after: snapshot.reset_after,
+        }
+    }
+}
+
 /// What a check concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -109,13 +123,7 @@ impl Decision {
     /// What the rate-limit headers show of this decision; `None` when no limit applied.
     #[inline]
     pub fn limit_headers(&self) -> Option<LimitHeaders> {
-        self.limit.as_ref().map(|l| LimitHeaders {
-            name: l.name,
-            quota: l.quota,
-            limit: l.snapshot.limit,
-            remaining: l.snapshot.remaining,
-            reset_after: l.snapshot.reset_after,
-        })
+        self.limit.as_ref().map(|l| LimitHeaders::of(l.name, l.quota, &l.snapshot))
     }
 
     /// The status of a refusal: 503 when the store is unavailable, 403 for a deny-listed key, 400
@@ -129,6 +137,48 @@ impl Decision {
             Reason::DenyListed => StatusCode::FORBIDDEN,
             Reason::KeyMissing => StatusCode::BAD_REQUEST,
             _ => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+}
+
+/// What an allowed request takes from its decision to its response: how long to wait first and
+/// the numbers of its rate-limit headers. Small and `Copy`, so that a middleware can carry it with
+/// the response future on every request ([`Admission`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Admitted {
+    /// How long to wait before going on (the delay action). Usually zero.
+    pub wait: Duration,
+    /// The binding limit's header numbers; `None` when no limit applied or they were not asked for.
+    pub headers: Option<LimitHeaders>,
+}
+
+/// A check's answer as a middleware's hot path wants it ([`Policy::try_admit_now`],
+/// [`Policy::admit`]): the little an allowed request needs, or what the caller made of a refused
+/// request's [`Decision`] (its refusal response, say). The allow path then moves a few words
+/// rather than a whole decision, and the refusal path builds its answer from the decision
+/// where it is.
+///
+/// [`Policy::try_admit_now`]: crate::Policy::try_admit_now
+/// [`Policy::admit`]: crate::Policy::admit
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission<R> {
+    /// The request may go on: allowed, allow-listed, failed open, or refused in dry-run mode.
+    Admitted(Admitted),
+    /// The request is refused: the caller's answer, made from the decision.
+    Refused(R),
+}
+
+impl<R> Admission<R> {
+    /// The admission of `decision`, with its limit's header numbers when `with_headers`, or
+    /// `refuse(decision)` when it refuses.
+    #[inline]
+    pub fn of(decision: Decision, with_headers: bool, refuse: impl FnOnce(Decision) -> R) -> Self {
+        if decision.allowed {
+            let headers = if with_headers { decision.limit_headers() } else { None };
+            Admission::Admitted(Admitted { wait: decision.wait, headers })
+        } else {
+            Admission::Refused(refuse(decision))
         }
     }
 }

@@ -49,7 +49,7 @@ pub use concurrency::{
     ConcurrencyDenied, ConcurrencyLimiter, ConcurrencyScope, ConnectionLease, LeaseRelease, LeaseStore,
 };
 pub use config::Config;
-pub use decision::{Decision, LimitHeaders, LimitState, Reason};
+pub use decision::{Admission, Admitted, Decision, LimitHeaders, LimitState, Reason};
 pub use error::Error;
 pub use headers::{BodyFormat, HeaderOptions, ResetStyle};
 pub use key::{Key, OwnedKey};

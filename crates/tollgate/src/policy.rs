@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use crate::algorithm::{Algorithm, OnExceed, Snapshot, capacity};
-use crate::decision::{Decision, LimitState, Reason, intern};
+use crate::decision::{Admission, Admitted, Decision, LimitHeaders, LimitState, Reason, intern};
 use crate::error::Error;
 use crate::key::{Key, OwnedKey, group_ip};
 use crate::quota::Quota;
@@ -613,13 +613,94 @@ impl<S: Store> Policy<S> {
     /// ```
     #[inline]
     pub fn try_check_now(&self, request: &RequestKeys<'_>, cost: u32) -> Option<Result<Decision, Error>> {
-        let inner = &*self.inner;
-        if let [one] = &inner.limits[..]
-            && inner.allow.is_empty()
-            && inner.deny.is_empty()
-        {
-            return self.try_check_one(one, request, cost);
+        if let Some(one) = self.single() {
+            return self.try_check_one(
+                one,
+                request,
+                cost,
+                |check, snapshot| self.decide(true, &[0], std::slice::from_ref(check), std::slice::from_ref(snapshot)),
+                |decision| decision,
+            );
         }
+        self.try_check_many(request, cost)
+    }
+
+    /// [`Policy::try_check_now`] for a middleware's hot path: an allowed request gets only its
+    /// wait and, when `with_headers`, its limit's header numbers; a refused one what `refuse` makes
+    /// of its decision (see [`Admission`]). The decision is the one [`Policy::try_check_now`]
+    /// would reach; `None` when the check must go through [`Policy::admit`].
+    ///
+    /// ```
+    /// use tollgate::{Admission, KeyKind, Limit, Policy, RequestKeys};
+    ///
+    /// let policy = Policy::builder("api").limit(Limit::new("per_ip", "1/min".parse()?).key(KeyKind::ip())).build()?;
+    /// let keys = RequestKeys { ip: Some("192.0.2.1".parse()?), ..RequestKeys::default() };
+    /// // A refusal is answered with its retry-after; a middleware would build its response here.
+    /// let retry_after = |refused: tollgate::Decision| refused.retry_after_secs();
+    /// match policy.try_admit_now(&keys, 1, true, retry_after) {
+    ///     Some(Ok(Admission::Admitted(admitted))) => assert_eq!(admitted.headers.map(|h| h.remaining), Some(0)),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert!(matches!(policy.try_admit_now(&keys, 1, true, retry_after), Some(Ok(Admission::Refused(60)))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn try_admit_now<R>(
+        &self,
+        request: &RequestKeys<'_>,
+        cost: u32,
+        with_headers: bool,
+        refuse: impl FnOnce(Decision) -> R,
+    ) -> Option<Result<Admission<R>, Error>> {
+        if let Some(one) = self.single() {
+            let admitted = |check: &Check<'_, S::Limit>, snapshot: &Snapshot| {
+                let headers =
+                    if with_headers { Some(LimitHeaders::of(one.limit.name, check.quota, snapshot)) } else { None };
+                Admission::Admitted(Admitted { wait: snapshot.wait, headers })
+            };
+            return self.try_check_one(one, request, cost, admitted, |d| Admission::of(d, with_headers, refuse));
+        }
+        Some(self.try_check_many(request, cost)?.map(|d| Admission::of(d, with_headers, refuse)))
+    }
+
+    /// [`Policy::check`] answered as [`Policy::try_admit_now`] answers it, for stores with I/O.
+    ///
+    /// ```
+    /// use tollgate::{Admission, KeyKind, Limit, Policy, RequestKeys};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let policy = Policy::builder("api").limit(Limit::new("per_ip", "1/min".parse()?).key(KeyKind::ip())).build()?;
+    /// let keys = RequestKeys { ip: Some("192.0.2.1".parse()?), ..RequestKeys::default() };
+    /// let status = |refused: tollgate::Decision| refused.status();
+    /// assert!(matches!(policy.admit(&keys, 1, false, status).await?, Admission::Admitted(a) if a.headers.is_none()));
+    /// assert_eq!(policy.admit(&keys, 1, false, status).await?, Admission::Refused(http::StatusCode::TOO_MANY_REQUESTS));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })
+    /// # .unwrap();
+    /// ```
+    pub async fn admit<R>(
+        &self,
+        request: &RequestKeys<'_>,
+        cost: u32,
+        with_headers: bool,
+        refuse: impl FnOnce(Decision) -> R,
+    ) -> Result<Admission<R>, Error> {
+        Ok(Admission::of(self.check(request, cost).await?, with_headers, refuse))
+    }
+
+    /// The policy's one limit when it has no allow- or deny-list: the common policy, checked
+    /// without the batch machinery.
+    #[inline]
+    fn single(&self) -> Option<&PolicyLimit<S::Limit>> {
+        let inner = &*self.inner;
+        match &inner.limits[..] {
+            [one] if inner.allow.is_empty() && inner.deny.is_empty() => Some(one),
+            _ => None,
+        }
+    }
+
+    /// [`Policy::try_check_now`] of any policy.
+    fn try_check_many(&self, request: &RequestKeys<'_>, cost: u32) -> Option<Result<Decision, Error>> {
         let (mut checks, mut refs) = (Checks::new(), SmallVec::new());
         match self.plan(request, cost, &mut checks, &mut refs) {
             Ok(None) => {}
@@ -632,26 +713,32 @@ impl<S: Store> Policy<S> {
         Some(Ok(self.conclude(result, request, &checks, &refs, &mut out)))
     }
 
-    /// [`Policy::try_check_now`] for the common policy of one limit and no allow- or deny-list:
-    /// the same decision without the batch machinery.
+    /// The policy's one limit checked at once ([`Policy::single`]): `allowed` makes the answer of
+    /// a check the store allowed, from the check and its snapshot; `decided` the answer of any
+    /// other decision (a refusal, a skipped or missing key, a store failure).
     #[inline]
-    fn try_check_one(
+    fn try_check_one<R>(
         &self,
         one: &PolicyLimit<S::Limit>,
         request: &RequestKeys<'_>,
         cost: u32,
-    ) -> Option<Result<Decision, Error>> {
+        allowed: impl FnOnce(&Check<'_, S::Limit>, &Snapshot) -> R,
+        decided: impl FnOnce(Decision) -> R,
+    ) -> Option<Result<R, Error>> {
         let check = match self.limit_check(one, request, cost) {
             Ok(Step::Check(check)) => check,
-            Ok(Step::Skip) => return Some(Ok(self.plain(true, Reason::Allowed))),
-            Ok(Step::Refuse) => return Some(Ok(self.finish(self.plain(false, Reason::KeyMissing), request))),
+            Ok(Step::Skip) => return Some(Ok(decided(self.plain(true, Reason::Allowed)))),
+            Ok(Step::Refuse) => return Some(Ok(decided(self.finish(self.plain(false, Reason::KeyMissing), request)))),
             Err(err) => return Some(Err(err)),
         };
         let checks = std::slice::from_ref(&check);
         let mut out = [Snapshot::EMPTY];
         let result = self.inner.store.try_check_now(checks, &mut out)?;
+        if let Ok(true) = result {
+            return Some(Ok(allowed(&check, &out[0])));
+        }
         self.penalize_now(&result, checks, &out);
-        Some(Ok(self.conclude(result, request, checks, &[0], &mut out)))
+        Some(Ok(decided(self.conclude(result, request, checks, &[0], &mut out))))
     }
 
     /// Blocks the refused keys for the policy's penalty, on a store that decides at once. Whether

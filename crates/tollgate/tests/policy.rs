@@ -6,8 +6,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use tollgate::{
-    Check, Error, FailureMode, KeyFields, KeyKind, Limit, LimitSpec, ManualClock, MemoryStore, MissingKey, OnExceed,
-    Policy, Quota, Reason, RequestKeys, Snapshot, Store, StoreError,
+    Admission, Check, Error, FailureMode, KeyFields, KeyKind, Limit, LimitSpec, ManualClock, MemoryStore, MissingKey,
+    OnExceed, Policy, Quota, Reason, RequestKeys, Snapshot, Store, StoreError,
 };
 
 fn q(s: &str) -> Quota {
@@ -310,4 +310,64 @@ async fn a_flood_of_new_keys_cannot_erase_a_spent_quota() {
             .allowed,
         "idle keys are evicted to make room"
     );
+}
+
+/// A policy of one of several shapes, on its own store and clock: one limit (what
+/// `try_admit_now` answers without the batch machinery) with each rule that changes a decision,
+/// or more than one limit, or an allow- or deny-list (what it answers through `try_check_now`).
+fn shaped(shape: u8, clock: &ManualClock) -> Policy {
+    let per_ip = || Limit::new("per_ip", q("3/s burst 4")).key(KeyKind::ip());
+    let by_route = |missing| per_ip().key(KeyKind::Route).on_missing_key(missing);
+    let net = || "198.51.100.0/31".parse().unwrap();
+    let builder = Policy::builder("api");
+    let builder = match shape {
+        0 => builder.limit(per_ip()),
+        1 => builder.limit(per_ip().on_exceed(OnExceed::Delay { max_wait: Duration::from_millis(500) })),
+        2 => builder.limit(per_ip()).penalty(Duration::from_secs(2)),
+        3 => builder.limit(per_ip()).dry_run(true),
+        4 => builder.limit(per_ip()).penalty(Duration::from_secs(2)).dry_run(true),
+        5 => builder.limit(by_route(MissingKey::Refuse)),
+        6 => builder.limit(by_route(MissingKey::Skip)),
+        7 => builder.limit(by_route(MissingKey::Shared)),
+        8 => builder.limit(per_ip().override_key(std::net::IpAddr::from([198, 51, 100, 1]), q("1/s"))),
+        9 => builder.limit(per_ip()).limit(Limit::new("global", q("5/s"))),
+        10 => builder.limit(per_ip()).allow_net(net()),
+        _ => builder.limit(per_ip()).deny_net(net()),
+    };
+    builder.build_with(store(clock)).unwrap()
+}
+
+proptest::proptest! {
+    /// `try_admit_now` reaches the decision `try_check_now` reaches, request for request: twin
+    /// policies on twin clocks, one asked each way. Admitted exactly when the decision allows,
+    /// with its wait and (when asked for) its header numbers; refused with the whole decision.
+    #[test]
+    fn admissions_are_the_decisions_of_try_check_now(
+        shape in 0u8..12,
+        with_headers: bool,
+        requests in proptest::collection::vec((0u8..8, 1u32..6, 0u64..700), 1..60),
+    ) {
+        let (clock_a, clock_b) = (ManualClock::new(), ManualClock::new());
+        let (a, b) = (shaped(shape, &clock_a), shaped(shape, &clock_b));
+        for (last, cost, advance_ms) in requests {
+            let keys = ip(last);
+            let decided = a.try_check_now(&keys, cost).expect("the memory store decides at once");
+            let admitted = b.try_admit_now(&keys, cost, with_headers, |d| d).expect("the memory store decides at once");
+            match (decided, admitted) {
+                (Ok(d), Ok(Admission::Admitted(admitted))) => {
+                    proptest::prop_assert!(d.allowed, "admitted, but {d:?}");
+                    proptest::prop_assert_eq!(admitted.wait, d.wait);
+                    proptest::prop_assert_eq!(admitted.headers, d.limit_headers().filter(|_| with_headers));
+                }
+                (Ok(d), Ok(Admission::Refused(refused))) => {
+                    proptest::prop_assert!(!d.allowed);
+                    proptest::prop_assert_eq!(refused, d);
+                }
+                (Err(e), Err(f)) => proptest::prop_assert_eq!(e.to_string(), f.to_string()),
+                (d, admission) => proptest::prop_assert!(false, "{d:?} against {admission:?}"),
+            }
+            clock_a.advance(Duration::from_millis(advance_ms));
+            clock_b.advance(Duration::from_millis(advance_ms));
+        }
+    }
 }

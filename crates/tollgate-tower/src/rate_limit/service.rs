@@ -11,8 +11,8 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::Full;
 use tollgate::{
-    ConcurrencyLimiter, ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind, LimitHeaders, MemoryStore,
-    Policy, RequestKeys, Store, StoreError,
+    Admission, Admitted, ConcurrencyLimiter, ConnectionLease, Decision, Error, HeaderOptions, Key, KeyKind,
+    LimitHeaders, MemoryStore, Policy, RequestKeys, Store, StoreError,
 };
 use tower::Service;
 
@@ -103,14 +103,6 @@ impl Leases {
     }
 }
 
-/// What an allowed decision leaves for the response: how long to wait first (the delay action),
-/// and its headers' numbers when a header style writes them.
-#[derive(Clone, Copy, Default)]
-struct Allowed {
-    wait: Duration,
-    limit: Option<LimitHeaders>,
-}
-
 impl<S, St, M, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St, M>
 where
     S: Service<Request<M::Request>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -187,16 +179,18 @@ fn check_now<St: Store, B>(
 ) -> Result<(Extra, Duration), Refusal> {
     let route = |ext| config.route(ext, request.uri().path());
     let keys = config.keys.keys_for(request, limits.fields(&config.lease_key), route);
+    let refuse = |decision: Decision| refusal(config, &decision);
+    let (headers, bytes_headers) = header_numbers(config, limits);
     let mut allowed = None;
     if let Some(policy) = &limits.policy {
-        allowed = Some(verdict(config, policy.try_check_now(&keys, 1))?);
+        allowed = Some(verdict(config, policy.try_admit_now(&keys, 1, headers, refuse))?);
     }
     if let Some((policy, cost)) = body_cost(config, limits, request.headers())? {
-        let bytes = bytes_verdict(config, policy.try_check_now(&keys, cost))?;
+        let bytes = bytes_verdict(config, policy.try_admit_now(&keys, cost, bytes_headers, refuse))?;
         allowed = Some(both(allowed, bytes));
     }
     let leases = leases(config, limits, &keys)?;
-    let Allowed { wait, limit } = allowed.unwrap_or_default();
+    let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
     Ok((Extra { limit, headers: config.headers, leases }, wait))
 }
 
@@ -208,16 +202,18 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
     let checked = async {
         let route = |ext| config.route(ext, parts.uri.path());
         let keys = config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key), route);
+        let refuse = |decision: Decision| refusal(config, &decision);
+        let (headers, bytes_headers) = header_numbers(config, limits);
         let mut allowed = None;
         if let Some(policy) = &limits.policy {
-            allowed = Some(verdict(config, Some(policy.check(&keys, 1).await))?);
+            allowed = Some(verdict(config, Some(policy.admit(&keys, 1, headers, refuse).await))?);
         }
         if let Some((policy, cost)) = body_cost(config, limits, &parts.headers)? {
-            let bytes = bytes_verdict(config, Some(policy.check(&keys, cost).await))?;
+            let bytes = bytes_verdict(config, Some(policy.admit(&keys, cost, bytes_headers, refuse).await))?;
             allowed = Some(both(allowed, bytes));
         }
         let leases = acquire_leases(config, limits, &keys).await?;
-        let Allowed { wait, limit } = allowed.unwrap_or_default();
+        let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
         Ok::<_, Refusal>((Extra { limit, headers: config.headers, leases }, wait))
     };
     match checked.await {
@@ -231,11 +227,23 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
     }
 }
 
-/// The request policy's and the body-bytes policy's decisions together: the headers of the
+/// Whether the request policy's and the body-bytes policy's header numbers are wanted: only when
+/// a header style writes them, and the body-bytes policy's only on a route without a request
+/// policy (whose numbers the headers show when there is one, see [`both`]).
+#[inline(always)]
+fn header_numbers<St: Store>(config: &Config<St>, limits: &Limits<St>) -> (bool, bool) {
+    let writes = config.headers.writes_limit();
+    (writes, writes && limits.policy.is_none())
+}
+
+/// The request policy's and the body-bytes policy's admissions together: the headers of the
 /// request policy when there is one, and the longer wait.
-fn both(request: Option<Allowed>, bytes: Allowed) -> Allowed {
+fn both(request: Option<Admitted>, bytes: Admitted) -> Admitted {
     match request {
-        Some(r) => Allowed { wait: r.wait.max(bytes.wait), limit: r.limit },
+        Some(mut r) => {
+            r.wait = r.wait.max(bytes.wait);
+            r
+        }
         None => bytes,
     }
 }
@@ -243,36 +251,44 @@ fn both(request: Option<Allowed>, bytes: Allowed) -> Allowed {
 /// A refusal on its way out of the checks, boxed so that the allow path moves a small `Result`.
 type Refusal = Box<Response<Full<Bytes>>>;
 
-/// What an allowed decision leaves for the response (its headers' numbers only when a header style
-/// writes them), or its refusal. `None` is a store that said it decides at once and then did not:
-/// a broken `Store` implementation.
+/// A policy's answer on the way to the response: what an admitted request leaves for it, or the
+/// refusal.
+type Answer = Option<Result<Admission<Refusal>, Error>>;
+
+/// What an admitted request leaves for the response, or its refusal. `None` is a store that said
+/// it decides at once and then did not: a broken `Store` implementation.
 #[inline(always)]
-fn verdict<St: Store>(config: &Config<St>, result: Option<Result<Decision, Error>>) -> Result<Allowed, Refusal> {
-    match result {
-        Some(Ok(d)) if d.allowed => {
-            Ok(Allowed { wait: d.wait, limit: if config.headers.writes_limit() { d.limit_headers() } else { None } })
-        }
-        other => Err(refusal_of(config, other)),
+fn verdict<St: Store>(config: &Config<St>, answer: Answer) -> Result<Admitted, Refusal> {
+    match answer {
+        Some(Ok(Admission::Admitted(admitted))) => Ok(admitted),
+        Some(Ok(Admission::Refused(refusal))) => Err(refusal),
+        Some(Err(err)) => Err(failure(config, &err)),
+        None => Err(stopped(config)),
     }
 }
 
-/// The refusal side of [`verdict`], out of the allow path.
+/// The refusal of a refused decision, out of the allow path.
 #[inline(never)]
-fn refusal_of<St: Store>(config: &Config<St>, result: Option<Result<Decision, Error>>) -> Refusal {
-    match result {
-        Some(Ok(d)) => Box::new(config.refusal(&d, d.status())),
-        Some(Err(err)) => Box::new(internal(config, &err)),
-        None => {
-            let err = Error::Store(StoreError::Protocol("the store stopped deciding at once".into()));
-            Box::new(internal(config, &err))
-        }
-    }
+fn refusal<St: Store>(config: &Config<St>, decision: &Decision) -> Refusal {
+    Box::new(config.refusal(decision, decision.status()))
+}
+
+/// The answer when the store stopped deciding at once.
+#[cold]
+fn stopped<St: Store>(config: &Config<St>) -> Refusal {
+    failure(config, &Error::Store(StoreError::Protocol("the store stopped deciding at once".into())))
+}
+
+/// The answer to a check that failed, out of the allow path.
+#[inline(never)]
+fn failure<St: Store>(config: &Config<St>, err: &Error) -> Refusal {
+    Box::new(internal(config, err))
 }
 
 /// [`verdict`] for the body-bytes policy (413 for a body larger than the byte limit can ever
 /// admit at once).
-fn bytes_verdict<St: Store>(config: &Config<St>, result: Option<Result<Decision, Error>>) -> Result<Allowed, Refusal> {
-    match result {
+fn bytes_verdict<St: Store>(config: &Config<St>, answer: Answer) -> Result<Admitted, Refusal> {
+    match answer {
         Some(Err(Error::InvalidCost { capacity, .. })) => {
             Err(Box::new(config.error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(capacity))))
         }

@@ -274,36 +274,45 @@ impl MemoryLimit {
     }
 
     fn apply(&self, c: &Check<'_, MemoryLimit>, now: u64, mode: Mode) -> Snapshot {
-        let cap = capacity(self.algorithm(), &c.quota);
-        if self.any_block.load(Ordering::Relaxed) {
-            let until = self.blocks.get(&c.key, |u| u.load(Ordering::Acquire)).unwrap_or(0);
-            if until > now {
-                return Snapshot {
-                    allowed: false,
-                    blocked: true,
-                    limit: cap,
-                    remaining: 0,
-                    reset_after: d(until - now),
-                    retry_after: d(until - now),
-                    wait: d(0),
-                };
-            }
+        if self.any_block.load(Ordering::Relaxed)
+            && let Some(blocked) = self.blocked(c, now)
+        {
+            return blocked;
         }
         let max_wait = u64::try_from(c.max_wait.as_nanos()).unwrap_or(u64::MAX);
         let r = with_table!(&self.tables, |t, M| run::<M>(t, c.key, &c.quota, now, c.cost, max_wait, mode));
-        r.unwrap_or_else(|Full| {
-            tracing::warn!(limit = %self.name, "in-memory store full: no idle key to evict");
-            let allowed = self.on_full == OnFull::Allow;
-            Snapshot {
-                allowed,
-                blocked: false,
-                limit: cap,
-                remaining: 0,
-                reset_after: Duration::from_secs(1),
-                retry_after: if allowed { Duration::ZERO } else { Duration::from_secs(1) },
-                wait: Duration::ZERO,
-            }
+        r.unwrap_or_else(|Full| self.full(c))
+    }
+
+    /// The refusal of a key blocked by a penalty until after `now`.
+    #[inline(never)]
+    fn blocked(&self, c: &Check<'_, MemoryLimit>, now: u64) -> Option<Snapshot> {
+        let until = self.blocks.get(&c.key, |u| u.load(Ordering::Acquire)).unwrap_or(0);
+        (until > now).then(|| Snapshot {
+            allowed: false,
+            blocked: true,
+            limit: capacity(self.algorithm(), &c.quota),
+            remaining: 0,
+            reset_after: d(until - now),
+            retry_after: d(until - now),
+            wait: d(0),
         })
+    }
+
+    /// The answer for a new key when the table is full and nothing in it is idle (see [`OnFull`]).
+    #[cold]
+    fn full(&self, c: &Check<'_, MemoryLimit>) -> Snapshot {
+        tracing::warn!(limit = %self.name, "in-memory store full: no idle key to evict");
+        let allowed = self.on_full == OnFull::Allow;
+        Snapshot {
+            allowed,
+            blocked: false,
+            limit: capacity(self.algorithm(), &c.quota),
+            remaining: 0,
+            reset_after: Duration::from_secs(1),
+            retry_after: if allowed { Duration::ZERO } else { Duration::from_secs(1) },
+            wait: Duration::ZERO,
+        }
     }
 
     fn refund(&self, c: &Check<'_, MemoryLimit>, now: u64, snap: &Snapshot) {
