@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request of each case of the middleware bench (bare axum, a no-op layer,
-# tollgate, tower_governor; allow and refusal paths; inside the router and around it), counted
+# tollgate, tower_governor; allow and refusal paths; inside the router and around it; and the two
+# references around it: fixed headers alone, tollgate's KeyedLimiter alone), counted
 # by callgrind inside the bench's `measured` function: deterministic, unlike timings on a shared
 # machine.
 # Usage: scripts/instructions.sh [case ...]   (env: REQUESTS=10000; needs valgrind)
@@ -16,7 +17,7 @@ if [ ${#CASES[@]} -eq 0 ]; then
   CASES=(bare no-op_layer tollgate tollgate_no_headers tollgate_wrapped_bodies tower_governor
     tower_governor_headers tollgate_refusal tower_governor_refusal around/no-op_layer around/tollgate
     around/tollgate_no_headers around/tower_governor around/tower_governor_headers around/tollgate_refusal
-    around/tower_governor_refusal)
+    around/tower_governor_refusal around/fixed_headers around/keyed_limiter)
 fi
 printf "%-26s %14s %8s %14s\n" case instructions "vs bare" allocations
 bare=""

@@ -57,8 +57,9 @@ echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/
 # those swings. Reported: the median ratio over the rounds, with the lowest and highest, and the
 # median requests/s.
 names=(noop tg_allow tg_no_headers gov_allow gov_headers tg_refuse gov_refuse
-  around_tg_allow around_tg_no_headers around_gov_allow around_gov_headers around_tg_refuse around_gov_refuse)
-offsets=(5 1 6 3 7 2 4 8 9 10 11 12 13)
+  around_tg_allow around_tg_no_headers around_gov_allow around_gov_headers around_tg_refuse around_gov_refuse
+  around_fixed_headers)
+offsets=(5 1 6 3 7 2 4 8 9 10 11 12 13 14)
 OUT=$(mktemp -d)
 for _ in $(seq 1 "$ROUNDS"); do
   previous=$(rps "http://127.0.0.1:$PORT/")
@@ -100,6 +101,7 @@ row "tower_governor, allow (no headers, its default)" around_gov_allow
 row "tower_governor, allow, use_headers()" around_gov_headers
 row "tollgate, refusal path" around_tg_refuse
 row "tower_governor, refusal path" around_gov_refuse
+row "three fixed X-RateLimit headers, no limiter" around_fixed_headers
 echo "  tollgate / tower_governor: allow $(ratio around_tg_allow around_gov_allow), allow with headers on both" \
   "$(ratio around_tg_allow around_gov_headers), allow with headers off on both" \
   "$(ratio around_tg_no_headers around_gov_allow), refusal $(ratio around_tg_refuse around_gov_refuse)"

@@ -2,7 +2,10 @@
 //! as a tower service bare, behind a no-op layer, with tollgate (as the README recommends for
 //! axum: `axum_body()`; also without rate-limit headers, and with its own body types) and with
 //! tower_governor (its default, and with `use_headers()`), on the allow path and the refusal
-//! path, each inside the router (`Router::layer`) and around it, in one run.
+//! path, each inside the router (`Router::layer`) and around it, in one run. Two references
+//! around the router: a layer that only adds three fixed `X-RateLimit-*` headers (what any
+//! limiter's headers cost) and tollgate's `KeyedLimiter` in a hand-written layer (what its check
+//! costs with nothing around it).
 //!
 //! Run with: `cargo bench -p tollgate-tower --bench middleware`: criterion's timings, then the
 //! heap allocations per request of each case, counted over 1000 requests.
@@ -14,6 +17,7 @@
 
 use std::alloc::System;
 use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +29,8 @@ use axum::extract::ConnectInfo;
 use axum::response::Response;
 use axum::routing::get;
 use criterion::Criterion;
-use http::{Request, StatusCode};
+use futures_util::future::Either;
+use http::{HeaderName, HeaderValue, Request, StatusCode};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::runtime::Runtime;
 use tollgate::{HeaderOptions, KeyKind, Limit, Policy};
@@ -78,6 +83,22 @@ macro_rules! governor {
     };
 }
 
+/// The floor of any rate-limit headers: a layer that adds tollgate's three `X-RateLimit-*`
+/// headers, with fixed values of the bench's sizes, to every response and decides nothing. What
+/// `http::HeaderMap` takes to insert them (hashing each custom name) is the same for any limiter.
+fn fixed_headers() -> tower::util::MapResponseLayer<fn(Response) -> Response> {
+    tower::util::MapResponseLayer::new(|mut res: Response| {
+        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+        let h = res.headers_mut();
+        h.insert(LIMIT, HeaderValue::from_static("100"));
+        h.insert(REMAINING, HeaderValue::from_static("99"));
+        h.insert(RESET, HeaderValue::from_static("1"));
+        res
+    })
+}
+
 /// What runs each case: a service called as a router would be, and the status it answers.
 trait Runner {
     fn run<S>(&mut self, name: &str, svc: S, status: StatusCode)
@@ -106,6 +127,8 @@ fn cases(r: &mut impl Runner) {
     r.run("tower_governor_refusal", app().layer(governor!(false)).into_service(), too_many);
     // Around the router.
     r.run("around/no-op_layer", noop().layer(app().into_service()), ok);
+    r.run("around/keyed_limiter", Keyed::new(app().into_service()), ok);
+    r.run("around/fixed_headers", fixed_headers().layer(app().into_service()), ok);
     r.run("around/tollgate", tollgate(ALLOW, on).layer(app().into_service()), ok);
     r.run("around/tollgate_no_headers", tollgate(ALLOW, no_headers).layer(app().into_service()), ok);
     r.run("around/tower_governor", governor!(true).layer(app().into_service()), ok);
@@ -214,5 +237,38 @@ fn main() {
     bench.criterion.final_summary();
     for (name, per_request) in bench.allocations {
         eprintln!("middleware/{name}: {per_request:.1} heap allocations per request");
+    }
+}
+
+/// tollgate's [`KeyedLimiter`](tollgate::KeyedLimiter) by client IP in a hand-written layer:
+/// the core's table and GCRA with nothing around them (no policy, headers, bodies or leases), the
+/// floor of what the middleware's own check could cost.
+#[derive(Clone)]
+struct Keyed<S> {
+    inner: S,
+    limiter: Arc<tollgate::KeyedLimiter<std::net::IpAddr>>,
+}
+
+impl<S> Keyed<S> {
+    fn new(inner: S) -> Self {
+        Self { inner, limiter: Arc::new(tollgate::KeyedLimiter::new(ALLOW.parse().unwrap())) }
+    }
+}
+
+impl<S: Service<Request<Body>, Response = Response, Error = Infallible>> Service<Request<Body>> for Keyed<S> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        match ip.map(|ip| self.limiter.check(&ip)) {
+            Some(Ok(())) => Either::Left(self.inner.call(req)),
+            _ => Either::Right(ready(Ok(Response::builder().status(429).body(Body::empty()).unwrap()))),
+        }
     }
 }

@@ -1,10 +1,11 @@
-//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app fourteen
-//! ways on PORT..PORT+13: bare; then, with each middleware inside the router (`Router::layer`),
+//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app fifteen
+//! ways on PORT..PORT+14: bare; then, with each middleware inside the router (`Router::layer`),
 //! tollgate allow, tollgate refuse, tower_governor allow, tower_governor refuse, a no-op layer,
 //! tollgate allow without rate-limit headers, tower_governor allow with its rate-limit headers;
 //! then, with the middleware around the router (before routing), tollgate allow, tollgate allow
 //! without headers, tower_governor allow, tower_governor allow with headers, tollgate refuse,
-//! tower_governor refuse. `bench-server ws` measures WebSocket messages per second through a
+//! tower_governor refuse, and a layer that only adds three fixed `X-RateLimit-*` headers (what
+//! any limiter's headers cost). `bench-server ws` measures WebSocket messages per second through a
 //! bare and a wrapped socket and prints both. Driven by `bench.sh`.
 
 // A console tool.
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ws::Message;
 use axum::extract::{Request, WebSocketUpgrade};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
@@ -68,6 +70,22 @@ macro_rules! governor {
     };
 }
 
+/// A layer that adds tollgate's three `X-RateLimit-*` headers, with fixed values of the bench's
+/// sizes, to every response and decides nothing: the floor of any limiter's headers (the
+/// `around/fixed_headers` case of tollgate-tower's middleware bench, in this crate for wrk).
+fn fixed_headers() -> tower::util::MapResponseLayer<fn(Response) -> Response> {
+    tower::util::MapResponseLayer::new(|mut res: Response| {
+        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+        let h = res.headers_mut();
+        h.insert(LIMIT, HeaderValue::from_static("100"));
+        h.insert(REMAINING, HeaderValue::from_static("99"));
+        h.insert(RESET, HeaderValue::from_static("1"));
+        res
+    })
+}
+
 async fn serve(port: u16, app: Router) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tokio::spawn(async move { axum_demo::serve(listener, app).await });
@@ -107,6 +125,7 @@ async fn http(port: u16) -> Result<(), BoxError> {
     serve_around(port + 11, governor!(true, headers).layer(app())).await?;
     serve_around(port + 12, tollgate(REFUSE, headers)?.layer(app())).await?;
     serve_around(port + 13, governor!(false).layer(app())).await?;
+    serve_around(port + 14, fixed_headers().layer(app())).await?;
     println!("ready");
     std::future::pending::<()>().await;
     Ok(())
