@@ -180,13 +180,13 @@ fn check_now<St: Store, B>(
     let route = |ext| config.route(ext, request.uri().path());
     let keys = config.keys.keys_for(request, limits.fields(&config.lease_key), route);
     let refuse = |decision: Decision| refusal(config, &decision);
-    let (headers, bytes_headers) = header_numbers(config, limits);
+    let headers = config.headers.writes_limit();
     let mut allowed = None;
     if let Some(policy) = &limits.policy {
         allowed = Some(verdict(config, policy.try_admit_now(&keys, 1, headers, refuse))?);
     }
     if let Some((policy, cost)) = body_cost(config, limits, request.headers())? {
-        let bytes = bytes_verdict(config, policy.try_admit_now(&keys, cost, bytes_headers, refuse))?;
+        let bytes = bytes_verdict(config, policy.try_admit_now(&keys, cost, headers, refuse))?;
         allowed = Some(both(allowed, bytes));
     }
     let leases = leases(config, limits, &keys)?;
@@ -203,13 +203,13 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
         let route = |ext| config.route(ext, parts.uri.path());
         let keys = config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key), route);
         let refuse = |decision: Decision| refusal(config, &decision);
-        let (headers, bytes_headers) = header_numbers(config, limits);
+        let headers = config.headers.writes_limit();
         let mut allowed = None;
         if let Some(policy) = &limits.policy {
             allowed = Some(verdict(config, Some(policy.admit(&keys, 1, headers, refuse).await))?);
         }
         if let Some((policy, cost)) = body_cost(config, limits, &parts.headers)? {
-            let bytes = bytes_verdict(config, Some(policy.admit(&keys, cost, bytes_headers, refuse).await))?;
+            let bytes = bytes_verdict(config, Some(policy.admit(&keys, cost, headers, refuse).await))?;
             allowed = Some(both(allowed, bytes));
         }
         let leases = acquire_leases(config, limits, &keys).await?;
@@ -225,15 +225,6 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
         }
         Err(refusal) => Prepared::Refuse(*refusal),
     }
-}
-
-/// Whether the request policy's and the body-bytes policy's header numbers are wanted: only when
-/// a header style writes them, and the body-bytes policy's only on a route without a request
-/// policy (whose numbers the headers show when there is one, see [`both`]).
-#[inline(always)]
-fn header_numbers<St: Store>(config: &Config<St>, limits: &Limits<St>) -> (bool, bool) {
-    let writes = config.headers.writes_limit();
-    (writes, writes && limits.policy.is_none())
 }
 
 /// The request policy's and the body-bytes policy's admissions together: the headers of the
