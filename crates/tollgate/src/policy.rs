@@ -23,6 +23,7 @@
 //! # Ok::<(), tollgate::Error>(()) }).unwrap();
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use crate::decision::{Admission, Admitted, Decision, LimitHeaders, LimitState, R
 use crate::error::Error;
 use crate::key::{Key, OwnedKey, group_ip};
 use crate::quota::Quota;
-use crate::store::{Check, LimitSpec, MemoryStore, Store, StoreError};
+use crate::store::{Check, LimitSpec, MemoryLimit, MemoryStore, Store, StoreError};
 
 /// The most limits one policy may hold.
 pub const MAX_LIMITS: usize = 32;
@@ -653,6 +654,11 @@ impl<S: Store> Policy<S> {
         refuse: impl FnOnce(Decision) -> R,
     ) -> Option<Result<Admission<R>, Error>> {
         if let Some(one) = self.single() {
+            match self.try_admit_memory(one, request, cost, with_headers) {
+                Some(Ok(admitted)) => return Some(Ok(Admission::Admitted(admitted))),
+                Some(Err(decision)) => return Some(Ok(Admission::of(decision, with_headers, refuse))),
+                None => {}
+            }
             let admitted = |check: &Check<'_, S::Limit>, snapshot: &Snapshot| {
                 let headers =
                     if with_headers { Some(LimitHeaders::of(one.limit.name, check.quota, snapshot)) } else { None };
@@ -737,8 +743,53 @@ impl<S: Store> Policy<S> {
         if let Ok(true) = result {
             return Some(Ok(allowed(&check, &out[0])));
         }
+        Some(Ok(decided(self.concluded_one(result, request, &check, out))))
+    }
+
+    /// The decision on the policy's one limit other than an allowed check: a refusal (with the
+    /// penalty blocked first), a store failure.
+    fn concluded_one(
+        &self,
+        result: Result<bool, StoreError>,
+        request: &RequestKeys<'_>,
+        check: &Check<'_, S::Limit>,
+        mut out: [Snapshot; 1],
+    ) -> Decision {
+        let checks = std::slice::from_ref(check);
         self.penalize_now(&result, checks, &out);
-        Some(Ok(decided(self.conclude(result, request, checks, &[0], &mut out))))
+        self.conclude(result, request, checks, &[0], &mut out)
+    }
+
+    /// [`Policy::try_admit_now`] of a policy whose one limit is a GCRA limit on the in-memory
+    /// store, with the key found and the cost valid: straight to the limit's table
+    /// ([`MemoryLimit::try_gcra`]), without the store's batch machinery; a refusal's decision is
+    /// then reached as on the general path. `None`, having changed nothing, for any other store,
+    /// limit or case, which the general path decides. The store's type is known when the policy
+    /// is compiled: for other stores this is no code at all. The proptest
+    /// `admissions_are_the_decisions_of_try_check_now` holds it to the general path.
+    #[inline(always)]
+    fn try_admit_memory(
+        &self,
+        one: &PolicyLimit<S::Limit>,
+        request: &RequestKeys<'_>,
+        cost: u32,
+        with_headers: bool,
+    ) -> Option<Result<Admitted, Decision>> {
+        let memory = (&self.inner.store as &dyn Any).downcast_ref::<MemoryStore>()?;
+        let limit = (&one.handle as &dyn Any).downcast_ref::<MemoryLimit>()?;
+        let key = one.limit.key.resolve(request)?;
+        let quota = one.limit.quota_for(key, request.tier);
+        if cost == 0 || cost > quota.burst().get() {
+            return None;
+        }
+        let max_wait = one.limit.max_wait();
+        let snapshot = limit.try_gcra(key, &quota, memory.now(), cost, max_wait)?;
+        if snapshot.allowed {
+            let headers = if with_headers { Some(LimitHeaders::of(one.limit.name, quota, &snapshot)) } else { None };
+            return Some(Ok(Admitted { wait: snapshot.wait, headers }));
+        }
+        let check = Check { limit: &one.handle, key, quota, cost, max_wait };
+        Some(Err(self.concluded_one(Ok(false), request, &check, [snapshot])))
     }
 
     /// Blocks the refused keys for the policy's penalty, on a store that decides at once. Whether

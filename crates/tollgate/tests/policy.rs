@@ -6,8 +6,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use tollgate::{
-    Admission, Check, Error, FailureMode, KeyFields, KeyKind, Limit, LimitSpec, ManualClock, MemoryStore, MissingKey,
-    OnExceed, Policy, Quota, Reason, RequestKeys, Snapshot, Store, StoreError,
+    Admission, Algorithm, Check, Error, FailureMode, KeyFields, KeyKind, Limit, LimitSpec, ManualClock, MemoryStore,
+    MissingKey, OnExceed, Policy, Quota, Reason, RequestKeys, Snapshot, Store, StoreError,
 };
 
 fn q(s: &str) -> Quota {
@@ -313,8 +313,10 @@ async fn a_flood_of_new_keys_cannot_erase_a_spent_quota() {
 }
 
 /// A policy of one of several shapes, on its own store and clock: one limit (what
-/// `try_admit_now` answers without the batch machinery) with each rule that changes a decision,
-/// or more than one limit, or an allow- or deny-list (what it answers through `try_check_now`).
+/// `try_admit_now` answers without the batch machinery, a GCRA limit straight from the memory
+/// store's table) with each rule that changes a decision, another algorithm, a store too small for
+/// the keys, or more than one limit, or an allow- or deny-list (what it answers through
+/// `try_check_now`).
 fn shaped(shape: u8, clock: &ManualClock) -> Policy {
     let per_ip = || Limit::new("per_ip", q("3/s burst 4")).key(KeyKind::ip());
     let by_route = |missing| per_ip().key(KeyKind::Route).on_missing_key(missing);
@@ -332,7 +334,20 @@ fn shaped(shape: u8, clock: &ManualClock) -> Policy {
         8 => builder.limit(per_ip().override_key(std::net::IpAddr::from([198, 51, 100, 1]), q("1/s"))),
         9 => builder.limit(per_ip()).limit(Limit::new("global", q("5/s"))),
         10 => builder.limit(per_ip()).allow_net(net()),
-        _ => builder.limit(per_ip()).deny_net(net()),
+        11 => builder.limit(per_ip()).deny_net(net()),
+        12 => builder.limit(per_ip().tier("pro", q("1/s"))),
+        13 => builder.limit(per_ip().algorithm(Algorithm::SlidingWindow)),
+        14 => builder.limit(per_ip().algorithm(Algorithm::FixedWindow)),
+        _ => {
+            // A store filled with busy keys (its one shard holds 18): new keys are refused as
+            // the store is full until those fall idle, over a second later.
+            let small = MemoryStore::builder().clock(clock.clone()).shards(1).max_keys(2).build();
+            let policy = builder.limit(per_ip()).build_with(small).unwrap();
+            for last in 100..120 {
+                policy.try_check_now(&ip(last), 4).expect("the memory store decides at once").unwrap();
+            }
+            return policy;
+        }
     };
     builder.build_with(store(clock)).unwrap()
 }
@@ -343,14 +358,15 @@ proptest::proptest! {
     /// with its wait and (when asked for) its header numbers; refused with the whole decision.
     #[test]
     fn admissions_are_the_decisions_of_try_check_now(
-        shape in 0u8..12,
+        shape in 0u8..16,
         with_headers: bool,
         requests in proptest::collection::vec((0u8..8, 1u32..6, 0u64..700), 1..60),
     ) {
         let (clock_a, clock_b) = (ManualClock::new(), ManualClock::new());
         let (a, b) = (shaped(shape, &clock_a), shaped(shape, &clock_b));
         for (last, cost, advance_ms) in requests {
-            let keys = ip(last);
+            // Odd addresses are on the `pro` tier (shape 12 gives it its own quota).
+            let keys = RequestKeys { tier: (last % 2 == 1).then_some("pro"), ..ip(last) };
             let decided = a.try_check_now(&keys, cost).expect("the memory store decides at once");
             let admitted = b.try_admit_now(&keys, cost, with_headers, |d| d).expect("the memory store decides at once");
             match (decided, admitted) {

@@ -284,6 +284,27 @@ impl MemoryLimit {
         r.unwrap_or_else(|Full| self.full(c))
     }
 
+    /// [`MemoryLimit::apply`] committed, for a GCRA limit with no penalty block recorded: one
+    /// table lookup and the meter, nothing else (the hot path of a policy with one limit).
+    /// `None`, having changed nothing, for any other limit or standing (another algorithm, a
+    /// block, a full table): `apply` decides those.
+    #[inline]
+    pub(crate) fn try_gcra(
+        &self,
+        key: Key<'_>,
+        quota: &Quota,
+        now: u64,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Option<Snapshot> {
+        let Tables::Gcra(table) = &self.tables else { return None };
+        if self.any_block.load(Ordering::Relaxed) {
+            return None;
+        }
+        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+        run::<Gcra>(table, key, quota, now, cost, max_wait, Mode::Commit).ok()
+    }
+
     /// The refusal of a key blocked by a penalty until after `now`.
     #[inline(never)]
     fn blocked(&self, c: &Check<'_, MemoryLimit>, now: u64) -> Option<Snapshot> {
