@@ -346,6 +346,8 @@ fn shaped(shape: u8, clock: &ManualClock) -> Policy {
             for last in 100..120 {
                 policy.try_check_now(&ip(last), 4).expect("the memory store decides at once").unwrap();
             }
+            let new = policy.try_check_now(&ip(99), 1).expect("the memory store decides at once").unwrap();
+            assert_eq!((new.allowed, new.retry_after_secs()), (false, 1), "the store is full");
             return policy;
         }
     };
