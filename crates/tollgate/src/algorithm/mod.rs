@@ -140,6 +140,12 @@ pub(crate) fn d(n: u64) -> Duration {
     Duration::from_nanos(n)
 }
 
+/// [`d`] the other way: `duration` in nanoseconds, `u64::MAX` for any longer (some 584 years).
+#[inline]
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Locks a mutex, taking over the state of a holder that panicked: every state update here
 /// finishes before it can panic, so a poisoned state is still consistent.
 #[inline]

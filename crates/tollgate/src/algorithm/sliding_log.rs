@@ -97,7 +97,7 @@ impl Meter for SlidingLog {
 
     fn refund(state: &Mutex<LogState>, _quota: &Quota, now: u64, cost: u32, snapshot: &Snapshot) {
         let mut s = lock(state);
-        let ts = now.saturating_add(u64::try_from(snapshot.wait.as_nanos()).unwrap_or(u64::MAX));
+        let ts = now.saturating_add(super::nanos(snapshot.wait));
         let c = u64::from(cost);
         if let Some(i) = s.entries.iter().rposition(|&e| e == (ts, c)) {
             s.entries.remove(i);

@@ -120,7 +120,7 @@ impl Meter for SlidingWindow {
         let mut s = lock(state);
         s.roll(now, quota.period_nanos());
         let c = u64::from(cost);
-        let wait = u64::try_from(snapshot.wait.as_nanos()).unwrap_or(u64::MAX);
+        let wait = super::nanos(snapshot.wait);
         if now.saturating_add(wait) >= s.start.saturating_add(quota.period_nanos()) {
             s.next = s.next.saturating_sub(c);
         } else {

@@ -18,7 +18,7 @@ use crate::algorithm::fixed_window::{FixedState, FixedWindow};
 use crate::algorithm::gcra::Gcra;
 use crate::algorithm::sliding_log::{LogState, SlidingLog};
 use crate::algorithm::sliding_window::{SlidingWindow, WindowState};
-use crate::algorithm::{Algorithm, Meter, Mode, Snapshot, capacity, d};
+use crate::algorithm::{Algorithm, Meter, Mode, Snapshot, capacity, d, nanos};
 use crate::clock::{Clock, MonotonicClock};
 use crate::key::{Key, OwnedKey};
 use crate::quota::Quota;
@@ -279,7 +279,7 @@ impl MemoryLimit {
         {
             return blocked;
         }
-        let max_wait = u64::try_from(c.max_wait.as_nanos()).unwrap_or(u64::MAX);
+        let max_wait = nanos(c.max_wait);
         let r = with_table!(&self.tables, |t, M| run::<M>(t, c.key, &c.quota, now, c.cost, max_wait, mode));
         r.unwrap_or_else(|Full| self.full(c))
     }
@@ -301,7 +301,7 @@ impl MemoryLimit {
         if self.any_block.load(Ordering::Relaxed) {
             return None;
         }
-        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+        let max_wait = nanos(max_wait);
         run::<Gcra>(table, key, quota, now, cost, max_wait, Mode::Commit).ok()
     }
 
@@ -413,7 +413,7 @@ impl MemoryStore {
     /// Blocks `key` on `limit` for `duration` at once (see [`Store::block`]).
     pub fn block_now(&self, limit: &MemoryLimit, key: Key<'_>, duration: Duration) -> Result<(), StoreError> {
         let now = self.inner.clock.now();
-        let until = now.saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        let until = now.saturating_add(nanos(duration));
         let r = limit.blocks.with(
             &key,
             now,

@@ -404,7 +404,7 @@ impl<C: Clock> MessageGate<C> {
             key_steps[2] = per_key.and_then(|p| p.kind_step(class));
         }
         let max_wait = match limits.on_exceed {
-            MessageAction::Delay { max_wait } => u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX),
+            MessageAction::Delay { max_wait } => crate::algorithm::nanos(max_wait),
             _ => 0,
         };
         // All-or-nothing: decide every step of this connection first, then the key's (which
