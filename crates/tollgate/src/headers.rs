@@ -310,24 +310,25 @@ impl HeaderOptions {
 
     /// The refusal's body and its content type.
     pub fn refusal_body(&self, decision: &Decision) -> (HeaderValue, Vec<u8>) {
-        let limit = decision.limit.as_ref().map(|l| l.name);
-        if self.body == BodyFormat::Json && json_as_is(decision.policy) && limit.is_none_or(json_as_is) {
-            // What serde_json writes below, without its machinery: names seldom need escaping.
+        let fields = RefusalFields::of(decision);
+        if self.body == BodyFormat::Json && json_as_is(fields.policy) && fields.limit.is_none_or(json_as_is) {
+            // What serde_json writes of `fields` below, without its machinery: names seldom need
+            // escaping.
             let mut out = Vec::with_capacity(96);
             out.extend_from_slice(br#"{"error":""#);
-            out.extend_from_slice(decision.reason.as_str().as_bytes());
+            out.extend_from_slice(fields.error.as_bytes());
             out.extend_from_slice(br#"","policy":""#);
-            out.extend_from_slice(decision.policy.as_bytes());
-            if let Some(limit) = limit {
+            out.extend_from_slice(fields.policy.as_bytes());
+            if let Some(limit) = fields.limit {
                 out.extend_from_slice(br#"","limit":""#);
                 out.extend_from_slice(limit.as_bytes());
             }
             out.extend_from_slice(br#"","retry_after":"#);
-            out.extend_from_slice(itoa::Buffer::new().format(decision.retry_after_secs()).as_bytes());
+            out.extend_from_slice(itoa::Buffer::new().format(fields.retry_after).as_bytes());
             out.push(b'}');
             return (HeaderValue::from_static("application/json"), out);
         }
-        self.body(decision.status(), RefusalFields::of(decision))
+        self.body(decision.status(), fields)
     }
 
     /// The body of a refusal the middleware makes without a [`Decision`] — 413 Payload Too Large,
