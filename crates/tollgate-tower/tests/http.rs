@@ -82,6 +82,10 @@ async fn ietf_headers_and_custom_refusal() {
     let ok = get_ok(addr, "/hello").await;
     assert_eq!(ok.header("ratelimit-policy"), r#""per_ip";q=1;w=60"#);
     assert_eq!(ok.header("ratelimit"), r#""per_ip";r=0;t=60"#);
+    // The X-RateLimit style stays on beside it (the middleware keeps the whole limit for both).
+    assert_eq!(ok.header("x-ratelimit-limit"), "1");
+    assert_eq!(ok.header("x-ratelimit-remaining"), "0");
+    assert_eq!(ok.header("x-ratelimit-reset"), "60");
     let refused = get_ok(addr, "/hello").await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.text(), "slow down, 60");

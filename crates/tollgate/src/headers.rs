@@ -269,21 +269,59 @@ impl HeaderOptions {
         }
     }
 
+    /// Whether a style other than X-RateLimit is on: those need the limit's name and quota, where
+    /// X-RateLimit needs only the three numbers [`HeaderOptions::render_numbers`] takes.
+    #[inline]
+    pub fn needs_name_and_quota(&self) -> bool {
+        self.ietf || self.spring
+    }
+
+    /// Writes the X-RateLimit headers (when that style is on) from their numbers alone: the
+    /// limit's capacity, what remains, and how long until it is back to full. For a middleware that
+    /// keeps these instead of a whole [`LimitHeaders`] when
+    /// [`HeaderOptions::needs_name_and_quota`] is false; [`HeaderOptions::render_limit`] writes
+    /// the same headers.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut headers = http::HeaderMap::new();
+    /// tollgate::HeaderOptions::default().render_numbers(10, 7, Duration::from_millis(600), &mut headers);
+    /// assert_eq!(headers["x-ratelimit-limit"], "10");
+    /// assert_eq!(headers["x-ratelimit-remaining"], "7");
+    /// assert_eq!(headers["x-ratelimit-reset"], "1");
+    /// ```
+    #[inline]
+    pub fn render_numbers(&self, limit: u64, remaining: u64, reset_after: Duration, headers: &mut HeaderMap) {
+        self.render_numbers_with(limit, remaining, reset_after, headers, SystemTime::now);
+    }
+
+    fn render_numbers_with(
+        &self,
+        limit: u64,
+        remaining: u64,
+        reset_after: Duration,
+        headers: &mut HeaderMap,
+        now: impl FnOnce() -> SystemTime,
+    ) {
+        if !self.x_ratelimit {
+            return;
+        }
+        headers.insert(X_LIMIT, constant(limit));
+        headers.insert(X_REMAINING, num(remaining));
+        let value = match self.reset {
+            ResetStyle::Seconds => ceil_secs(reset_after),
+            ResetStyle::EpochSeconds => {
+                let now = now();
+                let at = now.checked_add(reset_after).unwrap_or(now);
+                ceil_secs(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
+            }
+        };
+        headers.insert(X_RESET, constant(value));
+    }
+
     fn render_limit_with(&self, limit: &LimitHeaders, headers: &mut HeaderMap, now: impl FnOnce() -> SystemTime) {
         let reset = ceil_secs(limit.reset_after);
-        if self.x_ratelimit {
-            headers.insert(X_LIMIT, constant(limit.limit));
-            headers.insert(X_REMAINING, num(limit.remaining));
-            let value = match self.reset {
-                ResetStyle::Seconds => reset,
-                ResetStyle::EpochSeconds => {
-                    let now = now();
-                    let at = now.checked_add(limit.reset_after).unwrap_or(now);
-                    ceil_secs(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
-                }
-            };
-            headers.insert(X_RESET, constant(value));
-        }
+        self.render_numbers_with(limit.limit, limit.remaining, limit.reset_after, headers, now);
         if self.ietf {
             let mut policy = String::with_capacity(48);
             sf_string(limit.name, &mut policy);
@@ -493,6 +531,31 @@ mod tests {
         assert_eq!(full, kept);
         assert_eq!(kept["x-ratelimit-remaining"], "7");
         assert_eq!(kept["ratelimit"], "\"per_ip\";r=7;t=3");
+    }
+
+    #[test]
+    fn render_numbers_writes_what_render_limit_does_for_the_x_ratelimit_style() {
+        let snapshot = crate::Snapshot {
+            limit: 1_500,
+            remaining: 1_499,
+            reset_after: Duration::from_millis(2_500),
+            ..crate::Snapshot::EMPTY
+        };
+        let limit = LimitHeaders::of("per_ip", "20/s burst 1500".parse().unwrap(), &snapshot);
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for reset in [ResetStyle::Seconds, ResetStyle::EpochSeconds] {
+            for x_ratelimit in [true, false] {
+                let options = HeaderOptions { x_ratelimit, reset, ..HeaderOptions::default() };
+                assert!(!options.needs_name_and_quota());
+                let (mut full, mut numbers) = (HeaderMap::new(), HeaderMap::new());
+                options.render_limit_with(&limit, &mut full, || now);
+                options.render_numbers_with(1_500, 1_499, limit.reset_after, &mut numbers, || now);
+                assert_eq!(full, numbers);
+                assert_eq!(numbers.len(), if x_ratelimit { 3 } else { 0 });
+            }
+        }
+        assert!(HeaderOptions { ietf: true, ..HeaderOptions::default() }.needs_name_and_quota());
+        assert!(HeaderOptions { spring: true, ..HeaderOptions::default() }.needs_name_and_quota());
     }
 
     #[test]

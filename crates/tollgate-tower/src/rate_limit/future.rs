@@ -36,7 +36,7 @@ pin_project! {
     enum State<F, S, R> {
         Refused { response: Option<Response<Full<Bytes>>> },
         Preparing { prep: BoxPrepare<R>, service: Option<S> },
-        Inner { #[pin] future: F, extra: Option<Extra> },
+        Inner { #[pin] future: F, extra: Extra },
     }
 }
 
@@ -61,7 +61,7 @@ impl<F, S, B, M: RequestBodies<B>> ResponseFuture<F, S, B, M> {
     }
 
     pub(crate) fn inner(future: F, extra: Extra) -> Self {
-        Self { state: State::Inner { future, extra: Some(extra) }, bodies: PhantomData }
+        Self { state: State::Inner { future, extra }, bodies: PhantomData }
     }
 }
 
@@ -92,13 +92,13 @@ where
                             return Poll::Ready(Ok(response.map(M::refusal)));
                         };
                         let future = service.call(request);
-                        state.set(State::Inner { future, extra: Some(extra) });
+                        state.set(State::Inner { future, extra });
                     }
                     Prepared::Refuse(response) => return Poll::Ready(Ok(response.map(M::refusal))),
                 },
                 StateProj::Inner { future, extra } => {
                     let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(finish::<M, _>(response, extra.take())));
+                    return Poll::Ready(Ok(finish::<M, _>(response, std::mem::take(extra))));
                 }
             }
         }
@@ -106,11 +106,8 @@ where
 }
 
 /// Adds the decision's headers and moves the lease into the body.
-fn finish<M: ResponseBodies<B>, B>(mut response: Response<B>, extra: Option<Extra>) -> Response<M::Response> {
-    let Some(extra) = extra else { return response.map(|b| M::response(b, None)) };
-    if let Some(limit) = &extra.limit {
-        extra.headers.render_limit(limit, response.headers_mut());
-    }
+fn finish<M: ResponseBodies<B>, B>(mut response: Response<B>, extra: Extra) -> Response<M::Response> {
+    extra.shown.render(response.headers_mut());
     let Some(leases) = extra.leases else { return response.map(|b| M::response(b, None)) };
     let Leases { lease, upgrade } = *leases;
     if let Some(upgrade) = &upgrade

@@ -76,12 +76,63 @@ pub(crate) enum Prepared<B> {
 }
 
 /// What the response needs from the checks. Kept small (it is moved with the response future on
-/// every request): the headers' numbers rather than the whole [`Decision`], the leases boxed, as
-/// only routes with concurrency limits have them.
+/// every request, and each byte of the future costs about an instruction per request): what the
+/// headers show rather than the whole [`Decision`], the leases boxed, as only routes with
+/// concurrency limits have them.
+#[derive(Default)]
 pub(crate) struct Extra {
-    pub(crate) limit: Option<LimitHeaders>,
-    pub(crate) headers: HeaderOptions,
+    pub(crate) shown: Shown,
     pub(crate) leases: Option<Box<Leases>>,
+}
+
+impl Extra {
+    #[inline]
+    fn new(headers: HeaderOptions, limit: Option<LimitHeaders>, leases: Option<Box<Leases>>) -> Self {
+        Extra { shown: Shown::of(headers, limit), leases }
+    }
+}
+
+/// What an allowed response's rate-limit headers show, kept from the check: as little as the
+/// header styles need.
+#[derive(Default)]
+pub(crate) enum Shown {
+    /// No headers: no limit applied, or no style is on.
+    #[default]
+    Nothing,
+    /// The X-RateLimit style alone (the default): its three numbers. A quota's amount and burst
+    /// are `u32`, so the capacity and what remains fit one; the reset is in nanoseconds.
+    Numbers { headers: HeaderOptions, limit: u32, remaining: u32, reset_after: u64 },
+    /// A style that shows the limit's name and quota too: boxed, as those styles are opt-in.
+    All(Box<(HeaderOptions, LimitHeaders)>),
+}
+
+impl Shown {
+    #[inline]
+    fn of(headers: HeaderOptions, limit: Option<LimitHeaders>) -> Self {
+        let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        match limit {
+            None => Shown::Nothing,
+            Some(limit) if headers.needs_name_and_quota() => Shown::All(Box::new((headers, limit))),
+            Some(limit) => Shown::Numbers {
+                headers,
+                limit: narrow(limit.limit),
+                remaining: narrow(limit.remaining),
+                reset_after: u64::try_from(limit.reset_after.as_nanos()).unwrap_or(u64::MAX),
+            },
+        }
+    }
+
+    /// Writes the headers into a response's.
+    #[inline]
+    pub(crate) fn render(self, into: &mut HeaderMap) {
+        match self {
+            Shown::Nothing => {}
+            Shown::Numbers { headers, limit, remaining, reset_after } => {
+                headers.render_numbers(limit.into(), remaining.into(), Duration::from_nanos(reset_after), into);
+            }
+            Shown::All(all) => all.0.render_limit(&all.1, into),
+        }
+    }
 }
 
 /// The concurrency leases a request holds: the in-flight lease, which the response body takes
@@ -122,6 +173,10 @@ where
         self.inner.poll_ready(cx)
     }
 
+    // Always inlined: a caller that stores the future (hyper's connection, a `Oneshot`) then gets
+    // it written in place, where a call returns it through a temporary: one copy of the inner
+    // future fewer (about 130 instructions per request around an axum `Router`, measured).
+    #[inline(always)]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let limits = self.config.limits_for(&request);
         if !limits.at_once {
@@ -191,7 +246,7 @@ fn check_now<St: Store, B>(
     }
     let leases = leases(config, limits, &keys)?;
     let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
-    Ok((Extra { limit, headers: config.headers, leases }, wait))
+    Ok((Extra::new(config.headers, limit, leases), wait))
 }
 
 /// [`check_now`] for stores with I/O.
@@ -214,7 +269,7 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
         }
         let leases = acquire_leases(config, limits, &keys).await?;
         let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
-        Ok::<_, Refusal>((Extra { limit, headers: config.headers, leases }, wait))
+        Ok::<_, Refusal>((Extra::new(config.headers, limit, leases), wait))
     };
     match checked.await {
         Ok((extra, wait)) => {
