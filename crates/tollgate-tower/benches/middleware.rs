@@ -42,8 +42,11 @@ use tower_governor::governor::GovernorConfigBuilder;
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+/// The app, with its handlers turned into routes up front (`with_state`), as `axum::serve` does
+/// for a `Router`: a `Router` served as a plain service would turn its handler into a route, and
+/// apply its layers, on every request.
 fn app() -> Router {
-    Router::new().route("/", get(|| async { "hello" }))
+    Router::new().route("/", get(|| async { "hello" })).with_state(())
 }
 
 fn request() -> Request<Body> {

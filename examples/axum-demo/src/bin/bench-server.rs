@@ -32,8 +32,11 @@ use tower_governor::governor::GovernorConfigBuilder;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The app, with its handlers turned into routes up front (`with_state`), as `axum::serve` does
+/// for a `Router`: a `Router` served as a plain service would turn its handler into a route, and
+/// apply its layers, on every request.
 fn app() -> Router {
-    Router::new().route("/", get(|| async { "hello" }))
+    Router::new().route("/", get(|| async { "hello" })).with_state(())
 }
 
 /// A quota nothing in the bench exceeds (a request takes far longer than a nanosecond), with a
