@@ -23,83 +23,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
-use axum::routing::get;
 use criterion::Criterion;
 use futures_util::future::Either;
-use http::{HeaderName, HeaderValue, Request, StatusCode};
+use http::{Request, StatusCode};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::runtime::Runtime;
-use tollgate::{HeaderOptions, KeyKind, Limit, Policy};
+use tollgate::HeaderOptions;
 use tollgate_tower::RateLimitLayer;
 use tower::{Layer, Service, ServiceExt};
-use tower_governor::GovernorLayer;
-use tower_governor::governor::GovernorConfigBuilder;
+
+#[macro_use]
+mod apps;
+
+use apps::{ALLOW, REFUSE, app, fixed_headers, per_ip, tollgate};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// The app, with its handlers turned into routes up front (`with_state`), as `axum::serve` does
-/// for a `Router`: a `Router` served as a plain service would turn its handler into a route, and
-/// apply its layers, on every request.
-fn app() -> Router {
-    Router::new().route("/", get(|| async { "hello" })).with_state(())
-}
 
 fn request() -> Request<Body> {
     let mut r = Request::get("/").body(Body::empty()).unwrap();
     r.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
     r
-}
-
-fn per_ip(quota: &str) -> Policy {
-    Policy::builder("api").limit(Limit::new("per_ip", quota.parse().unwrap()).key(KeyKind::ip())).build().unwrap()
-}
-
-/// A quota nothing in the bench exceeds (a request takes far longer than a nanosecond), with a
-/// burst of a realistic size, so that the headers carry numbers of a realistic size too.
-const ALLOW: &str = "1000000000/s burst 100";
-/// A quota every request after the first exceeds.
-const REFUSE: &str = "1/h";
-
-/// tower_governor's layer on the allow path (the same quota as [`ALLOW`]) or the refusal path;
-/// `headers` adds its rate-limit headers (`use_headers`, which changes the layer's type). A macro:
-/// its layer's type names a type tower_governor does not export.
-macro_rules! governor {
-    (@builder $allow:expr) => {{
-        let mut builder = GovernorConfigBuilder::default();
-        if $allow {
-            builder.per_nanosecond(1).burst_size(100);
-        } else {
-            builder.per_second(3600).burst_size(1);
-        }
-        builder
-    }};
-    ($allow:expr) => {
-        GovernorLayer::new(Arc::new(governor!(@builder $allow).finish().unwrap()))
-    };
-    ($allow:expr, headers) => {
-        GovernorLayer::new(Arc::new(governor!(@builder $allow).use_headers().finish().unwrap()))
-    };
-}
-
-/// The floor of any rate-limit headers: a layer that adds tollgate's three `X-RateLimit-*`
-/// headers, with fixed values of the bench's sizes, to every response and decides nothing. What
-/// `http::HeaderMap` takes to insert them (hashing each custom name) is the same for any limiter.
-fn fixed_headers() -> tower::util::MapResponseLayer<fn(Response) -> Response> {
-    tower::util::MapResponseLayer::new(|mut res: Response| {
-        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-        let h = res.headers_mut();
-        h.insert(LIMIT, HeaderValue::from_static("100"));
-        h.insert(REMAINING, HeaderValue::from_static("99"));
-        h.insert(RESET, HeaderValue::from_static("1"));
-        res
-    })
 }
 
 /// What runs each case: a service called as a router would be, and the status it answers.
@@ -116,28 +63,28 @@ fn cases(r: &mut impl Runner) {
     let no_headers = HeaderOptions { x_ratelimit: false, ..HeaderOptions::default() };
     let (ok, too_many) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
     let noop = || tower::util::MapRequestLayer::new(|r: Request<Body>| r);
-    let tollgate = |quota, headers| RateLimitLayer::new(per_ip(quota)).headers(headers).axum_body();
+    let tollgate = |quota, headers| tollgate(quota, headers).unwrap();
     let on = HeaderOptions::default();
     // Inside the router.
     r.run("bare", app().into_service(), ok);
     r.run("no-op_layer", app().layer(noop()).into_service(), ok);
     r.run("tollgate", app().layer(tollgate(ALLOW, on)).into_service(), ok);
     r.run("tollgate_no_headers", app().layer(tollgate(ALLOW, no_headers)).into_service(), ok);
-    r.run("tollgate_wrapped_bodies", app().layer(RateLimitLayer::new(per_ip(ALLOW))).into_service(), ok);
-    r.run("tower_governor", app().layer(governor!(true)).into_service(), ok);
-    r.run("tower_governor_headers", app().layer(governor!(true, headers)).into_service(), ok);
+    r.run("tollgate_wrapped_bodies", app().layer(RateLimitLayer::new(per_ip(ALLOW).unwrap())).into_service(), ok);
+    r.run("tower_governor", app().layer(governor!(true).unwrap()).into_service(), ok);
+    r.run("tower_governor_headers", app().layer(governor!(true, headers).unwrap()).into_service(), ok);
     r.run("tollgate_refusal", app().layer(tollgate(REFUSE, on)).into_service(), too_many);
-    r.run("tower_governor_refusal", app().layer(governor!(false)).into_service(), too_many);
+    r.run("tower_governor_refusal", app().layer(governor!(false).unwrap()).into_service(), too_many);
     // Around the router.
     r.run("around/no-op_layer", noop().layer(app().into_service()), ok);
     r.run("around/keyed_limiter", Keyed::new(app().into_service()), ok);
     r.run("around/fixed_headers", fixed_headers().layer(app().into_service()), ok);
     r.run("around/tollgate", tollgate(ALLOW, on).layer(app().into_service()), ok);
     r.run("around/tollgate_no_headers", tollgate(ALLOW, no_headers).layer(app().into_service()), ok);
-    r.run("around/tower_governor", governor!(true).layer(app().into_service()), ok);
-    r.run("around/tower_governor_headers", governor!(true, headers).layer(app().into_service()), ok);
+    r.run("around/tower_governor", governor!(true).unwrap().layer(app().into_service()), ok);
+    r.run("around/tower_governor_headers", governor!(true, headers).unwrap().layer(app().into_service()), ok);
     r.run("around/tollgate_refusal", tollgate(REFUSE, on).layer(app().into_service()), too_many);
-    r.run("around/tower_governor_refusal", governor!(false).layer(app().into_service()), too_many);
+    r.run("around/tower_governor_refusal", governor!(false).unwrap().layer(app().into_service()), too_many);
 }
 
 /// One request through the service, its status checked.

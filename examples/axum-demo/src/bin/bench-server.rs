@@ -11,83 +11,26 @@
 // A console tool.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[macro_use]
+#[path = "../../../../crates/tollgate-tower/benches/apps/mod.rs"]
+mod apps;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::Message;
 use axum::extract::{Request, WebSocketUpgrade};
-use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
+
+use apps::{ALLOW, BoxError, REFUSE, app, fixed_headers, tollgate};
 use tollgate::websocket::MessageLimits;
-use tollgate::{ConcurrencyLimiter, HeaderOptions, KeyKind, Limit, MemoryStore, Policy};
-use tollgate_tower::{AxumBody, LimitedUpgrade, LimitedWebSocket, Limits, RateLimitLayer, WebSocketLimits};
+use tollgate::{ConcurrencyLimiter, HeaderOptions};
+use tollgate_tower::{LimitedUpgrade, LimitedWebSocket, Limits, RateLimitLayer, WebSocketLimits};
 use tower::{Layer, Service};
-use tower_governor::GovernorLayer;
-use tower_governor::governor::GovernorConfigBuilder;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The app, with its handlers turned into routes up front (`with_state`), as `axum::serve` does
-/// for a `Router`: a `Router` served as a plain service would turn its handler into a route, and
-/// apply its layers, on every request.
-fn app() -> Router {
-    Router::new().route("/", get(|| async { "hello" })).with_state(())
-}
-
-/// A quota nothing in the bench exceeds (a request takes far longer than a nanosecond), with a
-/// burst of a realistic size, so that the headers carry numbers of a realistic size too.
-const ALLOW: &str = "1000000000/s burst 100";
-/// A quota every request after the first exceeds.
-const REFUSE: &str = "1/h";
-
-/// tollgate on a per-IP `quota`, with `headers` on its responses.
-fn tollgate(quota: &str, headers: HeaderOptions) -> Result<RateLimitLayer<MemoryStore, AxumBody>, BoxError> {
-    let policy = Policy::builder("bench").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
-    Ok(RateLimitLayer::new(policy).headers(headers).axum_body())
-}
-
-/// tower_governor's layer on its allow path (the same quota as [`ALLOW`]) or refusal path;
-/// `headers` adds its `x-ratelimit-limit`/`-remaining` headers on allowed responses
-/// (`use_headers`, which changes the layer's type). A macro: the layer's type names a type
-/// tower_governor does not export.
-macro_rules! governor {
-    (@builder $allow:expr) => {{
-        let mut builder = GovernorConfigBuilder::default();
-        if $allow {
-            builder.per_nanosecond(1).burst_size(100);
-        } else {
-            builder.per_second(3600).burst_size(1);
-        }
-        builder
-    }};
-    ($allow:expr) => {
-        GovernorLayer::new(Arc::new(governor!(@builder $allow).finish().ok_or("bad governor config")?))
-    };
-    ($allow:expr, headers) => {
-        GovernorLayer::new(Arc::new(governor!(@builder $allow).use_headers().finish().ok_or("bad governor config")?))
-    };
-}
-
-/// A layer that adds tollgate's three `X-RateLimit-*` headers, with fixed values of the bench's
-/// sizes, to every response and decides nothing: the floor of any limiter's headers (the
-/// `around/fixed_headers` case of tollgate-tower's middleware bench, in this crate for wrk).
-fn fixed_headers() -> tower::util::MapResponseLayer<fn(Response) -> Response> {
-    tower::util::MapResponseLayer::new(|mut res: Response| {
-        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-        let h = res.headers_mut();
-        h.insert(LIMIT, HeaderValue::from_static("100"));
-        h.insert(REMAINING, HeaderValue::from_static("99"));
-        h.insert(RESET, HeaderValue::from_static("1"));
-        res
-    })
-}
 
 async fn serve(port: u16, app: Router) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -113,21 +56,21 @@ async fn http(port: u16) -> Result<(), BoxError> {
     // Inside the router.
     serve(port + 1, app().layer(tollgate(ALLOW, headers)?)).await?;
     serve(port + 2, app().layer(tollgate(REFUSE, headers)?)).await?;
-    serve(port + 3, app().layer(governor!(true))).await?;
-    serve(port + 4, app().layer(governor!(false))).await?;
+    serve(port + 3, app().layer(governor!(true)?)).await?;
+    serve(port + 4, app().layer(governor!(false)?)).await?;
     // A layer that does nothing: what any tower layer costs through axum's `Router::layer`.
     serve(port + 5, app().layer(tower::util::MapRequestLayer::new(|r: Request| r))).await?;
     // The allow path without headers on allowed responses (tower_governor's default), and
     // tower_governor with them, like for like with tollgate's default.
     serve(port + 6, app().layer(tollgate(ALLOW, no_headers)?)).await?;
-    serve(port + 7, app().layer(governor!(true, headers))).await?;
+    serve(port + 7, app().layer(governor!(true, headers)?)).await?;
     // Around the router.
     serve_around(port + 8, tollgate(ALLOW, headers)?.layer(app())).await?;
     serve_around(port + 9, tollgate(ALLOW, no_headers)?.layer(app())).await?;
-    serve_around(port + 10, governor!(true).layer(app())).await?;
-    serve_around(port + 11, governor!(true, headers).layer(app())).await?;
+    serve_around(port + 10, governor!(true)?.layer(app())).await?;
+    serve_around(port + 11, governor!(true, headers)?.layer(app())).await?;
     serve_around(port + 12, tollgate(REFUSE, headers)?.layer(app())).await?;
-    serve_around(port + 13, governor!(false).layer(app())).await?;
+    serve_around(port + 13, governor!(false)?.layer(app())).await?;
     serve_around(port + 14, fixed_headers().layer(app())).await?;
     println!("ready");
     std::future::pending::<()>().await;
