@@ -320,7 +320,6 @@ impl HeaderOptions {
     }
 
     fn render_limit_with(&self, limit: &LimitHeaders, headers: &mut HeaderMap, now: impl FnOnce() -> SystemTime) {
-        let reset = ceil_secs(limit.reset_after);
         self.render_numbers_with(limit.limit, limit.remaining, limit.reset_after, headers, now);
         if self.ietf {
             let mut policy = String::with_capacity(48);
@@ -328,7 +327,7 @@ impl HeaderOptions {
             let _ = write!(policy, ";q={};w={}", limit.quota.amount(), ceil_secs(limit.quota.period()).max(1));
             let mut state = String::with_capacity(48);
             sf_string(limit.name, &mut state);
-            let _ = write!(state, ";r={};t={}", limit.remaining, reset);
+            let _ = write!(state, ";r={};t={}", limit.remaining, ceil_secs(limit.reset_after));
             if let Ok(v) = HeaderValue::try_from(policy) {
                 headers.insert(RATELIMIT_POLICY, v);
             }
