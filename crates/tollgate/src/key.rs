@@ -121,10 +121,8 @@ impl Hash for Key<'_> {
                 state.write_u8(1);
                 state.write_u64(n);
             }
-            Key::Ip(IpAddr::V4(ip)) => {
-                state.write_u8(2);
-                state.write_u32(ip.to_bits());
-            }
+            // One write: the tag beside the address.
+            Key::Ip(IpAddr::V4(ip)) => state.write_u64((2 << 32) | u64::from(ip.to_bits())),
             Key::Ip(IpAddr::V6(ip)) => {
                 state.write_u8(3);
                 state.write_u128(ip.to_bits());

@@ -5,6 +5,7 @@
 //! shard's lock (so that threads checking one key — a global or per-route limit — contend on its
 //! state only): at most one such key per shard is never evicted.
 
+use std::any::Any;
 use std::fmt;
 use std::future::{Future, ready};
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    clock: Arc<dyn Clock>,
+    clock: StoreClock,
     shards: usize,
     max_keys: usize,
     on_full: OnFull,
@@ -76,10 +77,35 @@ impl Default for MemoryStore {
     }
 }
 
+/// The store's clock: the default one read directly, as every check reads it, and any other
+/// through a pointer.
+#[derive(Clone)]
+enum StoreClock {
+    Monotonic(MonotonicClock),
+    Other(Arc<dyn Clock>),
+}
+
+impl StoreClock {
+    fn of<C: Clock>(clock: C) -> Self {
+        match (&clock as &dyn Any).downcast_ref::<MonotonicClock>() {
+            Some(monotonic) => StoreClock::Monotonic(monotonic.clone()),
+            None => StoreClock::Other(Arc::new(clock)),
+        }
+    }
+
+    #[inline]
+    fn now(&self) -> u64 {
+        match self {
+            StoreClock::Monotonic(clock) => clock.now(),
+            StoreClock::Other(clock) => clock.now(),
+        }
+    }
+}
+
 /// Builds a [`MemoryStore`].
 #[derive(Clone)]
 pub struct MemoryStoreBuilder {
-    clock: Arc<dyn Clock>,
+    clock: StoreClock,
     shards: usize,
     max_keys: usize,
     on_full: OnFull,
@@ -102,7 +128,7 @@ impl MemoryStoreBuilder {
     /// The clock (default: [`MonotonicClock`]).
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = StoreClock::of(clock);
         self
     }
 
@@ -145,7 +171,7 @@ impl MemoryStore {
     pub fn builder() -> MemoryStoreBuilder {
         let cores = std::thread::available_parallelism().map_or(4, usize::from);
         MemoryStoreBuilder {
-            clock: Arc::new(MonotonicClock::new()),
+            clock: StoreClock::Monotonic(MonotonicClock::new()),
             shards: cores * 4,
             max_keys: DEFAULT_MAX_KEYS,
             on_full: OnFull::default(),
@@ -153,6 +179,7 @@ impl MemoryStore {
     }
 
     /// The store's clock reading now.
+    #[inline]
     pub fn now(&self) -> u64 {
         self.inner.clock.now()
     }
@@ -424,5 +451,29 @@ impl MemoryStore {
         );
         limit.any_block.store(true, Ordering::Release);
         r.map_err(|Full| StoreError::Full(limit.blocks.capacity()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn the_store_reads_the_clock_it_was_given() {
+        let manual = ManualClock::at(5);
+        let store = MemoryStore::builder().clock(manual.clone()).build();
+        assert!(matches!(store.inner.clock, StoreClock::Other(_)));
+        manual.advance(Duration::from_nanos(10));
+        assert_eq!(store.now(), 15);
+
+        // The default clock, given or not, is read without a virtual call.
+        for store in [MemoryStore::default(), MemoryStore::builder().clock(MonotonicClock::new()).build()] {
+            assert!(matches!(store.inner.clock, StoreClock::Monotonic(_)));
+            let (a, b) = (store.now(), store.now());
+            assert!(b >= a);
+        }
     }
 }
