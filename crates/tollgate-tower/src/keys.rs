@@ -71,6 +71,7 @@ impl KeyExtractor {
         self.client_ip_of(request.extensions(), request.headers())
     }
 
+    #[inline(always)]
     fn client_ip_of(&self, ext: &Extensions, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer_addr(ext)?;
         Some(self.resolver.resolve(peer.ip(), headers))
@@ -107,6 +108,7 @@ impl KeyExtractor {
         self.keys_of(&parts.extensions, &parts.headers, fields, route)
     }
 
+    #[inline(always)]
     fn keys_of<'a>(
         &self,
         ext: &'a Extensions,

@@ -105,11 +105,20 @@ where
     }
 }
 
-/// Adds the decision's headers and moves the lease into the body.
+/// Adds the decision's headers and moves the lease into the body. Inlined into `poll`: a
+/// response without leases is on the hot path.
+#[inline(always)]
 fn finish<M: ResponseBodies<B>, B>(mut response: Response<B>, extra: Extra) -> Response<M::Response> {
     extra.shown.render(response.headers_mut());
-    let Some(leases) = extra.leases else { return response.map(|b| M::response(b, None)) };
-    let Leases { lease, upgrade } = *leases;
+    match extra.leases {
+        None => response.map(|b| M::response(b, None)),
+        Some(leases) => hand_over::<M, _>(response, *leases),
+    }
+}
+
+/// Moves the in-flight lease into the response body; warns when an upgrade's lease was not taken.
+fn hand_over<M: ResponseBodies<B>, B>(response: Response<B>, leases: Leases) -> Response<M::Response> {
+    let Leases { lease, upgrade } = leases;
     if let Some(upgrade) = &upgrade
         && upgrade.release_untaken()
         && response.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -227,6 +227,7 @@ impl<S: Clone, St: Store, M> RateLimit<S, St, M> {
 /// Every check of the request's limits, in order — request policy, body size, body bytes,
 /// concurrency leases — on stores that decide at once: what the response needs, and how long to
 /// wait before calling the inner service.
+#[inline(always)]
 fn check_now<St: Store, B>(
     config: &Config<St>,
     limits: &Limits<St>,
