@@ -19,7 +19,7 @@ if [ ${#CASES[@]} -eq 0 ]; then
     around/tollgate_no_headers around/tower_governor around/tower_governor_headers around/tollgate_refusal
     around/tower_governor_refusal around/fixed_headers around/keyed_limiter)
 fi
-printf "%-26s %14s %8s %14s\n" case instructions "vs bare" allocations
+printf "%-30s %14s %8s %14s\n" case instructions "vs bare" allocations
 bare=""
 for case in "${CASES[@]}"; do
   out=$(COUNT_CASE="$case" COUNT_REQUESTS="$REQUESTS" valgrind --tool=callgrind \
@@ -34,5 +34,5 @@ for case in "${CASES[@]}"; do
   [ -z "$bare" ] && [ "$case" = bare ] && bare=$per
   allocs=$(echo "$out" | sed -n 's/.*: \([0-9.]*\) heap allocations per request/\1/p')
   ratio=$([ -n "$bare" ] && awk -v a="$per" -v b="$bare" 'BEGIN { printf "%.3fx", a / b }' || echo "-")
-  printf "%-26s %14s %8s %14s\n" "$case" "$per" "$ratio" "$allocs"
+  printf "%-30s %14s %8s %14s\n" "$case" "$per" "$ratio" "$allocs"
 done

@@ -86,9 +86,12 @@ pub(crate) struct Extra {
 }
 
 impl Extra {
+    /// What the response needs from the policies' admission (none: no policy applied) and the
+    /// leases taken, with how long to wait before calling the inner service.
     #[inline]
-    fn new(headers: HeaderOptions, limit: Option<LimitHeaders>, leases: Option<Box<Leases>>) -> Self {
-        Extra { shown: Shown::of(headers, limit), leases }
+    fn new(headers: HeaderOptions, allowed: Option<Admitted>, leases: Option<Box<Leases>>) -> (Self, Duration) {
+        let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
+        (Extra { shown: Shown::of(headers, limit), leases }, wait)
     }
 }
 
@@ -247,8 +250,7 @@ fn check_now<St: Store, B>(
         allowed = Some(both(allowed, bytes));
     }
     let leases = leases(config, limits, &keys)?;
-    let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
-    Ok((Extra::new(config.headers, limit, leases), wait))
+    Ok(Extra::new(config.headers, allowed, leases))
 }
 
 /// [`check_now`] for stores with I/O.
@@ -270,8 +272,7 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
             allowed = Some(both(allowed, bytes));
         }
         let leases = acquire_leases(config, limits, &keys).await?;
-        let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
-        Ok::<_, Refusal>((Extra::new(config.headers, limit, leases), wait))
+        Ok::<_, Refusal>(Extra::new(config.headers, allowed, leases))
     };
     match checked.await {
         Ok((extra, wait)) => {
