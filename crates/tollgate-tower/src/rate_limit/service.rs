@@ -206,7 +206,7 @@ where
         if let Some(upgrade) = Leases::upgrade(&extra.leases) {
             request.extensions_mut().insert(upgrade.clone());
         }
-        let request = request.map(|body| M::request(body, limits.max_body));
+        let request = M::pass_on(request, limits.max_body);
         if wait.is_zero() {
             return ResponseFuture::inner(self.inner.call(request), extra);
         }
