@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::{get_ok, send, serve, serve_service};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Full, StreamBody};
-use tollgate::{ClientIpResolver, ConcurrencyLimiter, KeyKind, Limit, MissingKey, OnExceed, Policy};
+use tollgate::{ClientIpResolver, ConcurrencyLimiter, ForwardingHeader, KeyKind, Limit, MissingKey, OnExceed, Policy};
 use tollgate_tower::{Limits, RateLimitLayer};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -147,8 +147,24 @@ async fn x_forwarded_for_honoured_from_trusted_proxy() {
     assert_eq!(send(addr, from("203.0.113.1")).await.status, StatusCode::TOO_MANY_REQUESTS);
     // Another client behind the same proxy has its own quota; the forged left entry is ignored.
     assert_eq!(send(addr, from("203.0.113.2")).await.status, StatusCode::OK);
-    let forwarded = common::get("/hello").header("forwarded", r#"for="[2001:db8::1]:4711""#).body(Full::default());
-    assert_eq!(send(addr, forwarded.unwrap()).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn forwarded_is_read_only_when_named() {
+    let forwarded = |n: u32| {
+        common::get("/hello").header("forwarded", format!(r#"for="[2001:db8:{n}::1]:4711""#)).body(Full::default())
+    };
+    // By default only X-Forwarded-For is read: a `Forwarded` a proxy passed on cannot pick a key.
+    let trusting = ClientIpResolver::new().trust("127.0.0.0/8".parse().unwrap());
+    let addr = serve(hello_app(RateLimitLayer::new(per_ip("1/min")).client_ip_resolver(trusting.clone()))).await;
+    assert_eq!(send(addr, forwarded(1).unwrap()).await.status, StatusCode::OK);
+    assert_eq!(send(addr, forwarded(2).unwrap()).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // Named, it is: each client has its own quota.
+    let resolver = trusting.headers([ForwardingHeader::Forwarded]);
+    let addr = serve(hello_app(RateLimitLayer::new(per_ip("1/min")).client_ip_resolver(resolver))).await;
+    assert_eq!(send(addr, forwarded(1).unwrap()).await.status, StatusCode::OK);
+    assert_eq!(send(addr, forwarded(2).unwrap()).await.status, StatusCode::OK);
+    assert_eq!(send(addr, forwarded(1).unwrap()).await.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
 fn echo_app() -> Router {

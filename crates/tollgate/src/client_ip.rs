@@ -6,9 +6,12 @@
 //! walks the chain from the right (the hop nearest to us) to the first address that is *not* a
 //! trusted proxy: anything further left was written by the client and can be forged.
 //!
-//! Supported, in the order consulted by default: RFC 7239 `Forwarded` (`for=` parameters, quoted
-//! or not, IPv6 in brackets, ports, `unknown` and obfuscated `_ids`), `X-Forwarded-For`, and
-//! `X-Real-IP`. Malformed headers never panic; a header that cannot be read is skipped.
+//! Supported: `X-Forwarded-For` (read by default), RFC 7239 `Forwarded` (`for=` parameters,
+//! quoted or not, IPv6 in brackets, ports, `unknown` and obfuscated `_ids`) and `X-Real-IP`.
+//! Name the ones your proxies write with [`ClientIpResolver::headers`]: a proxy passes on the
+//! headers it does not write as the client sent them, so reading one of those would let a client
+//! choose its own address. Malformed headers never panic: a hop that cannot be read ends the walk
+//! as `unknown` does, and a header that is present decides even when nothing in it can be read.
 //!
 //! ```
 //! use std::net::IpAddr;
@@ -44,8 +47,10 @@ pub enum ForwardingHeader {
     /// RFC 7239 `Forwarded`, its `for=` parameters.
     Forwarded,
     /// `X-Forwarded-For`: a comma-separated list, client first.
+    #[serde(alias = "x-forwarded-for")]
     XForwardedFor,
     /// `X-Real-IP`: one address, set by the nearest proxy.
+    #[serde(alias = "x-real-ip")]
     XRealIp,
 }
 
@@ -75,30 +80,44 @@ enum Hop {
 }
 
 impl ClientIpResolver {
-    /// A resolver that trusts no proxy and reads, once proxies are trusted, `Forwarded`, then
-    /// `X-Forwarded-For`, then `X-Real-IP`.
+    /// A resolver that trusts no proxy and reads, once proxies are trusted, `X-Forwarded-For`.
     pub fn new() -> Self {
-        Self {
-            trusted: Vec::new(),
-            headers: vec![ForwardingHeader::Forwarded, ForwardingHeader::XForwardedFor, ForwardingHeader::XRealIp],
-        }
+        Self { trusted: Vec::new(), headers: vec![ForwardingHeader::XForwardedFor] }
     }
 
-    /// Trusts the proxies in `net` (e.g. `10.0.0.0/8`, `::1/128`).
+    /// Trusts the proxies in `net` (e.g. `10.0.0.0/8`, `::1/128`; an IPv4-mapped IPv6 network
+    /// such as `::ffff:10.0.0.0/104` is its IPv4 network).
     #[must_use]
     pub fn trust(mut self, net: IpNet) -> Self {
-        self.trusted.push(net.trunc());
+        self.trusted.push(canonical_net(net));
         self
     }
 
     /// Trusts every network of `nets`.
     #[must_use]
     pub fn trust_all(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
-        self.trusted.extend(nets.into_iter().map(|n| n.trunc()));
+        self.trusted.extend(nets.into_iter().map(canonical_net));
         self
     }
 
-    /// Which headers to read and in which order (the first one present and readable wins).
+    /// Which headers to read, in order: the first one present in a request from a trusted proxy
+    /// decides. Name only headers your proxies write (replacing or appending to what the client
+    /// sent); the default is `X-Forwarded-For` alone.
+    ///
+    /// ```
+    /// use std::net::IpAddr;
+    /// use tollgate::{ClientIpResolver, ForwardingHeader};
+    ///
+    /// // Behind a proxy that writes RFC 7239 `Forwarded` and nothing else:
+    /// let resolver = ClientIpResolver::new()
+    ///     .trust("10.0.0.0/8".parse().unwrap())
+    ///     .headers([ForwardingHeader::Forwarded]);
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("forwarded", r#"for="[2001:db8::17]:4711""#.parse().unwrap());
+    /// headers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap()); // the client's, passed on
+    /// let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+    /// assert_eq!(resolver.resolve(proxy, &headers), "2001:db8::17".parse::<IpAddr>().unwrap());
+    /// ```
     #[must_use]
     pub fn headers(mut self, headers: impl IntoIterator<Item = ForwardingHeader>) -> Self {
         self.headers = headers.into_iter().collect();
@@ -119,11 +138,12 @@ impl ClientIpResolver {
     /// The client's address.
     ///
     /// When `peer` is not trusted it is the answer and no header is read. Otherwise the first
-    /// configured header that is present and readable gives the chain of hops; walking it from
-    /// the right, the first address that is not a trusted proxy is the client. When every hop is
-    /// trusted, the left-most one is. When the walk meets a hop that is not an address (`unknown`,
-    /// an obfuscated id), the client cannot be told apart from the proxy that reported it, so
-    /// the last trusted address walked is the answer. Never panics.
+    /// configured header that is present gives the chain of hops; walking it from the right, the
+    /// first address that is not a trusted proxy is the client. When every hop is trusted, the
+    /// left-most one is. When the walk meets a hop that is not an address (`unknown`, an
+    /// obfuscated id, text that cannot be read), the client cannot be told apart from the proxy
+    /// that reported it, so the last trusted address walked (at first `peer`) is the answer.
+    /// Never panics.
     #[inline]
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
@@ -146,53 +166,75 @@ impl ClientIpResolver {
         peer
     }
 
+    /// The address `header` gives; `None` when the request does not carry it.
     fn read_header(&self, header: ForwardingHeader, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         match header {
             ForwardingHeader::XRealIp => {
-                // Only the nearest proxy writes it; a repeated header is ambiguous and ignored.
+                // Only the nearest proxy writes it; a repeated header is ambiguous.
                 let mut values = headers.get_all(&X_REAL_IP).iter();
                 let value = values.next()?;
                 if values.next().is_some() {
-                    return None;
+                    return Some(peer);
                 }
-                match parse_node(value.to_str().ok()?.trim()) {
+                match parse_node_bytes(value.as_bytes()) {
                     Hop::Addr(ip) => Some(ip),
-                    Hop::Opaque => None,
+                    Hop::Opaque => Some(peer),
                 }
             }
             ForwardingHeader::XForwardedFor => {
+                let mut values = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+                values.peek()?;
                 let mut hops = Vec::new();
-                for value in headers.get_all(&X_FORWARDED_FOR) {
-                    for item in value.to_str().ok()?.split(',') {
-                        let item = item.trim();
-                        if !item.is_empty() {
-                            hops.push(parse_node(item));
-                        }
-                    }
+                for value in values {
+                    let items = value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
+                    hops.extend(items.filter(|item| !item.is_empty()).map(parse_node_bytes));
                 }
-                self.walk(peer, &hops)
+                Some(self.walk(peer, &hops))
             }
             ForwardingHeader::Forwarded => {
+                let mut values = headers.get_all(FORWARDED).iter().peekable();
+                values.peek()?;
                 let mut hops = Vec::new();
-                for value in headers.get_all(FORWARDED) {
-                    parse_forwarded(value.to_str().ok()?, &mut hops)?;
+                for value in values {
+                    parse_forwarded(value.as_bytes(), &mut hops);
                 }
-                self.walk(peer, &hops)
+                Some(self.walk(peer, &hops))
             }
         }
     }
 
-    /// Walks `hops` from the right; `None` when there are none.
-    fn walk(&self, peer: IpAddr, hops: &[Hop]) -> Option<IpAddr> {
+    /// Walks `hops` from the right (`peer` when there are none).
+    fn walk(&self, peer: IpAddr, hops: &[Hop]) -> IpAddr {
         let mut last_trusted = peer;
         for hop in hops.iter().rev() {
             match *hop {
                 Hop::Addr(ip) if self.is_trusted(ip) => last_trusted = ip,
-                Hop::Addr(ip) => return Some(ip),
-                Hop::Opaque => return Some(last_trusted),
+                Hop::Addr(ip) => return ip,
+                Hop::Opaque => return last_trusted,
             }
         }
-        (!hops.is_empty()).then_some(last_trusted)
+        last_trusted
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:a.b.c.d/96+n`) as its IPv4 network (`a.b.c.d/n`), as
+/// addresses are compared in their canonical form; any other network truncated to its prefix.
+fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && let Ok(mapped) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(mapped.trunc());
+    }
+    net.trunc()
+}
+
+/// [`parse_node`] of bytes that may not be text: such a node is opaque.
+fn parse_node_bytes(bytes: &[u8]) -> Hop {
+    match std::str::from_utf8(bytes.trim_ascii()) {
+        Ok(text) => parse_node(text),
+        Err(_) => Hop::Opaque,
     }
 }
 
@@ -219,97 +261,80 @@ fn parse_node(text: &str) -> Hop {
     Hop::Opaque
 }
 
-/// Parses one `Forwarded` field value (a comma-separated list of elements, each a
-/// semicolon-separated list of `name=value` pairs, values tokens or quoted strings), pushing one
-/// hop per element. `None` when the text is not a valid field value.
-fn parse_forwarded(text: &str, hops: &mut Vec<Hop>) -> Option<()> {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    let mut element_for: Option<Hop> = None;
-    let mut element_empty = true;
-    let skip_ws = |i: &mut usize| {
-        while *i < bytes.len() && (bytes[*i] == b' ' || bytes[*i] == b'\t') {
-            *i += 1;
+/// Parses one `Forwarded` field value — a comma-separated list of elements, each a
+/// semicolon-separated list of `name=value` pairs, values tokens or quoted strings — pushing one
+/// hop per element: its `for` node, or opaque for an element without one or that cannot be read
+/// (two `for`, a pair without `=`, an unterminated quote, bytes that are not text). A bad element
+/// spoils no other: the hops to its right, which nearer proxies wrote, still count.
+fn parse_forwarded(value: &[u8], hops: &mut Vec<Hop>) {
+    for element in split_outside_quotes(value, b',') {
+        if !element.trim_ascii().is_empty() {
+            hops.push(parse_element(element).unwrap_or(Hop::Opaque));
         }
-    };
-    loop {
-        skip_ws(&mut i);
-        if i >= bytes.len() {
-            break;
+    }
+}
+
+/// One `Forwarded` element's `for` node; `None` when the element cannot be read or has none.
+fn parse_element(element: &[u8]) -> Option<Hop> {
+    let mut found = None;
+    for pair in split_outside_quotes(element, b';').map(<[u8]>::trim_ascii) {
+        if pair.is_empty() {
+            continue;
         }
-        match bytes[i] {
-            b',' => {
-                if !element_empty {
-                    hops.push(element_for.take().unwrap_or(Hop::Opaque));
-                }
-                element_for = None;
-                element_empty = true;
-                i += 1;
-                continue;
-            }
-            b';' => {
-                i += 1;
-                continue;
-            }
-            _ => {}
+        let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        if !name.trim_ascii().eq_ignore_ascii_case(b"for") {
+            continue;
         }
-        // name
-        let start = i;
-        while i < bytes.len() && bytes[i] != b'=' && bytes[i] != b';' && bytes[i] != b',' {
-            i += 1;
-        }
-        if i >= bytes.len() || bytes[i] != b'=' {
+        if found.is_some() {
+            // Two `for` in one element: ambiguous.
             return None;
         }
-        let name = text.get(start..i)?.trim();
-        i += 1;
-        skip_ws(&mut i);
-        // value
-        let value: std::borrow::Cow<'_, str> = if i < bytes.len() && bytes[i] == b'"' {
-            i += 1;
-            let mut out = String::new();
-            let mut closed = false;
-            while i < bytes.len() {
-                match bytes[i] {
-                    b'\\' if i + 1 < bytes.len() => {
-                        out.push(char::from(bytes[i + 1]));
-                        i += 2;
-                    }
-                    b'"' => {
-                        closed = true;
-                        i += 1;
-                        break;
-                    }
-                    b => {
-                        out.push(char::from(b));
-                        i += 1;
-                    }
-                }
-            }
-            if !closed {
-                return None;
-            }
-            out.into()
-        } else {
-            let start = i;
-            while i < bytes.len() && bytes[i] != b';' && bytes[i] != b',' {
-                i += 1;
-            }
-            text.get(start..i)?.trim().into()
-        };
-        element_empty = false;
-        if name.eq_ignore_ascii_case("for") {
-            if element_for.is_some() {
-                // Two `for` in one element: ambiguous.
-                return None;
-            }
-            element_for = Some(parse_node(value.trim()));
+        found = Some(match value.strip_prefix(b"\"") {
+            Some(quoted) => parse_node_bytes(&unquote(quoted)?),
+            None => parse_node_bytes(value),
+        });
+    }
+    found
+}
+
+/// The content of a quoted string whose opening quote is already gone; `None` unless its closing
+/// quote ends `rest`.
+fn unquote(rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(rest.len());
+    let mut bytes = rest.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => out.push(*bytes.next()?),
+            b'"' => return bytes.as_slice().is_empty().then_some(out),
+            b => out.push(b),
         }
     }
-    if !element_empty {
-        hops.push(element_for.unwrap_or(Hop::Opaque));
-    }
-    Some(())
+    None
+}
+
+/// `text` split at each `sep` outside quoted strings (inside them a backslash escapes the next
+/// byte). An unterminated quote runs to the end.
+fn split_outside_quotes(text: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, &b) in text.iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if quoted && b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = !quoted;
+            } else if b == sep && !quoted {
+                rest = text.get(i + 1..);
+                return text.get(..i);
+            }
+        }
+        rest = None;
+        Some(text)
+    })
 }
 
 #[cfg(test)]
@@ -355,7 +380,7 @@ mod tests {
 
     #[test]
     fn forwarded_rfc7239_forms() {
-        let r = resolver();
+        let r = resolver().headers([ForwardingHeader::Forwarded]);
         let peer = ip("10.0.0.1");
         let h = headers(&[("forwarded", r#"for=192.0.2.60;proto=http;by=203.0.113.43"#)]);
         assert_eq!(r.resolve(peer, &h), ip("192.0.2.60"));
@@ -369,14 +394,59 @@ mod tests {
         assert_eq!(r.resolve(peer, &h), peer);
         let h = headers(&[("forwarded", r#"for="1.2.3.4:_port""#)]);
         assert_eq!(r.resolve(peer, &h), ip("1.2.3.4"));
-        // Invalid Forwarded: falls through to X-Forwarded-For.
+        let h = headers(&[("forwarded", r#"by=1.1.1.1;for="a\"b,c";proto=https, for=192.0.2.9"#)]);
+        assert_eq!(r.resolve(peer, &h), ip("192.0.2.9"), "a comma inside quotes splits nothing");
+        // A present header decides, even when it cannot be read: the next one is not consulted.
+        let r = r.headers([ForwardingHeader::Forwarded, ForwardingHeader::XForwardedFor]);
         let h = headers(&[("forwarded", r#"for="unterminated"#), ("x-forwarded-for", "5.5.5.5")]);
-        assert_eq!(r.resolve(peer, &h), ip("5.5.5.5"));
+        assert_eq!(r.resolve(peer, &h), peer);
+    }
+
+    #[test]
+    fn only_the_configured_headers_are_read() {
+        // A proxy that appends X-Forwarded-For passes on a client's own `Forwarded`.
+        let h = headers(&[("forwarded", "for=6.6.6.6"), ("x-real-ip", "6.6.6.6"), ("x-forwarded-for", "203.0.113.7")]);
+        assert_eq!(resolver().resolve(ip("10.0.0.1"), &h), ip("203.0.113.7"));
+        let only_client_headers = headers(&[("forwarded", "for=6.6.6.6"), ("x-real-ip", "6.6.6.6")]);
+        assert_eq!(resolver().resolve(ip("10.0.0.1"), &only_client_headers), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_hop_that_cannot_be_read_spoils_only_itself() {
+        let peer = ip("10.0.0.1");
+        let r = resolver().headers([ForwardingHeader::XForwardedFor, ForwardingHeader::XRealIp]);
+        let mut h = headers(&[("x-real-ip", "6.6.6.6")]);
+        h.append(&X_FORWARDED_FOR, http::HeaderValue::from_bytes(b"\x80, 203.0.113.7").unwrap());
+        assert_eq!(r.resolve(peer, &h), ip("203.0.113.7"));
+        let mut h = headers(&[("x-real-ip", "6.6.6.6")]);
+        h.append(&X_FORWARDED_FOR, http::HeaderValue::from_bytes(b"203.0.113.7, \x80, 10.0.0.9").unwrap());
+        assert_eq!(r.resolve(peer, &h), ip("10.0.0.9"), "the walk stops at the unreadable hop");
+        let h = headers(&[("x-forwarded-for", ","), ("x-real-ip", "6.6.6.6")]);
+        assert_eq!(r.resolve(peer, &h), peer, "a present header decides, even an empty one");
+
+        let r = resolver().headers([ForwardingHeader::Forwarded, ForwardingHeader::XForwardedFor]);
+        for client_line in ["for=1.1.1.1;for=2.2.2.2", "for", "for=\"1.1.1.1", "proto=http"] {
+            let mut h = headers(&[("forwarded", client_line), ("forwarded", "for=203.0.113.7")]);
+            h.append(&X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+            assert_eq!(r.resolve(peer, &h), ip("203.0.113.7"), "{client_line}");
+        }
+        let mut h = HeaderMap::new();
+        h.append(FORWARDED, http::HeaderValue::from_bytes(b"for=\xff, for=203.0.113.7").unwrap());
+        assert_eq!(r.resolve(peer, &h), ip("203.0.113.7"));
+    }
+
+    #[test]
+    fn ipv4_mapped_trusted_networks_are_their_ipv4_networks() {
+        let r = ClientIpResolver::new().trust("::ffff:10.0.0.0/104".parse().unwrap());
+        assert_eq!(r.trusted(), ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert!(r.is_trusted(ip("10.1.2.3")) && r.is_trusted(ip("::ffff:10.1.2.3")));
+        let h = headers(&[("x-forwarded-for", "203.0.113.7")]);
+        assert_eq!(r.resolve(ip("10.0.0.1"), &h), ip("203.0.113.7"));
     }
 
     #[test]
     fn x_real_ip_and_order() {
-        let r = resolver();
+        let r = resolver().headers([ForwardingHeader::XForwardedFor, ForwardingHeader::XRealIp]);
         let peer = ip("10.0.0.1");
         assert_eq!(r.resolve(peer, &headers(&[("x-real-ip", " 7.7.7.7 ")])), ip("7.7.7.7"));
         let both = headers(&[("x-real-ip", "7.7.7.7"), ("x-forwarded-for", "8.8.8.8")]);
@@ -385,6 +455,7 @@ mod tests {
         assert_eq!(r.resolve(peer, &both), ip("7.7.7.7"));
         let twice = headers(&[("x-real-ip", "7.7.7.7"), ("x-real-ip", "6.6.6.6")]);
         assert_eq!(r.resolve(peer, &twice), peer);
+        assert_eq!(r.resolve(peer, &headers(&[("x-real-ip", "nobody")])), peer);
     }
 
     #[test]

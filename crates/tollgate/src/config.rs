@@ -45,7 +45,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::algorithm::{Algorithm, OnExceed};
-use crate::client_ip::ClientIpResolver;
+use crate::client_ip::{ClientIpResolver, ForwardingHeader};
 use crate::concurrency::{ConcurrencyLimiter, LeaseStore};
 use crate::error::Error;
 use crate::headers::HeaderOptions;
@@ -98,7 +98,7 @@ impl Serialize for ByteSize {
 }
 
 /// The whole configuration.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where state lives.
@@ -107,9 +107,14 @@ pub struct Config {
     /// Which headers and body responses carry.
     #[serde(default)]
     pub headers: HeaderOptions,
-    /// Proxies whose forwarding headers (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`) are trusted.
+    /// Proxies whose forwarding headers are trusted.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The forwarding headers read from trusted proxies, in order (the first present decides):
+    /// `"x_forwarded_for"` (the default), `"forwarded"` (RFC 7239), `"x_real_ip"`. Name only the
+    /// headers your proxies write: the others arrive as the client sent them.
+    #[serde(default = "default_forwarding_headers")]
+    pub forwarding_headers: Vec<ForwardingHeader>,
     /// Named policies.
     #[serde(default)]
     pub policies: BTreeMap<String, PolicyConfig>,
@@ -119,6 +124,24 @@ pub struct Config {
     /// WebSocket limits, per path.
     #[serde(default)]
     pub websocket: Vec<WebSocketConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            store: StoreConfig::default(),
+            headers: HeaderOptions::default(),
+            trusted_proxies: Vec::new(),
+            forwarding_headers: default_forwarding_headers(),
+            policies: BTreeMap::new(),
+            routes: Vec::new(),
+            websocket: Vec::new(),
+        }
+    }
+}
+
+fn default_forwarding_headers() -> Vec<ForwardingHeader> {
+    vec![ForwardingHeader::XForwardedFor]
 }
 
 /// Which store holds state.
@@ -586,7 +609,9 @@ impl Config {
 
     /// The client-address resolver trusting `trusted_proxies`.
     pub fn client_ip_resolver(&self) -> ClientIpResolver {
-        ClientIpResolver::new().trust_all(self.trusted_proxies.iter().copied())
+        ClientIpResolver::new()
+            .trust_all(self.trusted_proxies.iter().copied())
+            .headers(self.forwarding_headers.iter().copied())
     }
 
     /// The limits of every `[[routes]]` entry, then of every `[[websocket]]` entry, on one new
@@ -949,6 +974,29 @@ mod tests {
         let kinds: Vec<_> = per_key.kinds.iter().map(|k| (k.kind.as_str(), k.quota)).collect();
         assert_eq!(kinds, [("catch_up", "3/min".parse().unwrap()), ("resync", "1/min".parse().unwrap())]);
         assert_eq!(per_key.key_capacity(), 5000, "store.max_keys applies to the per-key state");
+    }
+
+    #[test]
+    fn forwarding_headers_default_to_x_forwarded_for_and_can_be_named() {
+        use http::HeaderMap;
+        let peer: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("forwarded", "for=192.0.2.1".parse().unwrap());
+        headers.insert("x-forwarded-for", "192.0.2.2".parse().unwrap());
+        let c: Config = r#"trusted_proxies = ["10.0.0.0/8"]"#.parse().unwrap();
+        assert_eq!(c.forwarding_headers, [ForwardingHeader::XForwardedFor]);
+        assert_eq!(Config::default().forwarding_headers, c.forwarding_headers);
+        assert_eq!(c.client_ip_resolver().resolve(peer, &headers), "192.0.2.2".parse::<std::net::IpAddr>().unwrap());
+        let c: Config = r#"
+            trusted_proxies = ["10.0.0.0/8"]
+            forwarding_headers = ["forwarded", "x-real-ip"]
+        "#
+        .parse()
+        .unwrap();
+        assert_eq!(c.forwarding_headers, [ForwardingHeader::Forwarded, ForwardingHeader::XRealIp]);
+        assert_eq!(c.client_ip_resolver().resolve(peer, &headers), "192.0.2.1".parse::<std::net::IpAddr>().unwrap());
+        let bad = r#"forwarding_headers = ["x-client-ip"]"#.parse::<Config>().unwrap_err().to_string();
+        assert!(bad.contains("x-client-ip"), "{bad}");
     }
 
     #[test]
