@@ -4,6 +4,7 @@
 mod common;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -486,4 +487,50 @@ async fn the_default_bodies_take_any_request_body_type() {
     assert_eq!(service.ready().await.unwrap().call(request()).await.unwrap().status(), StatusCode::OK);
     let refused = service.ready().await.unwrap().call(request()).await.unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A shared lease store whose every key is at its maximum: the one thing this test needs from a
+/// remote store (a refusal decided on the asynchronous path) without running one.
+#[derive(Clone)]
+struct AlwaysFull;
+
+impl tollgate::LeaseStore for AlwaysFull {
+    fn acquire<'a>(
+        &'a self,
+        name: &'a str,
+        _key: tollgate::Key<'a>,
+        per_key: Option<u32>,
+        _global: Option<u32>,
+    ) -> impl Future<
+        Output = Result<Result<tollgate::ConnectionLease, tollgate::ConcurrencyDenied>, tollgate::StoreError>,
+    > + Send
+    + 'a {
+        let denied = tollgate::ConcurrencyDenied::new(name, tollgate::ConcurrencyScope::PerKey, per_key.unwrap_or(0));
+        std::future::ready(Ok(Err(denied)))
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_decided_asynchronously_answers_a_second_poll() {
+    let limiter = ConcurrencyLimiter::new("in_flight").per_key(1).shared(AlwaysFull);
+    let mut service =
+        ServiceBuilder::new().layer(RateLimitLayer::with_limits(Limits::new().in_flight(limiter))).service_fn(
+            |_req: Request<_>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) },
+        );
+    let mut req = Request::new(Full::<Bytes>::default());
+    req.extensions_mut().insert("192.0.2.1:1000".parse::<std::net::SocketAddr>().unwrap());
+    let mut future = std::pin::pin!(service.ready().await.unwrap().call(req));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let first = loop {
+        if let std::task::Poll::Ready(response) = future.as_mut().poll(&mut cx) {
+            break response.unwrap();
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Polled again, it answers (500) instead of resuming the finished checks, which would panic.
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(again)) => assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR),
+        other => panic!("{:?}", other.map(|r| r.map(|r| r.status()))),
+    }
 }
