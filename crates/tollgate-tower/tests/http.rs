@@ -534,3 +534,50 @@ async fn a_refusal_decided_asynchronously_answers_a_second_poll() {
         other => panic!("{:?}", other.map(|r| r.map(|r| r.status()))),
     }
 }
+
+/// A GET without a body has no `Content-Length`: its body's length is known all the same (0), so
+/// a route with a body-bytes limit neither asks for a length (411) nor charges its largest body.
+#[tokio::test]
+async fn a_request_without_a_body_costs_no_body_bytes() {
+    without_a_body(Bodies::Wrapped).await;
+}
+
+#[tokio::test]
+async fn a_request_without_a_body_costs_no_body_bytes_passing_axum_bodies_on() {
+    without_a_body(Bodies::Axum).await;
+}
+
+async fn without_a_body(bodies: Bodies) {
+    let bytes = || {
+        Policy::builder("body_bytes")
+            .limit(Limit::new("body_bytes", "4KiB/min".parse().unwrap()).key(KeyKind::ip()))
+            .build()
+            .unwrap()
+    };
+    let layer = RateLimitLayer::with_limits(Limits::new())
+        .route("/bytes", Limits::new().body_bytes(bytes()))
+        .route("/both", Limits::new().max_body(1024).body_bytes(bytes()));
+    let routes = get(|| async { "ok" }).post(|b: Bytes| async move { b });
+    let addr =
+        serve(limited(Router::new().route("/bytes", routes.clone()).route("/both", routes), layer, bodies)).await;
+    for i in 0..10 {
+        for path in ["/bytes", "/both"] {
+            let reply = get_ok(addr, path).await;
+            assert_eq!(reply.status, StatusCode::OK, "GET {path} #{i}: {}", reply.text());
+        }
+    }
+    // A body of unknown length (chunked) on the route without a largest body: 411, as before.
+    let chunks = futures_util::stream::iter([Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"x")))]);
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/bytes").header("host", "localhost").body(StreamBody::new(chunks)).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::LENGTH_REQUIRED);
+    // A body with a length is charged it: 4 KiB pass, the next byte does not.
+    let post = |n: usize| {
+        Request::post("/bytes").header("host", "localhost").body(Full::new(Bytes::from(vec![b'x'; n]))).unwrap()
+    };
+    assert_eq!(send(addr, post(4096)).await.status, StatusCode::OK);
+    assert_eq!(send(addr, post(1)).await.status, StatusCode::TOO_MANY_REQUESTS);
+}

@@ -31,6 +31,13 @@ pub trait RequestBodies<B>: Bodies {
     #[doc(hidden)]
     fn request(body: B, max: Option<u64>) -> Self::Request;
 
+    /// The body's exact length, when its type can tell.
+    #[doc(hidden)]
+    #[inline]
+    fn exact_len(_body: &B) -> Option<u64> {
+        None
+    }
+
     /// The request with its body passed on by [`RequestBodies::request`].
     #[doc(hidden)]
     #[inline(always)]
@@ -114,6 +121,11 @@ where
             None => axum::body::Body::new(body),
             Some(max) => axum::body::Body::new(<Wrapped as RequestBodies<B>>::request(body, Some(max))),
         }
+    }
+
+    #[inline]
+    fn exact_len(body: &B) -> Option<u64> {
+        body.size_hint().exact()
     }
 
     /// A request that already has axum's `Body` and no largest body to count is passed on as it
