@@ -581,3 +581,16 @@ async fn without_a_body(bodies: Bodies) {
     assert_eq!(send(addr, post(4096)).await.status, StatusCode::OK);
     assert_eq!(send(addr, post(1)).await.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn a_body_refused_for_its_size_spends_nothing_from_the_policy() {
+    let layer = RateLimitLayer::new(per_ip("1/min")).route("/echo", Limits::new().policy(per_ip("1/min")).max_body(16));
+    let app = Router::new().route("/echo", post(|b: Bytes| async move { b }));
+    let addr = serve(app.layer(layer)).await;
+    let post = |n: usize| {
+        Request::post("/echo").header("host", "localhost").body(Full::new(Bytes::from(vec![b'x'; n]))).unwrap()
+    };
+    assert_eq!(send(addr, post(17)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(send(addr, post(16)).await.status, StatusCode::OK, "the 413 spent the policy's one request");
+    assert_eq!(send(addr, post(16)).await.status, StatusCode::TOO_MANY_REQUESTS);
+}

@@ -1,10 +1,13 @@
 //! The HTTP middleware: [`RateLimitLayer`] and [`RateLimit`].
 //!
-//! For each request, in order, the limits of its route (or the default ones) are checked:
-//! the request [policy](tollgate::Policy) (cost 1, all of its limits or none), the body size
-//! (413), the body bytes per period (429), and the concurrency leases — in-flight requests, held
-//! until the response body is finished or dropped, and WebSocket connections, moved into the
-//! upgraded socket (see [`crate::websocket`]). A refusal is a response, rendered by the core's
+//! For each request, in order, the limits of its route (or the default ones) are checked: the
+//! body size (413 when its length is over the largest body; 411 when a body-bytes limit cannot
+//! tell its cost), the request [policy](tollgate::Policy) (cost 1, all of its limits or none),
+//! the body bytes per period (429), and the concurrency leases — in-flight requests, held until
+//! the response body is finished or dropped, and WebSocket connections, moved into the upgraded
+//! socket (see [`crate::websocket`]). A refusal spends nothing from the checks after it; the
+//! checks before it are not given back (a request the concurrency limit refuses has spent one
+//! from the request policy), as stores have no refund. A refusal is a response, rendered by the core's
 //! [`HeaderOptions`](tollgate::HeaderOptions): status, `Retry-After`, rate-limit headers and a JSON
 //! body; allowed responses carry the same rate-limit headers. With the delay action the request
 //! waits (up to the limit's bound) instead of being refused.

@@ -227,9 +227,9 @@ impl<S: Clone, St: Store, M> RateLimit<S, St, M> {
     }
 }
 
-/// Every check of the request's limits, in order — request policy, body size, body bytes,
-/// concurrency leases — on stores that decide at once: what the response needs, and how long to
-/// wait before calling the inner service. Inlined into `call`, where the allow path then moves
+/// Every check of the request's limits, in order — body size (its 413 or 411 spends nothing),
+/// request policy, body bytes, concurrency leases — on stores that decide at once: what the
+/// response needs, and how long to wait before calling the inner service. Inlined into `call`, where the allow path then moves
 /// nothing through a returned `Result` (about 70 instructions per request, measured).
 #[inline(always)]
 fn check_now<St: Store, M: RequestBodies<B>, B>(
@@ -241,13 +241,13 @@ fn check_now<St: Store, M: RequestBodies<B>, B>(
     let keys = config.keys.keys_for(request, limits.fields(&config.lease_key), route);
     let refuse = |decision: Decision| refusal(config, &decision);
     let headers = config.headers.writes_limit();
+    // The body's size first: a 413 or 411 from it spends nothing.
+    let body = body_cost(config, limits, request.headers(), request.version(), || M::exact_len(request.body()))?;
     let mut allowed = None;
     if let Some(policy) = &limits.policy {
         allowed = Some(verdict(config, policy.try_admit_now(&keys, 1, headers, refuse))?);
     }
-    if let Some((policy, cost)) =
-        body_cost(config, limits, request.headers(), request.version(), || M::exact_len(request.body()))?
-    {
+    if let Some((policy, cost)) = body {
         let bytes = bytes_verdict(config, policy.try_admit_now(&keys, cost, headers, refuse))?;
         allowed = Some(both(allowed, bytes));
     }
@@ -266,11 +266,12 @@ async fn prepare<St: Store, M: RequestBodies<B>, B>(config: &Config<St>, request
         let keys = config.keys.keys_of_parts_for(&parts, limits.fields(&config.lease_key), route);
         let refuse = |decision: Decision| refusal(config, &decision);
         let headers = config.headers.writes_limit();
+        let body = body_cost(config, limits, &parts.headers, parts.version, || exact)?;
         let mut allowed = None;
         if let Some(policy) = &limits.policy {
             allowed = Some(verdict(config, Some(policy.admit(&keys, 1, headers, refuse).await))?);
         }
-        if let Some((policy, cost)) = body_cost(config, limits, &parts.headers, parts.version, || exact)? {
+        if let Some((policy, cost)) = body {
             let bytes = bytes_verdict(config, Some(policy.admit(&keys, cost, headers, refuse).await))?;
             allowed = Some(both(allowed, bytes));
         }
