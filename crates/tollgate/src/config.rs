@@ -491,6 +491,25 @@ impl Config {
         }
         for (i, w) in self.websocket.iter().enumerate() {
             w.key.kind(64, &format!("websocket[{i}].key"))?;
+            // A request takes the first entry of its path and method: a second one would never apply.
+            let gets =
+                |r: &RouteConfig| r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case("get"));
+            if let Some(j) = self.routes.iter().position(|r| r.path == w.path && gets(r)) {
+                return Err(Error::config(
+                    format!("websocket[{i}].path"),
+                    format!("{:?}", w.path),
+                    format!(
+                        "routes[{j}] limits GET on this path too; a request takes one entry's limits, so put the policy in the websocket entry (connections) or the route on other methods"
+                    ),
+                ));
+            }
+            if self.websocket[..i].iter().any(|o| o.path == w.path) {
+                return Err(Error::config(
+                    format!("websocket[{i}].path"),
+                    format!("{:?}", w.path),
+                    "another websocket entry has this path",
+                ));
+            }
             for (field, v) in [("concurrent_per_key", w.concurrent_per_key), ("concurrent_global", w.concurrent_global)]
             {
                 if v == Some(0) {
@@ -906,6 +925,15 @@ mod tests {
         assert!(e.contains("key_bytes") && e.contains("1MiZ"), "{e}");
         let e = err("[[websocket]]\npath = \"/ws\"\nkey_msgs = \"5/s\"");
         assert!(e.contains("key_msgs"), "unknown fields are errors: {e}");
+        // A path's WebSocket entry and a route entry for its GETs: one of them would never apply.
+        let e = err("[[routes]]\npath = \"/ws\"\n[[websocket]]\npath = \"/ws\"\nconcurrent_per_key = 1");
+        assert!(e.contains("websocket[0].path") && e.contains("routes[0]"), "{e}");
+        let e = err("[[routes]]\npath = \"/ws\"\nmethods = [\"get\"]\n[[websocket]]\npath = \"/ws\"");
+        assert!(e.contains("websocket[0].path"), "{e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\n[[websocket]]\npath = \"/ws\"");
+        assert!(e.contains("websocket[1].path"), "{e}");
+        let other_methods = "[[routes]]\npath = \"/ws\"\nmethods = [\"POST\"]\n[[websocket]]\npath = \"/ws\"";
+        assert!(other_methods.parse::<Config>().is_ok(), "POST and the upgrade's GET do not meet");
     }
 
     #[test]
