@@ -336,6 +336,15 @@ impl KeyList {
         self.keys.is_empty() && self.nets.is_empty()
     }
 
+    /// An IP address is listed as its host network, matched against the client's whole address:
+    /// a limit's key of an IPv6 client is its /64 network, which the address would never match.
+    fn push(&mut self, key: OwnedKey) {
+        match key {
+            OwnedKey::Ip(ip) => self.nets.push(IpNet::from(ip.to_canonical())),
+            key => self.keys.push(key),
+        }
+    }
+
     fn contains<'k>(&self, request: &RequestKeys<'_>, mut resolved: impl Iterator<Item = Key<'k>>) -> bool {
         if let Some(ip) = request.ip
             && self.nets.iter().any(|n| n.contains(&ip))
@@ -376,10 +385,11 @@ impl PolicyBuilder {
         self
     }
 
-    /// Never limit this key (matched against every limit's key and the identity).
+    /// Never limit this key (matched against every limit's key and the identity; an IP address
+    /// against the client's address, as [`PolicyBuilder::allow_net`] of its host network).
     #[must_use]
     pub fn allow(mut self, key: impl Into<OwnedKey>) -> Self {
-        self.allow.keys.push(key.into());
+        self.allow.push(key.into());
         self
     }
 
@@ -390,10 +400,10 @@ impl PolicyBuilder {
         self
     }
 
-    /// Always refuse this key (403).
+    /// Always refuse this key (403; an IP address is matched as in [`PolicyBuilder::allow`]).
     #[must_use]
     pub fn deny(mut self, key: impl Into<OwnedKey>) -> Self {
-        self.deny.keys.push(key.into());
+        self.deny.push(key.into());
         self
     }
 

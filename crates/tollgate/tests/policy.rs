@@ -389,3 +389,24 @@ proptest::proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn listed_ip_addresses_match_the_clients_address_not_the_limits_key() {
+    // An IPv6 client's per-IP key is its /64 network; the lists name the client itself.
+    let (denied, allowed, neighbour) = ("2001:db8::5", "2001:db8:1::7", "2001:db8::6");
+    let policy = Policy::builder("api")
+        .limit(Limit::new("per_ip", q("1/min")).key(KeyKind::ip()))
+        .deny(tollgate::OwnedKey::Ip(denied.parse().unwrap()))
+        .allow(tollgate::OwnedKey::Ip(allowed.parse().unwrap()))
+        .deny(tollgate::OwnedKey::Ip("::ffff:192.0.2.1".parse().unwrap()))
+        .build()
+        .unwrap();
+    let keys = |ip: &str| RequestKeys { ip: Some(ip.parse().unwrap()), ..RequestKeys::default() };
+    let d = policy.check(&keys(denied), 1).await.unwrap();
+    assert_eq!((d.allowed, d.reason), (false, Reason::DenyListed));
+    assert!(policy.check(&keys(neighbour), 1).await.unwrap().allowed, "only the address is denied");
+    for _ in 0..3 {
+        assert!(policy.check(&keys(allowed), 1).await.unwrap().allowed);
+    }
+    assert!(!policy.check(&keys("192.0.2.1"), 1).await.unwrap().allowed, "an IPv4-mapped address is its IPv4 address");
+}
