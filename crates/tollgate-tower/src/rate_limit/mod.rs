@@ -7,10 +7,10 @@
 //! the response body is finished or dropped, and WebSocket connections, moved into the upgraded
 //! socket (see [`crate::websocket`]). A refusal spends nothing from the checks after it; the
 //! checks before it are not given back (a request the concurrency limit refuses has spent one
-//! from the request policy), as stores have no refund. A refusal is a response, rendered by the core's
-//! [`HeaderOptions`](tollgate::HeaderOptions): status, `Retry-After`, rate-limit headers and a JSON
-//! body; allowed responses carry the same rate-limit headers. With the delay action the request
-//! waits (up to the limit's bound) instead of being refused.
+//! from the request policy), as stores have no refund. A refusal is a response, rendered by the
+//! core's [`HeaderOptions`](tollgate::HeaderOptions): status, `Retry-After`, rate-limit headers
+//! and a JSON body; allowed responses carry the same rate-limit headers. With the delay action
+//! the request waits (up to the limit's bound) instead of being refused.
 //!
 //! The in-memory store decides inline, with nothing boxed on the allow path; a remote store's
 //! check runs in a boxed future.
