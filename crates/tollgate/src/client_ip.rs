@@ -219,7 +219,7 @@ impl ClientIpResolver {
 
 /// An IPv4-mapped IPv6 network (`::ffff:a.b.c.d/96+n`) as its IPv4 network (`a.b.c.d/n`), as
 /// addresses are compared in their canonical form; any other network truncated to its prefix.
-fn canonical_net(net: IpNet) -> IpNet {
+pub(crate) fn canonical_net(net: IpNet) -> IpNet {
     if let IpNet::V6(v6) = net
         && v6.prefix_len() >= 96
         && let Some(v4) = v6.network().to_ipv4_mapped()

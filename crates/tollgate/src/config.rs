@@ -563,8 +563,8 @@ impl Config {
                 b = match (entry.parse::<IpNet>(), entry.parse::<std::net::IpAddr>()) {
                     (Ok(net), _) if deny => b.deny_net(net),
                     (Ok(net), _) => b.allow_net(net),
-                    (_, Ok(ip)) if deny => b.deny_net(IpNet::from(ip)),
-                    (_, Ok(ip)) => b.allow_net(IpNet::from(ip)),
+                    (_, Ok(ip)) if deny => b.deny(OwnedKey::Ip(ip)),
+                    (_, Ok(ip)) => b.allow(OwnedKey::Ip(ip)),
                     _ if deny => b.deny(OwnedKey::from(entry.as_str())),
                     _ => b.allow(OwnedKey::from(entry.as_str())),
                 };

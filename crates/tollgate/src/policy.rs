@@ -34,6 +34,7 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use crate::algorithm::{Algorithm, OnExceed, Snapshot, capacity};
+use crate::client_ip::canonical_net;
 use crate::decision::{Admission, Admitted, Decision, LimitHeaders, LimitState, Reason, intern};
 use crate::error::Error;
 use crate::key::{Key, OwnedKey, group_ip};
@@ -340,9 +341,15 @@ impl KeyList {
     /// a limit's key of an IPv6 client is its /64 network, which the address would never match.
     fn push(&mut self, key: OwnedKey) {
         match key {
-            OwnedKey::Ip(ip) => self.nets.push(IpNet::from(ip.to_canonical())),
+            OwnedKey::Ip(ip) => self.push_net(IpNet::from(ip)),
             key => self.keys.push(key),
         }
+    }
+
+    /// Networks are kept as the client addresses they are matched against are: canonical (an
+    /// IPv4-mapped IPv6 network is its IPv4 network).
+    fn push_net(&mut self, net: IpNet) {
+        self.nets.push(canonical_net(net));
     }
 
     fn contains<'k>(&self, request: &RequestKeys<'_>, mut resolved: impl Iterator<Item = Key<'k>>) -> bool {
@@ -396,7 +403,7 @@ impl PolicyBuilder {
     /// Never limit clients in this network.
     #[must_use]
     pub fn allow_net(mut self, net: IpNet) -> Self {
-        self.allow.nets.push(net);
+        self.allow.push_net(net);
         self
     }
 
@@ -410,7 +417,7 @@ impl PolicyBuilder {
     /// Always refuse clients in this network (403).
     #[must_use]
     pub fn deny_net(mut self, net: IpNet) -> Self {
-        self.deny.nets.push(net);
+        self.deny.push_net(net);
         self
     }
 

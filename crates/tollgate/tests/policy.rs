@@ -399,6 +399,7 @@ async fn listed_ip_addresses_match_the_clients_address_not_the_limits_key() {
         .deny(tollgate::OwnedKey::Ip(denied.parse().unwrap()))
         .allow(tollgate::OwnedKey::Ip(allowed.parse().unwrap()))
         .deny(tollgate::OwnedKey::Ip("::ffff:192.0.2.1".parse().unwrap()))
+        .deny_net("::ffff:198.51.100.0/120".parse().unwrap())
         .build()
         .unwrap();
     let keys = |ip: &str| RequestKeys { ip: Some(ip.parse().unwrap()), ..RequestKeys::default() };
@@ -409,4 +410,5 @@ async fn listed_ip_addresses_match_the_clients_address_not_the_limits_key() {
         assert!(policy.check(&keys(allowed), 1).await.unwrap().allowed);
     }
     assert!(!policy.check(&keys("192.0.2.1"), 1).await.unwrap().allowed, "an IPv4-mapped address is its IPv4 address");
+    assert!(!policy.check(&keys("198.51.100.9"), 1).await.unwrap().allowed, "and a mapped network its IPv4 network");
 }
