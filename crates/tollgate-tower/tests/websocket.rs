@@ -212,6 +212,23 @@ async fn oversized_message_closes_1009() {
 }
 
 #[tokio::test]
+async fn far_oversized_message_closes_1009_too() {
+    // Far over the limit and over every buffer on the way: the socket refuses it from its
+    // header and the server closes without reading the payload, so the client's send may fail
+    // with a reset; the close frame sent before it is still there to read.
+    let limits = MessageLimits::new().max_message_size(1024);
+    let s = server(ConcurrencyLimiter::new("ws").per_key(1), limits, None).await;
+    let mut c = connect(s.addr).await.unwrap();
+    if let Err(e) = c.send(Message::binary(vec![0u8; 8 * 1024 * 1024])).await {
+        assert!(matches!(e, WsError::Io(_)), "{e:?}");
+    }
+    let Message::Close(Some(frame)) = next(&mut c).await else { panic!("expected a close frame") };
+    assert_eq!(u16::from(frame.code), 1009);
+    assert_eq!(frame.reason.as_str(), "message of 8388608 bytes over the limit of 1024");
+    wait_for_in_use(&s.connections, 0).await;
+}
+
+#[tokio::test]
 async fn per_kind_limit_catch_up() {
     let limits = MessageLimits::new()
         .messages("20/10s".parse().unwrap())
@@ -422,4 +439,33 @@ async fn generic_wrapper_around_tungstenite_stream() {
     c.send(Message::text("two")).await.unwrap();
     assert_eq!(next(&mut c).await, Message::text("one"));
     assert_eq!(next(&mut c).await, Message::text(r#"{"error":"rate_limited","limit":"messages","retry_after":60}"#));
+}
+
+#[cfg(feature = "tungstenite")]
+#[tokio::test]
+async fn generic_wrapper_closes_1009_over_the_sockets_own_cap() {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    use tollgate_tower::LimitedWebSocket;
+    // The gate has no size limit; the tungstenite socket's own cap refuses the message.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = std::sync::Arc::new(MessageLimits::new().messages("100/min".parse().unwrap()));
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let config = WebSocketConfig::default().max_message_size(Some(512)).max_frame_size(Some(512));
+        let socket = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await.unwrap();
+        let mut socket = LimitedWebSocket::new(socket, limits);
+        while let Some(Ok(m)) = socket.next().await {
+            if m.is_text() && socket.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+    c.send(Message::text("small")).await.unwrap();
+    assert_eq!(next(&mut c).await, Message::text("small"));
+    c.send(Message::text("x".repeat(600))).await.unwrap();
+    let Message::Close(Some(frame)) = next(&mut c).await else { panic!("expected a close frame") };
+    assert_eq!(u16::from(frame.code), 1009);
+    assert_eq!(frame.reason.as_str(), "message of 600 bytes over the limit of 512");
 }

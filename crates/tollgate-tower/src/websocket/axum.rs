@@ -16,6 +16,8 @@ use super::{LimitedWebSocket, UpgradeLease};
 /// axum's `WebSocketUpgrade` for a route with [`WebSocketLimits`](crate::WebSocketLimits): the
 /// socket handed to [`LimitedUpgrade::on_upgrade`] limits its messages (per connection, and per
 /// key across the client's connections) and holds the connection's lease until it is dropped.
+/// With a largest message size, the socket's own message and frame caps are set to it, so it
+/// never buffers a larger message; one is answered with close 1009 from its header.
 ///
 /// Rejected with 500 when the route has no WebSocket limits (the middleware is missing), and as
 /// `WebSocketUpgrade` is when the request is not an upgrade.
@@ -43,10 +45,9 @@ impl<S: Send + Sync> FromRequestParts<S> for LimitedUpgrade {
             WebSocketUpgrade::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
         let gate = slot.gate();
         if let Some(max) = gate.limits().max_message_size {
-            // Room above the limit so that an oversized message reaches the gate and gets its
-            // 1009 close frame; far larger ones are cut off by the protocol layer.
-            let cap = max.saturating_mul(4).max(64 * 1024);
-            upgrade = upgrade.max_message_size(cap).max_frame_size(cap);
+            // The socket then never buffers more than the limit; a larger message is refused by
+            // it and answered with close 1009 by the wrapper.
+            upgrade = upgrade.max_message_size(max).max_frame_size(max);
         }
         Ok(Self { upgrade, lease: slot.take(), gate })
     }

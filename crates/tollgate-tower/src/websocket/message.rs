@@ -1,5 +1,7 @@
 //! What the wrapper needs to know of a framework's message type.
 
+use std::error::Error;
+
 use tollgate::websocket::{CloseFrame, MessageKind};
 
 /// A WebSocket message type the [`LimitedWebSocket`](super::LimitedWebSocket) can inspect and
@@ -15,6 +17,25 @@ pub trait WsMessage: Sized {
     fn text(text: String) -> Self;
     /// A close frame.
     fn close(frame: &CloseFrame) -> Self;
+    /// The size and the cap of an incoming message that the socket itself refused as too large
+    /// (its protocol layer's own size cap), read from the error its stream returned; `None` for
+    /// any other error. The wrapper answers such a message with close 1009, as it does one over
+    /// the gate's limit, instead of passing the error on.
+    fn too_large(error: &(dyn Error + 'static)) -> Option<(usize, usize)> {
+        let _ = error;
+        None
+    }
+}
+
+/// tungstenite's "message too long", found in `error` or its sources (axum wraps tungstenite's
+/// error in its own).
+#[cfg(any(feature = "axum", feature = "tungstenite"))]
+fn tungstenite_too_large(error: &(dyn Error + 'static)) -> Option<(usize, usize)> {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    std::iter::successors(Some(error), |&e| e.source()).find_map(|e| match e.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => Some((*size, *max_size)),
+        _ => None,
+    })
 }
 
 #[cfg(feature = "axum")]
@@ -56,6 +77,10 @@ impl WsMessage for axum::extract::ws::Message {
             reason: frame.reason.clone().into(),
         }))
     }
+
+    fn too_large(error: &(dyn Error + 'static)) -> Option<(usize, usize)> {
+        tungstenite_too_large(error)
+    }
 }
 
 #[cfg(feature = "tungstenite")]
@@ -92,5 +117,9 @@ impl WsMessage for tokio_tungstenite::tungstenite::Message {
             code: CloseCode::from(frame.code),
             reason: frame.reason.clone().into(),
         }))
+    }
+
+    fn too_large(error: &(dyn Error + 'static)) -> Option<(usize, usize)> {
+        tungstenite_too_large(error)
     }
 }

@@ -1,5 +1,6 @@
 //! The message-limiting socket wrapper.
 
+use std::error::Error;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use futures_util::{Sink, Stream};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tollgate::websocket::{MessageGate, MessageLimits, Verdict};
+use tollgate::websocket::{CloseFrame, MessageGate, MessageLimits, Verdict};
 use tollgate::{Clock, ConnectionLease, MonotonicClock};
 
 use super::message::WsMessage;
@@ -85,6 +86,7 @@ impl<W, M, E, C> Stream for LimitedWebSocket<W, M, C>
 where
     W: Stream<Item = Result<M, E>> + Sink<M, Error = E>,
     M: WsMessage,
+    E: Error + 'static,
     C: Clock,
 {
     type Item = Result<M, E>;
@@ -129,7 +131,17 @@ where
             }
             let message = match ready!(this.inner.as_mut().poll_next(cx)) {
                 Some(Ok(message)) => message,
-                other => return Poll::Ready(other),
+                Some(Err(e)) => {
+                    // A message over the socket's own size cap never reaches the gate; it is
+                    // answered with the gate's 1009 all the same, not cut off with a reset.
+                    let Some((len, cap)) = M::too_large(&e) else { return Poll::Ready(Some(Err(e))) };
+                    let max = this.gate.limits().max_message_size.map_or(cap, |max| max.min(cap));
+                    tracing::debug!(len, max, "closing WebSocket over a message the socket refused as too large");
+                    *this.outgoing = Some(M::close(&CloseFrame::message_too_big(len, max)));
+                    *this.closing = true;
+                    continue;
+                }
+                None => return Poll::Ready(None),
             };
             match this.gate.check(message.kind(), message.payload_len(), message.as_text()) {
                 Verdict::Allow => return Poll::Ready(Some(Ok(message))),

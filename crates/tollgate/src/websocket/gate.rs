@@ -485,10 +485,7 @@ impl<C: Clock> MessageGate<C> {
 const MISSING_KEY: Key<'static> = Key::Text("\u{0}missing");
 
 fn too_big(len: usize, max: usize) -> Verdict {
-    Verdict::Close(CloseFrame::new(
-        close_code::MESSAGE_TOO_BIG,
-        &format!("message of {len} bytes over the limit of {max}"),
-    ))
+    Verdict::Close(CloseFrame::message_too_big(len, max))
 }
 
 #[cfg(test)]

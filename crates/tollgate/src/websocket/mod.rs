@@ -133,6 +133,13 @@ impl CloseFrame {
     pub fn new(code: u16, reason: &str) -> Self {
         Self { code, reason: truncate_reason(reason).to_owned() }
     }
+
+    /// The close frame for a message of `len` bytes over a limit of `max`:
+    /// [`close_code::MESSAGE_TOO_BIG`] (1009), what the gate sends and what an adapter sends when
+    /// the socket itself refused a message as too large.
+    pub fn message_too_big(len: usize, max: usize) -> Self {
+        Self::new(close_code::MESSAGE_TOO_BIG, &format!("message of {len} bytes over the limit of {max}"))
+    }
 }
 
 /// `reason` cut to at most [`MAX_CLOSE_REASON`] bytes, on a character boundary.
