@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::classifier::Classifier;
-use super::per_key::{KeyStep, PerKeyLimits};
+use super::per_key::{KeyRefusal, KeyStep, PerKeyLimits};
 use super::{CloseFrame, MessageKind, Refusal, Verdict, close_code};
 use crate::algorithm::gcra;
 use crate::clock::{Clock, MonotonicClock};
@@ -432,17 +432,28 @@ impl<C: Clock> MessageGate<C> {
                 }
             }
         }
+        let mut full = false;
         if refused.is_none()
             && let Some(per_key) = per_key
         {
             let key = self.key.as_ref().map_or(MISSING_KEY, OwnedKey::as_key);
             match per_key.check(key, &key_steps, max_wait) {
                 Ok(key_wait) => wait = wait.max(key_wait),
-                Err((step, retry_after)) => refused = Some(Refusal { limit: per_key.step_name(&step), retry_after }),
+                Err(KeyRefusal::Over(step, retry_after)) => {
+                    refused = Some(Refusal { limit: per_key.step_name(&step), retry_after });
+                }
+                Err(KeyRefusal::Full(step)) => {
+                    full = true;
+                    refused = Some(Refusal { limit: per_key.step_name(&step), retry_after: Duration::from_secs(1) });
+                }
             }
         }
         if let Some(refusal) = refused {
             return match limits.on_exceed {
+                MessageAction::Close if full => Verdict::Close(CloseFrame::new(
+                    close_code::TRY_AGAIN_LATER,
+                    "server busy: too many clients to track, try again later",
+                )),
                 MessageAction::Close => {
                     let reason =
                         format!("rate limited: {} (retry after {}s)", refusal.limit, refusal.retry_after_secs());
@@ -712,6 +723,38 @@ mod tests {
         clock.advance(Duration::from_secs(2));
         let mut g = MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(OwnedKey::from(u64::MAX));
         assert_eq!(g.check(MessageKind::Binary, 1, None), Verdict::Allow, "idle keys make room");
+    }
+
+    #[test]
+    fn a_full_key_table_closes_1013_under_the_close_action() {
+        // The server cannot track one more client: try again later, not "rate limited".
+        let clock = ManualClock::at(1_000_000_000_000);
+        let limits = Arc::new(
+            MessageLimits::new()
+                .per_key_messages(q("1/min"))
+                .per_key_max_keys(100)
+                .per_key_clock(clock.clone())
+                .on_exceed(MessageAction::Close),
+        );
+        let gate = |key: u64| MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(OwnedKey::from(key));
+        let mut busy = 0;
+        for key in 0..20_000u64 {
+            match gate(key).check(MessageKind::Binary, 1, None) {
+                Verdict::Allow => {}
+                Verdict::Close(c) => {
+                    assert_eq!(c.code, close_code::TRY_AGAIN_LATER, "{c:?}");
+                    assert_eq!(c.reason, "server busy: too many clients to track, try again later");
+                    busy += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(busy > 0, "the table filled up");
+        // A tracked client over its own limit is rate limited (4429), as before.
+        let Verdict::Close(c) = gate(0).check(MessageKind::Binary, 1, None) else { panic!("key 0 is over 1/min") };
+        assert_eq!(c.code, close_code::RATE_LIMITED);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(gate(u64::MAX).check(MessageKind::Binary, 1, None), Verdict::Allow, "idle keys make room");
     }
 
     #[test]

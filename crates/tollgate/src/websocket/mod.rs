@@ -20,8 +20,9 @@
 //! passes every per-connection and per-key limit, and a refused one spends nothing from any.
 //!
 //! Close codes: [`close_code::MESSAGE_TOO_BIG`] (1009), [`close_code::POLICY_VIOLATION`] (1008),
-//! [`close_code::TRY_AGAIN_LATER`] (1013) and [`close_code::RATE_LIMITED`] (4429, ours: a message
-//! rate or byte limit was exceeded and the configured action is to close).
+//! [`close_code::RATE_LIMITED`] (4429, ours: a message rate or byte limit was exceeded and the
+//! configured action is to close) and [`close_code::TRY_AGAIN_LATER`] (1013: under the close
+//! action, a new client's key could not be tracked, the per-key table being full of active keys).
 //!
 //! ```
 //! use std::time::Duration;

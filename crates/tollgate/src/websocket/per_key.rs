@@ -29,7 +29,8 @@ use crate::store::table::Table;
 /// (GCRA) per limit, all checked and spent under one lock, so a message passes all of its key's
 /// limits or spends nothing. Idle keys are forgotten as the table grows, and at most
 /// [`PerKeyLimits::max_keys`] keys are tracked: past that, messages of new keys are refused
-/// (retry after a second) until keys fall idle. Clones share the state.
+/// (retry after a second; under [`MessageAction::Close`](super::MessageAction::Close) the
+/// connection is closed with 1013, try again later) until keys fall idle. Clones share the state.
 #[derive(Clone)]
 pub struct PerKeyLimits {
     /// Messages (text and binary) per period per key.
@@ -148,14 +149,8 @@ impl PerKeyLimits {
     }
 
     /// Decides the `steps` present for `key` now, all-or-nothing: `Ok(wait)` when every step
-    /// passed (each spent), else the refused step with the longest retry and that retry, spending
-    /// nothing.
-    pub(super) fn check(
-        &self,
-        key: Key<'_>,
-        steps: &[Option<KeyStep>],
-        max_wait: u64,
-    ) -> Result<Duration, (KeyStep, Duration)> {
+    /// passed (each spent), else why not, spending nothing.
+    pub(super) fn check(&self, key: Key<'_>, steps: &[Option<KeyStep>], max_wait: u64) -> Result<Duration, KeyRefusal> {
         let Some(first) = steps.iter().flatten().next().copied() else { return Ok(Duration::ZERO) };
         let now = self.state.clock.now();
         let len = KINDS + self.kinds.len();
@@ -182,8 +177,8 @@ impl PerKeyLimits {
                     }
                 }
             }
-            if let Some(refused) = refused {
-                return Err(refused);
+            if let Some((step, retry_after)) = refused {
+                return Err(KeyRefusal::Over(step, retry_after));
             }
             for (step, tat) in steps.iter().flatten().zip(new_tats) {
                 tats[step.slot] = tat;
@@ -191,8 +186,18 @@ impl PerKeyLimits {
             Ok(wait)
         });
         // Full of keys none of which is idle: new keys wait, as in the in-memory store.
-        decided.unwrap_or(Err((first, Duration::from_secs(1))))
+        decided.unwrap_or(Err(KeyRefusal::Full(first)))
     }
+}
+
+/// Why [`PerKeyLimits::check`] refused a message.
+#[derive(Clone, Copy)]
+pub(super) enum KeyRefusal {
+    /// Over this step's limit; it could pass after the duration.
+    Over(KeyStep, Duration),
+    /// The key is new and the table is full of keys none of which is idle: the server, not the
+    /// client, is at its limit. Retry after a second (this step's name is reported).
+    Full(KeyStep),
 }
 
 fn is_idle(tats: &Mutex<Tats>, now: u64) -> bool {
