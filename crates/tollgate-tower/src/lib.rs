@@ -39,7 +39,8 @@
 //! real sockets in `tests/hyper_tonic.rs`.
 //!
 //! Features: `axum` (axum's `ConnectInfo`/`MatchedPath` keys, [`LimitedUpgrade`] and limits on
-//! axum's `WebSocket`), `tungstenite` (limits on tokio-tungstenite's `WebSocketStream`).
+//! axum's `WebSocket`), `tungstenite` (limits on tokio-tungstenite's `WebSocketStream`),
+//! `metrics` (the core's metrics, see `tollgate::observe`).
 
 pub mod config;
 pub mod keys;

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::decision::{Decision, Reason, intern};
 use crate::key::{Key, OwnedKey};
+use crate::observe::{self, LeaseMetrics};
 use crate::policy::FailureMode;
 use crate::store::StoreError;
 use crate::store::table::{Full, Table};
@@ -161,6 +162,7 @@ impl Drop for ConnectionLease {
                 }
                 if *global {
                     limiter.total.fetch_sub(1, Ordering::AcqRel);
+                    limiter.metrics.leases(limiter.name, -1);
                 }
             }
             LeaseKind::Custom(release) => {
@@ -174,6 +176,7 @@ impl Drop for ConnectionLease {
                     limiter.per_key.get(&key.as_key(), |c| c.fetch_sub(1, Ordering::AcqRel));
                 }
                 limiter.total.fetch_sub(1, Ordering::AcqRel);
+                limiter.metrics.leases(limiter.name, -1);
             }
             LeaseKind::Uncounted => {}
         }
@@ -215,6 +218,7 @@ struct Inner {
     total: AtomicUsize,
     shared: Option<Arc<dyn DynLeaseStore>>,
     failure: FailureMode,
+    metrics: LeaseMetrics,
 }
 
 /// A keyed counting semaphore: in this process's memory, or in a shared [`LeaseStore`]
@@ -281,6 +285,7 @@ impl ConcurrencyLimiter {
                 total: AtomicUsize::new(0),
                 shared: s.shared,
                 failure: s.failure,
+                metrics: LeaseMetrics::default(),
             }),
         }
     }
@@ -362,6 +367,7 @@ impl ConcurrencyLimiter {
         match store.acquire_boxed(inner.name, key, inner.per_key_cap, inner.global_cap).await {
             Ok(Ok(lease)) => {
                 inner.total.fetch_add(1, Ordering::AcqRel);
+                inner.metrics.leases(inner.name, 1);
                 // Uncapped here: the store decided. A full table only loses the local count.
                 let counted = inner.per_key.with(
                     &key,
@@ -373,12 +379,17 @@ impl ConcurrencyLimiter {
                 let kind = LeaseKind::Shared { limiter: Arc::clone(inner), key, lease: Box::new(lease) };
                 Ok(ConnectionLease { kind })
             }
-            Ok(Err(denied)) => Err(denied),
+            Ok(Err(denied)) => {
+                observe::lease_refused(inner.name, denied.scope);
+                Err(denied)
+            }
             Err(error) => {
                 tracing::warn!(limiter = %inner.name, %error, mode = ?inner.failure, "concurrency lease store failed");
+                observe::store_failure(inner.name, inner.failure);
                 match inner.failure {
                     FailureMode::Open => Ok(ConnectionLease { kind: LeaseKind::Uncounted }),
                     FailureMode::Closed => {
+                        observe::lease_refused(inner.name, ConcurrencyScope::StoreUnavailable);
                         Err(ConcurrencyDenied { name: inner.name, scope: ConcurrencyScope::StoreUnavailable, limit: 0 })
                     }
                     _ => self.try_acquire(key),
@@ -392,13 +403,17 @@ impl ConcurrencyLimiter {
     /// does): use [`Self::acquire`].
     pub fn try_acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
         let inner = &self.inner;
-        let denied = |scope, limit| ConcurrencyDenied { name: inner.name, scope, limit };
+        let denied = |scope, limit| {
+            observe::lease_refused(inner.name, scope);
+            ConcurrencyDenied { name: inner.name, scope, limit }
+        };
         // Counted globally even without a global cap, for `in_use`.
         let global_cap = inner.global_cap.map_or(usize::MAX, |g| g as usize);
         if inner.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < global_cap).then_some(n + 1)).is_err()
         {
             return Err(denied(ConcurrencyScope::Global, inner.global_cap.unwrap_or(0)));
         }
+        inner.metrics.leases(inner.name, 1);
         // From here the global place is held by `lease`: any early return gives it back.
         let mut lease =
             ConnectionLease { kind: LeaseKind::Memory { limiter: Arc::clone(inner), key: None, global: true } };

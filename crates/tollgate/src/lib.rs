@@ -24,6 +24,9 @@
 //! deny lists, penalties, dry-run, failure modes), [`Decision`] and its rendering to headers and
 //! bodies ([`HeaderOptions`]), [`ConcurrencyLimiter`] and its [`ConnectionLease`], the stand-alone
 //! [`DirectLimiter`] and [`KeyedLimiter`], and [`Config`] (TOML).
+//!
+//! Features: `std` (default), `metrics` (decisions, store failures, leases and WebSocket verdicts
+//! through the `metrics` facade: see [`observe`]), `testing` (the store conformance suite).
 
 pub mod algorithm;
 pub mod client_ip;
@@ -35,6 +38,7 @@ pub mod error;
 pub mod headers;
 pub mod key;
 pub mod limiter;
+pub mod observe;
 pub mod policy;
 pub mod quota;
 pub mod store;

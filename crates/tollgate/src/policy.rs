@@ -38,6 +38,7 @@ use crate::client_ip::canonical_net;
 use crate::decision::{Admission, Admitted, Decision, LimitHeaders, LimitState, Reason, intern};
 use crate::error::Error;
 use crate::key::{Key, OwnedKey, group_ip};
+use crate::observe::{self, PolicyMetrics};
 use crate::quota::Quota;
 use crate::store::{Check, LimitSpec, MemoryLimit, MemoryStore, Store, StoreError};
 
@@ -494,6 +495,7 @@ impl PolicyBuilder {
                 on_violation: self.on_violation,
                 store,
                 fallback: fallback_store.map(|s| (s, fallback)),
+                metrics: PolicyMetrics::default(),
             }),
         })
     }
@@ -530,6 +532,7 @@ struct Inner<S: Store> {
     on_violation: Option<ViolationHook>,
     store: S,
     fallback: Option<(MemoryStore, Vec<crate::store::memory::MemoryLimit>)>,
+    metrics: PolicyMetrics,
 }
 
 /// Named limits applied together, on a store. Cheap to clone.
@@ -607,6 +610,7 @@ impl<S: Store> Policy<S> {
     /// Errors only on a cost that can never pass (0, or above a limit's capacity); a store
     /// failure becomes a decision per the policy's [`FailureMode`].
     pub async fn check(&self, request: &RequestKeys<'_>, cost: u32) -> Result<Decision, Error> {
+        let started = self.inner.metrics.start();
         let (mut checks, mut refs) = (Checks::new(), SmallVec::new());
         if let Some(decision) = self.plan(request, cost, &mut checks, &mut refs)? {
             return Ok(decision);
@@ -621,7 +625,9 @@ impl<S: Store> Policy<S> {
                 }
             }
         }
-        Ok(self.conclude(result, request, &checks, &refs, &mut out))
+        let decision = self.conclude(result, request, &checks, &refs, &mut out);
+        self.inner.metrics.decided(self.inner.name, started);
+        Ok(decision)
     }
 
     /// [`Policy::check`] without a future when the store decides without I/O (the in-memory
@@ -756,7 +762,7 @@ impl<S: Store> Policy<S> {
     ) -> Option<Result<R, Error>> {
         let check = match self.limit_check(one, request, cost) {
             Ok(Step::Check(check)) => check,
-            Ok(Step::Skip) => return Some(Ok(decided(self.plain(true, Reason::Allowed)))),
+            Ok(Step::Skip) => return Some(Ok(decided(self.finish(self.plain(true, Reason::Allowed), request)))),
             Ok(Step::Refuse) => return Some(Ok(decided(self.finish(self.plain(false, Reason::KeyMissing), request)))),
             Err(err) => return Some(Err(err)),
         };
@@ -764,6 +770,7 @@ impl<S: Store> Policy<S> {
         let mut out = [Snapshot::EMPTY];
         let result = self.inner.store.try_check_now(checks, &mut out)?;
         if let Ok(true) = result {
+            self.inner.metrics.decision(self.inner.name, Reason::Allowed);
             return Some(Ok(allowed(&check, &out[0])));
         }
         Some(Ok(decided(self.concluded_one(result, request, &check, out))))
@@ -810,6 +817,7 @@ impl<S: Store> Policy<S> {
         let max_wait = one.limit.max_wait();
         let snapshot = limit.try_gcra(key, &quota, memory.now(), cost, max_wait)?;
         if snapshot.allowed {
+            self.inner.metrics.decision(self.inner.name, Reason::Allowed);
             return Some(Ok(admitted(&one.limit, quota, &snapshot, with_headers)));
         }
         let check = Check { limit: &one.handle, key, quota, cost, max_wait };
@@ -887,10 +895,10 @@ impl<S: Store> Policy<S> {
             return Ok(Some(self.finish(self.plain(false, Reason::DenyListed), request)));
         }
         if !inner.allow.is_empty() && inner.allow.contains(request, checks.iter().map(|c| c.key)) {
-            return Ok(Some(self.plain(true, Reason::AllowListed)));
+            return Ok(Some(self.finish(self.plain(true, Reason::AllowListed), request)));
         }
         if checks.is_empty() {
-            return Ok(Some(self.plain(true, Reason::Allowed)));
+            return Ok(Some(self.finish(self.plain(true, Reason::Allowed), request)));
         }
         Ok(None)
     }
@@ -963,9 +971,11 @@ impl<S: Store> Policy<S> {
         }
     }
 
-    /// Applies dry-run and the violation hook to a decision.
+    /// Counts a decision reached on any path but the allowed check's, and applies dry-run and
+    /// the violation hook to a refusal.
     #[inline]
     fn finish(&self, mut decision: Decision, request: &RequestKeys<'_>) -> Decision {
+        self.inner.metrics.decision(self.inner.name, decision.reason);
         if !decision.allowed {
             self.refused(&mut decision, request);
         }
@@ -997,6 +1007,7 @@ impl<S: Store> Policy<S> {
         out: &mut [Snapshot],
     ) -> Decision {
         tracing::warn!(policy = %self.inner.name, error = %err, mode = ?self.inner.failure, "tollgate store failed");
+        observe::store_failure(self.inner.name, self.inner.failure);
         match (&self.inner.fallback, self.inner.failure) {
             (Some((store, handles)), FailureMode::Fallback) => {
                 let local: Checks<'_, _> = checks
@@ -1014,7 +1025,7 @@ impl<S: Store> Policy<S> {
                 self.finish(self.decide(all, refs, checks, out), request)
             }
             (_, FailureMode::Closed) => self.finish(self.plain(false, Reason::StoreUnavailable), request),
-            _ => self.plain(true, Reason::StoreUnavailableFailedOpen),
+            _ => self.finish(self.plain(true, Reason::StoreUnavailableFailedOpen), request),
         }
     }
 }

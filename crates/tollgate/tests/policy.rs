@@ -1,13 +1,15 @@
 //! Policies end to end on the in-memory store with a manual clock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::{Future, ready};
+mod common;
+
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use common::Down;
 use tollgate::{
-    Admission, Algorithm, Check, Error, FailureMode, KeyFields, KeyKind, Limit, LimitSpec, ManualClock, MemoryStore,
-    MissingKey, OnExceed, Policy, Quota, Reason, RequestKeys, Snapshot, Store, StoreError,
+    Admission, Algorithm, Error, FailureMode, KeyFields, KeyKind, Limit, ManualClock, MemoryStore, MissingKey,
+    OnExceed, Policy, Quota, Reason, RequestKeys,
 };
 
 fn q(s: &str) -> Quota {
@@ -236,32 +238,6 @@ async fn delay_action_says_how_long_to_wait() {
         v
     };
     assert_eq!(waits, [0, 0, 500, 1000, u128::MAX]);
-}
-
-/// A store that always fails: the one fault a real store cannot produce on demand here.
-#[derive(Clone, Debug)]
-struct Down;
-
-impl Store for Down {
-    type Limit = ();
-    fn register(&self, _: &LimitSpec) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn check<'a>(
-        &'a self,
-        _: &'a [Check<'a, ()>],
-        _: &'a mut [Snapshot],
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'a {
-        ready(Err(StoreError::Unavailable("connection refused".into())))
-    }
-    fn block<'a>(
-        &'a self,
-        _: &'a (),
-        _: tollgate::Key<'a>,
-        _: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
-        ready(Err(StoreError::Unavailable("connection refused".into())))
-    }
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tollgate::config::{Config, StoreKind};
 use tollgate::{Error, MemoryStore, Store};
 use tollgate_redis::RedisStore;
@@ -81,6 +82,12 @@ async fn ws(upgrade: LimitedUpgrade) -> Response {
             }
         }
     })
+}
+
+/// `app` with `GET /metrics`: the metrics `recorder` holds (tollgate's among them, see
+/// `tollgate::observe`) in Prometheus's text format. The route is added outside the limits.
+pub fn with_metrics(app: Router, recorder: PrometheusHandle) -> Router {
+    app.route("/metrics", get(move || std::future::ready(recorder.render())))
 }
 
 /// Serves `app` on `listener` with the peer address available to the limits.

@@ -4,13 +4,15 @@
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
 //! built-in ones (printed at start-up). With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`),
 //! the limits live in Redis and every instance pointed at it shares them, open WebSocket
-//! connections per client included.
+//! connections per client included. `GET /metrics` shows tollgate's decisions, leases and
+//! WebSocket verdicts in Prometheus's format.
 
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
 
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tollgate::config::Config;
 
 #[tokio::main]
@@ -47,9 +49,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             axum_demo::app(&config)?
         }
     };
+    let recorder = PrometheusBuilder::new().install_recorder()?;
+    tollgate::observe::describe();
+    let app = axum_demo::with_metrics(app, recorder);
     let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("listening on http://{}", listener.local_addr()?);
+    println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
     axum_demo::serve(listener, app).await?;
     Ok(())
 }

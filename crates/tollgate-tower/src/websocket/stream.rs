@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use futures_util::{Sink, Stream};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tollgate::websocket::{CloseFrame, MessageGate, MessageLimits, Verdict};
+use tollgate::websocket::{MessageGate, MessageLimits, Verdict};
 use tollgate::{Clock, ConnectionLease, MonotonicClock};
 
 use super::message::WsMessage;
@@ -135,9 +135,8 @@ where
                     // A message over the socket's own size cap never reaches the gate; it is
                     // answered with the gate's 1009 all the same, not cut off with a reset.
                     let Some((len, cap)) = M::too_large(&e) else { return Poll::Ready(Some(Err(e))) };
-                    let max = this.gate.limits().max_message_size.map_or(cap, |max| max.min(cap));
-                    tracing::debug!(len, max, "closing WebSocket over a message the socket refused as too large");
-                    *this.outgoing = Some(M::close(&CloseFrame::message_too_big(len, max)));
+                    tracing::debug!(len, cap, "closing WebSocket over a message the socket refused as too large");
+                    *this.outgoing = Some(M::close(&this.gate.too_large(len, cap)));
                     *this.closing = true;
                     continue;
                 }

@@ -11,6 +11,7 @@ use super::{CloseFrame, MessageKind, Refusal, Verdict, close_code};
 use crate::algorithm::gcra;
 use crate::clock::{Clock, MonotonicClock};
 use crate::key::{Key, OwnedKey};
+use crate::observe::WebSocketMetrics;
 use crate::quota::Quota;
 
 /// What happens to a message over a rate or byte limit.
@@ -295,6 +296,7 @@ pub struct MessageGate<C: Clock = MonotonicClock> {
     bytes: u64,
     control: u64,
     kinds: Vec<u64>,
+    metrics: WebSocketMetrics,
 }
 
 impl<C: Clock> fmt::Debug for MessageGate<C> {
@@ -328,7 +330,16 @@ impl<C: Clock> MessageGate<C> {
     /// A gate on `clock`.
     pub fn with_clock(limits: Arc<MessageLimits>, clock: C) -> Self {
         let kinds = vec![0; limits.kinds.len()];
-        Self { limits, key: None, clock, messages: 0, bytes: 0, control: 0, kinds }
+        Self {
+            limits,
+            key: None,
+            clock,
+            messages: 0,
+            bytes: 0,
+            control: 0,
+            kinds,
+            metrics: WebSocketMetrics::default(),
+        }
     }
 
     /// Counts this connection's messages under `key` for the per-key limits (the client the
@@ -352,6 +363,22 @@ impl<C: Clock> MessageGate<C> {
     /// Decides one message the client sent: its kind, its payload length in bytes, and for text
     /// its content (for the classifier; `None` skips classification).
     pub fn check(&mut self, kind: MessageKind, len: usize, text: Option<&str>) -> Verdict {
+        let verdict = self.decide(kind, len, text);
+        self.metrics.verdict(kind, &verdict);
+        verdict
+    }
+
+    /// The close frame (1009) for a message of `len` bytes that the socket itself refused as
+    /// larger than its own cap `cap` (e.g. tungstenite's `max_message_size`), so it never reached
+    /// [`MessageGate::check`]: the limit it reports is this gate's largest message when that is
+    /// smaller.
+    pub fn too_large(&self, len: usize, cap: usize) -> CloseFrame {
+        let max = self.limits.max_message_size.map_or(cap, |max| max.min(cap));
+        crate::observe::websocket_close(close_code::MESSAGE_TOO_BIG);
+        CloseFrame::message_too_big(len, max)
+    }
+
+    fn decide(&mut self, kind: MessageKind, len: usize, text: Option<&str>) -> Verdict {
         let now = self.clock.now();
         match kind {
             MessageKind::Close => return Verdict::Allow,

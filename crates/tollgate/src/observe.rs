@@ -1,0 +1,243 @@
+//! Metrics of the decisions, through the [`metrics`](https://docs.rs/metrics) facade (feature
+//! `metrics`; without it every call here is compiled out).
+//!
+//! Install any `metrics` recorder (e.g. `metrics-exporter-prometheus`), optionally call
+//! [`describe`] once for the help texts, and tollgate reports:
+//!
+//! | metric | kind | labels | counts |
+//! | --- | --- | --- | --- |
+//! | [`DECISIONS`] `tollgate_decisions_total` | counter | `policy`, `outcome` | every policy decision; `outcome` is the [`Reason`](crate::Reason) (`allowed`, `rate_limited`, `blocked`, `denied`, `allow_listed`, `key_missing`, `store_unavailable`, `store_unavailable_failed_open`); a dry-run refusal counts as the reason it would refuse for |
+//! | [`DECISION_SECONDS`] `tollgate_decision_seconds` | histogram | `policy` | how long [`Policy::check`](crate::Policy::check) took (the path of stores with I/O, such as Redis; in-memory decisions take tens of nanoseconds and are not timed) |
+//! | [`STORE_FAILURES`] `tollgate_store_failures_total` | counter | `policy` (or the concurrency limiter's name), `mode` | store errors, with the [`FailureMode`] that decided (`open`, `closed`, `fallback`) |
+//! | [`LEASES_IN_USE`] `tollgate_leases_in_use` | gauge | `limiter` | concurrency leases held in this process |
+//! | [`LEASE_REFUSALS`] `tollgate_lease_refusals_total` | counter | `limiter`, `scope` | leases refused: `per_key`, `global`, `store_unavailable` |
+//! | [`WEBSOCKET_MESSAGES`] `tollgate_websocket_messages_total` | counter | `outcome` | text and binary messages a [`MessageGate`](crate::websocket::MessageGate) decided: `allowed`, `delayed`, `dropped`, `closed` |
+//! | [`WEBSOCKET_CLOSES`] `tollgate_websocket_closes_total` | counter | `code` | connections a gate closed, by close code (`1008`, `1009`, `1013`, `4429`) |
+//!
+//! Label values are the names given in code or configuration, so their number is bounded by
+//! them, never by clients.
+//!
+//! ```
+//! # #[cfg(feature = "metrics")] {
+//! // With a recorder installed (here none: the calls are no-ops), describe the metrics once:
+//! tollgate::observe::describe();
+//! # }
+//! ```
+
+use crate::concurrency::ConcurrencyScope;
+use crate::decision::Reason;
+use crate::policy::FailureMode;
+use crate::websocket::{MessageKind, Verdict};
+
+/// Policy decisions, by `policy` and `outcome`.
+pub const DECISIONS: &str = "tollgate_decisions_total";
+/// Seconds per [`Policy::check`](crate::Policy::check), by `policy`.
+pub const DECISION_SECONDS: &str = "tollgate_decision_seconds";
+/// Store failures, by `policy` and `mode`.
+pub const STORE_FAILURES: &str = "tollgate_store_failures_total";
+/// Concurrency leases held, by `limiter`.
+pub const LEASES_IN_USE: &str = "tollgate_leases_in_use";
+/// Concurrency leases refused, by `limiter` and `scope`.
+pub const LEASE_REFUSALS: &str = "tollgate_lease_refusals_total";
+/// WebSocket messages decided, by `outcome`.
+pub const WEBSOCKET_MESSAGES: &str = "tollgate_websocket_messages_total";
+/// WebSocket connections closed by a gate, by `code`.
+pub const WEBSOCKET_CLOSES: &str = "tollgate_websocket_closes_total";
+
+/// Registers the help text and unit of each metric with the installed recorder (once, after
+/// installing it; a no-op without the `metrics` feature).
+pub fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(DECISIONS, "Rate-limit decisions by policy and outcome");
+        describe_histogram!(DECISION_SECONDS, Unit::Seconds, "Time to decide on a store with I/O, by policy");
+        describe_counter!(STORE_FAILURES, "Rate-limit store failures, by policy and the failure mode that decided");
+        describe_gauge!(LEASES_IN_USE, "Concurrency leases held in this process, by limiter");
+        describe_counter!(LEASE_REFUSALS, "Concurrency leases refused, by limiter and scope");
+        describe_counter!(WEBSOCKET_MESSAGES, "WebSocket messages decided, by outcome");
+        describe_counter!(WEBSOCKET_CLOSES, "WebSocket connections closed over a limit, by close code");
+    }
+}
+
+/// A policy's metric handles, registered with the recorder at its first decision (install the
+/// recorder before serving); registering on every decision would build the labels each time
+/// (about 500 instructions and an allocation per request, measured).
+#[derive(Default)]
+pub(crate) struct PolicyMetrics {
+    #[cfg(feature = "metrics")]
+    handles: std::sync::OnceLock<PolicyHandles>,
+}
+
+#[cfg(feature = "metrics")]
+struct PolicyHandles {
+    /// By [`reason_index`].
+    decisions: [metrics::Counter; REASONS.len()],
+    seconds: metrics::Histogram,
+}
+
+/// Every reason, in [`reason_index`]'s order.
+#[cfg(feature = "metrics")]
+const REASONS: [Reason; 8] = [
+    Reason::Allowed,
+    Reason::AllowListed,
+    Reason::RateLimited,
+    Reason::Blocked,
+    Reason::DenyListed,
+    Reason::KeyMissing,
+    Reason::StoreUnavailable,
+    Reason::StoreUnavailableFailedOpen,
+];
+
+#[cfg(feature = "metrics")]
+const fn reason_index(reason: Reason) -> usize {
+    match reason {
+        Reason::Allowed => 0,
+        Reason::AllowListed => 1,
+        Reason::RateLimited => 2,
+        Reason::Blocked => 3,
+        Reason::DenyListed => 4,
+        Reason::KeyMissing => 5,
+        Reason::StoreUnavailable => 6,
+        Reason::StoreUnavailableFailedOpen => 7,
+    }
+}
+
+impl PolicyMetrics {
+    #[cfg(feature = "metrics")]
+    fn handles(&self, policy: &'static str) -> &PolicyHandles {
+        self.handles.get_or_init(|| PolicyHandles {
+            decisions: REASONS.map(|r| metrics::counter!(DECISIONS, "policy" => policy, "outcome" => r.as_str())),
+            seconds: metrics::histogram!(DECISION_SECONDS, "policy" => policy),
+        })
+    }
+
+    /// A decision of the policy `policy`.
+    #[inline(always)]
+    pub(crate) fn decision(&self, policy: &'static str, reason: Reason) {
+        #[cfg(feature = "metrics")]
+        self.handles(policy).decisions[reason_index(reason)].increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (policy, reason);
+    }
+
+    /// When `Policy::check` started, if its time is measured.
+    #[inline(always)]
+    pub(crate) fn start(&self) -> Option<std::time::Instant> {
+        #[cfg(feature = "metrics")]
+        return Some(std::time::Instant::now());
+        #[cfg(not(feature = "metrics"))]
+        None
+    }
+
+    /// `Policy::check` of `policy` finished.
+    #[inline(always)]
+    pub(crate) fn decided(&self, policy: &'static str, started: Option<std::time::Instant>) {
+        #[cfg(feature = "metrics")]
+        if let Some(started) = started {
+            self.handles(policy).seconds.record(started.elapsed());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (policy, started);
+    }
+}
+
+/// A store failed; `mode` decided (rare: registered each time).
+pub(crate) fn store_failure(name: &'static str, mode: FailureMode) {
+    #[cfg(feature = "metrics")]
+    {
+        let mode = match mode {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+            FailureMode::Fallback => "fallback",
+        };
+        metrics::counter!(STORE_FAILURES, "policy" => name, "mode" => mode).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (name, mode);
+}
+
+/// A concurrency limiter's gauge of leases held, registered at its first lease.
+#[derive(Default)]
+pub(crate) struct LeaseMetrics {
+    #[cfg(feature = "metrics")]
+    in_use: std::sync::OnceLock<metrics::Gauge>,
+}
+
+impl LeaseMetrics {
+    /// A lease of `limiter` taken (`+1`) or given back (`-1`).
+    #[inline(always)]
+    pub(crate) fn leases(&self, limiter: &'static str, delta: i8) {
+        #[cfg(feature = "metrics")]
+        self.in_use.get_or_init(|| metrics::gauge!(LEASES_IN_USE, "limiter" => limiter)).increment(f64::from(delta));
+        #[cfg(not(feature = "metrics"))]
+        let _ = (limiter, delta);
+    }
+}
+
+/// A lease refused.
+pub(crate) fn lease_refused(limiter: &'static str, scope: ConcurrencyScope) {
+    #[cfg(feature = "metrics")]
+    {
+        let scope = match scope {
+            ConcurrencyScope::PerKey => "per_key",
+            ConcurrencyScope::Global => "global",
+            ConcurrencyScope::StoreUnavailable => "store_unavailable",
+        };
+        metrics::counter!(LEASE_REFUSALS, "limiter" => limiter, "scope" => scope).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (limiter, scope);
+}
+
+/// A WebSocket connection's message counters, registered at its first message.
+#[derive(Default)]
+pub(crate) struct WebSocketMetrics {
+    #[cfg(feature = "metrics")]
+    messages: Option<[metrics::Counter; 4]>,
+}
+
+impl WebSocketMetrics {
+    /// A gate's verdict on a message of `kind` (pings and pongs count only when they close).
+    #[inline(always)]
+    pub(crate) fn verdict(&mut self, kind: MessageKind, verdict: &Verdict) {
+        #[cfg(feature = "metrics")]
+        {
+            let outcome = match verdict {
+                Verdict::Close(frame) => {
+                    websocket_close(frame.code);
+                    3
+                }
+                _ if !matches!(kind, MessageKind::Text | MessageKind::Binary) => return,
+                Verdict::Allow => 0,
+                Verdict::Delay(_) => 1,
+                Verdict::Drop(_) => 2,
+            };
+            let counters = self.messages.get_or_insert_with(|| {
+                ["allowed", "delayed", "dropped", "closed"]
+                    .map(|outcome| metrics::counter!(WEBSOCKET_MESSAGES, "outcome" => outcome))
+            });
+            counters[outcome].increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (kind, verdict);
+    }
+}
+
+/// A connection closed with `code` (once per connection: registered each time).
+pub(crate) fn websocket_close(code: u16) {
+    #[cfg(feature = "metrics")]
+    {
+        use crate::websocket::close_code;
+        let code = match code {
+            close_code::POLICY_VIOLATION => "1008",
+            close_code::MESSAGE_TOO_BIG => "1009",
+            close_code::TRY_AGAIN_LATER => "1013",
+            close_code::RATE_LIMITED => "4429",
+            _ => "other",
+        };
+        metrics::counter!(WEBSOCKET_CLOSES, "code" => code).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = code;
+}
