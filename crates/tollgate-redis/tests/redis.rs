@@ -471,3 +471,54 @@ async fn exact_under_concurrency_cluster() {
     let b = RedisStore::cluster(cluster.urls()).timeout(Duration::from_secs(2)).build().await.unwrap();
     exact_under_concurrency(a, b).await;
 }
+
+/// A cross-slot batch is refunded one round trip after its commit, with the commit's time. If
+/// another instance's check moved the window on in between, the refund must not free room in the
+/// new window: this replays the script calls the store makes (commit `m`, another instance's
+/// check `c`, refund `r`) with explicit times, so the interleaving is deterministic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_after_another_check_moved_the_window_on_frees_nothing_there() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(include_str!("../src/lua/check.lua"));
+    let t0 = "1700000000999000000"; // 1 ms before a window ends
+    let t1 = "1700000001000500000"; // 0.5 ms into the next one
+    // 2 per second, fixed and sliding window.
+    for algorithm in ["f", "w"] {
+        let state = format!("refund:{{{algorithm}}}:s");
+        let block = format!("refund:{{{algorithm}}}:b");
+        let call = |mode: &str, now: &str| {
+            let mut inv = script.prepare_invoke();
+            inv.key(&state).key(&block);
+            for a in [mode, now, "60000", "1", algorithm, "1000000000", "500000000", "2", "2", "1", "0"] {
+                inv.arg(a);
+            }
+            inv
+        };
+        let allowed = |v: &redis::Value| match v {
+            redis::Value::Array(items) => items[0] == redis::Value::Int(1),
+            other => panic!("unexpected reply {other:?}"),
+        };
+        assert!(allowed(&call("m", t0).invoke_async::<redis::Value>(&mut conn).await.unwrap()));
+        assert!(allowed(&call("c", t1).invoke_async::<redis::Value>(&mut conn).await.unwrap()));
+        call("r", t0).invoke_async::<redis::Value>(&mut conn).await.unwrap();
+        let mut admitted = 1;
+        for _ in 0..3 {
+            if allowed(&call("c", t1).invoke_async::<redis::Value>(&mut conn).await.unwrap()) {
+                admitted += 1;
+            }
+        }
+        let raw: String = redis::cmd("GET").arg(&state).query_async(&mut conn).await.unwrap();
+        assert_eq!(admitted, 2, "{algorithm}: 2 per second admitted {admitted} in one window (state {raw:?})");
+        if algorithm == "w" {
+            // Just into the window after: the two of the window before still weigh in full.
+            let t2 = "1700000002000500000";
+            let v = call("c", t2).invoke_async::<redis::Value>(&mut conn).await.unwrap();
+            assert!(!allowed(&v), "the sliding window forgot a unit it admitted (state {raw:?})");
+        }
+    }
+}

@@ -315,11 +315,19 @@ function makers.f()
     return snap(0, 0, n, math.max(n - st.c, 0), reset, retry, 0)
   end
 
+  -- `now` is the commit's time: the refund undoes the commit in the window it counted in (its
+  -- own, or the next one for a delayed check), where that window still counts, and not at all
+  -- once another check has moved the state past it.
   function fixed.refund(st, q, c, wait)
-    fixed_roll(st, q.P)
-    if wait == 0 then
+    local P = q.P
+    fixed_roll(st, P)
+    local counted = window_start(now, P) + P
+    if wait > 0 then
+      counted = counted + P
+    end
+    if counted == st.e then
       st.c = math.max(st.c - c, 0)
-    else
+    elseif counted == st.e + P then
       st.x = math.max(st.x - c, 0)
     end
     st.dirty = true
@@ -451,13 +459,21 @@ function makers.w()
     return snap(0, 0, n, remaining, math.max(reset_at - now, 0), math.max(wait, 1), 0)
   end
 
+  -- As fixed.refund: the window the commit at `now` counted in, as the next, current or
+  -- previous one, or nothing once it is over.
   function window.refund(st, q, c, wait)
     local P = q.P
     window_roll(st, P)
-    if now + wait >= st.s + P then
-      st.x = math.max(st.x - c, 0)
-    else
+    local counted = window_start(now, P)
+    if now + wait >= counted + P then
+      counted = counted + P
+    end
+    if counted == st.s then
       st.c = math.max(st.c - c, 0)
+    elseif counted == st.s + P then
+      st.x = math.max(st.x - c, 0)
+    elseif counted + P == st.s then
+      st.p = math.max(st.p - c, 0)
     end
     st.dirty = true
   end

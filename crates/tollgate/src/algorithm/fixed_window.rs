@@ -71,12 +71,20 @@ impl Meter for FixedWindow {
     }
 
     fn refund(state: &Mutex<FixedState>, quota: &Quota, now: u64, cost: u32, snapshot: &Snapshot) {
+        let period = quota.period_nanos();
         let mut s = lock(state);
-        s.roll(now, quota.period_nanos());
+        s.roll(now, period);
         let c = u64::from(cost);
-        if snapshot.wait.is_zero() {
+        // The window the commit at `now` counted in: its own, or the next one for a delayed
+        // check. Another check may have moved the state on since: refund that window where it
+        // still counts (current or next), and not at all once it is over.
+        let mut counted = (now / period).saturating_add(1).saturating_mul(period);
+        if !snapshot.wait.is_zero() {
+            counted = counted.saturating_add(period);
+        }
+        if counted == s.end {
             s.count = s.count.saturating_sub(c);
-        } else {
+        } else if counted == s.end.saturating_add(period) {
             s.next = s.next.saturating_sub(c);
         }
     }
