@@ -121,11 +121,10 @@ enum LeaseKind {
         global: bool,
     },
     Custom(Option<Box<dyn LeaseRelease>>),
-    /// A lease of a shared store, also counted in this process's memory (for `in_use` and so
-    /// that a fallback during an outage counts the places this process already holds).
+    /// A lease of a shared store, with the same place in this process's memory (a `Memory`
+    /// lease): see [`ConcurrencyLimiter::acquire`]. Both are given back when it is dropped.
     Shared {
-        limiter: Arc<Inner>,
-        key: Option<OwnedKey>,
+        local: Box<ConnectionLease>,
         lease: Box<ConnectionLease>,
     },
     /// No place held: admitted uncounted while the shared store failed (fail open).
@@ -138,9 +137,7 @@ impl fmt::Debug for ConnectionLease {
             LeaseKind::Memory { limiter, key, .. } => {
                 f.debug_struct("ConnectionLease").field("limiter", &limiter.name).field("key", key).finish()
             }
-            LeaseKind::Shared { limiter, lease, .. } => {
-                f.debug_struct("ConnectionLease").field("limiter", &limiter.name).field("shared", lease).finish()
-            }
+            LeaseKind::Shared { local, lease } => f.debug_tuple("Shared").field(local).field(lease).finish(),
             LeaseKind::Custom(_) | LeaseKind::Uncounted => f.debug_struct("ConnectionLease").finish_non_exhaustive(),
         }
     }
@@ -170,15 +167,8 @@ impl Drop for ConnectionLease {
                     r.release();
                 }
             }
-            // The store's lease releases itself when dropped with `self`.
-            LeaseKind::Shared { limiter, key, .. } => {
-                if let Some(key) = key.take() {
-                    limiter.per_key.get(&key.as_key(), |c| c.fetch_sub(1, Ordering::AcqRel));
-                }
-                limiter.total.fetch_sub(1, Ordering::AcqRel);
-                limiter.metrics.leases(limiter.name, -1);
-            }
-            LeaseKind::Uncounted => {}
+            // Both leases give their places back when dropped with `self`.
+            LeaseKind::Shared { .. } | LeaseKind::Uncounted => {}
         }
     }
 }
@@ -326,8 +316,8 @@ impl ConcurrencyLimiter {
 
     /// What [`Self::acquire`] does when the shared store fails: [`FailureMode::Fallback`] (the
     /// default) counts in this process's memory with the same caps (the places this process
-    /// holds in the store included), [`FailureMode::Open`] admits
-    /// uncounted, [`FailureMode::Closed`] refuses ([`ConcurrencyScope::StoreUnavailable`]).
+    /// holds in the store included), [`FailureMode::Open`] admits uncounted (unless this process
+    /// alone holds a cap), [`FailureMode::Closed`] refuses ([`ConcurrencyScope::StoreUnavailable`]).
     /// Every failure is logged.
     #[must_use]
     pub fn failure_mode(self, mode: FailureMode) -> Self {
@@ -356,28 +346,24 @@ impl ConcurrencyLimiter {
         self.inner.per_key.get(&key, |c| c.load(Ordering::Acquire)).unwrap_or(0)
     }
 
-    /// Takes a place for `key`: from the shared store when there is one (see
-    /// [`Self::failure_mode`] for its failures), else as [`Self::try_acquire`].
+    /// Takes a place for `key`: from the shared store when there is one — after taking it in
+    /// this process's memory under the same caps, so that this process alone never holds more
+    /// than a cap whatever the store knows (see [`Self::failure_mode`] for its failures) — else
+    /// as [`Self::try_acquire`].
     pub async fn acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
         let inner = &self.inner;
         let Some(store) = inner.shared.as_ref().filter(|_| inner.per_key_cap.is_some() || inner.global_cap.is_some())
         else {
             return self.try_acquire(key);
         };
+        // This process's own places first, under the same caps: whatever the store knows (it
+        // never saw the places the fallback gave out during an outage, and may lose its own in a
+        // restart or failover), this process alone never holds more than a cap. It is also the
+        // place the fallback hands out when the store fails.
+        let local = self.try_acquire(key)?;
         match store.acquire_boxed(inner.name, key, inner.per_key_cap, inner.global_cap).await {
             Ok(Ok(lease)) => {
-                inner.total.fetch_add(1, Ordering::AcqRel);
-                inner.metrics.leases(inner.name, 1);
-                // Uncapped here: the store decided. A full table only loses the local count.
-                let counted = inner.per_key.with(
-                    &key,
-                    0,
-                    |c, _| c.load(Ordering::Acquire) == 0,
-                    |c| c.fetch_add(1, Ordering::AcqRel),
-                );
-                let key = counted.ok().map(|_| key.to_owned_key());
-                let kind = LeaseKind::Shared { limiter: Arc::clone(inner), key, lease: Box::new(lease) };
-                Ok(ConnectionLease { kind })
+                Ok(ConnectionLease { kind: LeaseKind::Shared { local: Box::new(local), lease: Box::new(lease) } })
             }
             Ok(Err(denied)) => {
                 observe::lease_refused(inner.name, denied.scope);
@@ -392,7 +378,7 @@ impl ConcurrencyLimiter {
                         observe::lease_refused(inner.name, ConcurrencyScope::StoreUnavailable);
                         Err(ConcurrencyDenied { name: inner.name, scope: ConcurrencyScope::StoreUnavailable, limit: 0 })
                     }
-                    _ => self.try_acquire(key),
+                    _ => Ok(local),
                 }
             }
         }
