@@ -7,9 +7,13 @@
 //! own. Both sets of a limiter share one hash tag (the limiter's name), so one script counts the
 //! per-key and global caps atomically, also in a cluster; that puts a limiter's leases in one slot.
 //!
-//! A lease whose `acquire` future is dropped after Redis granted it is never heartbeated, so it
-//! expires after one TTL. While the circuit breaker is open heartbeats fail, and a lease held
-//! longer than a TTL in that state lapses (the holder is warned in the log).
+//! An acquire that does not hand its lease to the caller (its future dropped, the store's timeout,
+//! an error) sends a release of its id after the acquire, on the same connection, so a grant
+//! Redis made anyway is taken back at once. A lease Redis forgot (a restart without persistence,
+//! a failover to a replica that missed it, heartbeats that failed for a whole TTL while the
+//! circuit breaker was open) is added back by its next heartbeat, since its holder still holds the
+//! place; the holder is warned in the log. The caps may then be exceeded until places free up:
+//! the count stays true.
 //!
 //! [`RedisStoreBuilder::lease_ttl`]: crate::RedisStoreBuilder::lease_ttl
 
@@ -76,11 +80,13 @@ impl RedisStore {
         let seq = self.inner.lease_seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{:016x}:{seq}", self.inner.instance);
         let ttl = self.inner.lease_ttl;
+        let mut pending = Pending { store: self, keys: &keys, id: &id, armed: true };
         let reply = self.lease_op(&lease_call("a", &keys, &id, ttl, per_key, global)).await?;
         let Value::Array(items) = &reply else { return Err(bad_reply(&reply)) };
         match items.as_slice() {
-            [Value::Int(1)] => {}
+            [Value::Int(1)] => pending.armed = false,
             [Value::Int(0), scope, Value::Int(cap)] => {
+                pending.armed = false;
                 let scope = match scope {
                     Value::BulkString(s) if s == b"g" => ConcurrencyScope::Global,
                     Value::BulkString(s) if s == b"k" => ConcurrencyScope::PerKey,
@@ -91,7 +97,8 @@ impl RedisStore {
             }
             _ => return Err(bad_reply(&reply)),
         }
-        let heartbeat = tokio::spawn(heartbeat(self.clone(), keys.clone(), id.clone(), ttl));
+        drop(pending);
+        let heartbeat = tokio::spawn(heartbeat(self.clone(), keys.clone(), id.clone(), ttl, per_key));
         Ok(Ok(ConnectionLease::from_release(RedisLease {
             store: self.clone(),
             keys,
@@ -101,22 +108,54 @@ impl RedisStore {
     }
 }
 
-/// Keeps a lease alive until aborted (on release) or until Redis says it was lost.
-async fn heartbeat(store: RedisStore, keys: LeaseKeys, id: String, ttl: Duration) {
+/// Keeps a lease alive until aborted (on release), adding it back when Redis lost it (`per_key`:
+/// the per-key cap it was acquired with, which says whether it is in the key's set).
+async fn heartbeat(store: RedisStore, keys: LeaseKeys, id: String, ttl: Duration, per_key: Option<u32>) {
     let mut every = tokio::time::interval((ttl / 3).max(Duration::from_millis(10)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
+    let beat = lease_call("h", &keys, &id, ttl, per_key, None);
     loop {
         every.tick().await;
-        match store.lease_op(&lease_call("h", &keys, &id, ttl, None, None)).await {
-            Ok(Value::Array(items)) if matches!(items.as_slice(), [Value::Int(0)]) => {
-                // It expired (heartbeats failed for a whole TTL): another holder may have its place.
-                tracing::warn!(lease = %id, "tollgate-redis: a distributed lease expired while held");
-                return;
-            }
+        match store.lease_op(&beat).await {
+            Ok(Value::Array(items)) if matches!(items.as_slice(), [Value::Int(2)]) => tracing::warn!(
+                lease = %id,
+                "tollgate-redis: Redis had lost a lease still held (restart, failover or expiry); it counts again"
+            ),
             Ok(_) => {}
             Err(e) => tracing::warn!(lease = %id, error = %e, "tollgate-redis: lease heartbeat failed"),
         }
+    }
+}
+
+/// An acquire on its way: unless disarmed (the lease handed over, or refused), dropping it sends
+/// a release of its id, which Redis runs after the acquire (same connection) and which removes
+/// nothing if the acquire added nothing.
+struct Pending<'a> {
+    store: &'a RedisStore,
+    keys: &'a LeaseKeys,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            release_later(self.store.clone(), self.keys.clone(), self.id.to_owned());
+        }
+    }
+}
+
+/// Removes the lease `id` on the runtime, without blocking. Without a runtime (it is shutting
+/// down) the lease expires after its TTL instead.
+fn release_later(store: RedisStore, keys: LeaseKeys, id: String) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let call = lease_call("r", &keys, &id, store.inner.lease_ttl, None, None);
+            if let Err(e) = store.lease_op(&call).await {
+                tracing::warn!(lease = %id, error = %e, "tollgate-redis: lease release failed; it expires on its own");
+            }
+        });
     }
 }
 
@@ -131,16 +170,8 @@ struct RedisLease {
 impl LeaseRelease for RedisLease {
     fn release(self: Box<Self>) {
         self.heartbeat.abort();
-        // Must not block: the removal runs on the runtime. Without one (the runtime is shutting
-        // down) the lease expires after its TTL instead.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let call = lease_call("r", &self.keys, &self.id, self.store.inner.lease_ttl, None, None);
-                if let Err(e) = self.store.lease_op(&call).await {
-                    tracing::warn!(lease = %self.id, error = %e, "tollgate-redis: lease release failed; it expires on its own");
-                }
-            });
-        }
+        let Self { store, keys, id, .. } = *self;
+        release_later(store, keys, id);
     }
 }
 

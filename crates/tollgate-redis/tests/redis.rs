@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::{RedisCluster, RedisServer, raw_command, redis_available};
 use tollgate::{
-    Algorithm, Check, ConcurrencyScope, Key, LeaseStore, LimitSpec, ManualClock, Quota, Snapshot, Store, StoreError,
-    testing,
+    Algorithm, Check, ConcurrencyLimiter, ConcurrencyScope, FailureMode, Key, LeaseStore, LimitSpec, ManualClock,
+    Quota, Snapshot, Store, StoreError, testing,
 };
 use tollgate_redis::{Error, RedisLimit, RedisStore};
 
@@ -338,6 +338,74 @@ async fn lease_of_a_dead_holder_expires() {
     tokio::time::sleep(ttl * 3).await;
     let other = RedisStore::builder(server.url()).lease_ttl(ttl).build().await.unwrap();
     assert!(other.acquire("ws", Key::Int(7), Some(1), None).await.unwrap().is_err(), "heartbeats keep it");
+    drop(held);
+}
+
+/// An acquire that times out (Redis stalls) after its `EVALSHA` was sent is still run by Redis;
+/// the release sent after it takes the place back at once, instead of leaving it taken for a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_that_times_out_gives_its_place_back() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url()).timeout(Duration::from_millis(100)).build().await.unwrap();
+    let other_instance = RedisStore::connect(server.url()).await.unwrap();
+    // The script loaded (as by any earlier request), so the stalled call is the acquire itself.
+    drop(store.acquire("stall", Key::Text("warm-up"), None, Some(1)).await.unwrap().unwrap());
+    let port = server.port;
+    let stall = std::thread::spawn(move || raw_command(port, &["DEBUG", "SLEEP", "0.5"]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let timed_out = store.acquire("stall", Key::Text("alice"), None, Some(1)).await;
+    assert!(matches!(timed_out, Err(StoreError::Timeout(_))), "{timed_out:?}");
+    stall.join().unwrap().unwrap();
+    // Redis ran the acquire, then the release queued behind it: the one place is free.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match other_instance.acquire("stall", Key::Text("bob"), None, Some(1)).await.unwrap() {
+            Ok(_lease) => break,
+            Err(refused) => assert!(Instant::now() < deadline, "the timed-out acquire kept its place: {refused:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Redis restarted empty forgets the leases held; their holders' heartbeats add them back, so
+/// other instances are refused again, and the holder's own process never exceeds its cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_held_through_a_redis_restart_count_again() {
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let instance = || async {
+        let store = RedisStore::builder(server.url())
+            .timeout(Duration::from_millis(150))
+            .breaker(2, Duration::from_millis(100))
+            .lease_ttl(Duration::from_millis(600))
+            .build()
+            .await
+            .unwrap();
+        ConcurrencyLimiter::new("restart").per_key(1).shared(store).failure_mode(FailureMode::Fallback)
+    };
+    let (a, b) = (instance().await, instance().await);
+    let alice = Key::Text("alice");
+    let held = a.acquire(alice).await.expect("first place");
+    assert_eq!(b.acquire(alice).await.unwrap_err().scope, ConcurrencyScope::PerKey);
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(a.acquire(alice).await.is_err(), "the holder's process exceeded per_key(1)");
+        match b.acquire(alice).await {
+            // Before the holder's next heartbeat Redis does not know its lease.
+            Ok(lease) => drop(lease),
+            Err(refused) if refused.scope == ConcurrencyScope::PerKey => break,
+            Err(other) => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the held lease never counted again after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(held);
 }
 

@@ -8,8 +8,10 @@
 -- A lease lives until released or until its holder stops heartbeating for a time to live: expired
 -- leases are dropped before counting, so a crashed instance's places come back on their own.
 --
--- Reply: acquire {1} or {0, 'k' | 'g', cap}; heartbeat {1} or {0} when the lease was lost;
--- release {1}.
+-- Reply: acquire {1} or {0, 'k' | 'g', cap}; heartbeat {1}, or {2} when the lease was lost (a
+-- restart or failover forgot it, or heartbeats failed for a whole TTL) and is added back: its
+-- holder still holds the place (the heartbeat passes the caps it was acquired with, -1 for the
+-- per-key set it is not in); release {1}.
 
 local op = ARGV[1]
 local id = ARGV[2]
@@ -34,19 +36,23 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 
+local per_key = tonumber(ARGV[4])
+local global = tonumber(ARGV[5])
+
 if op == 'h' then
-  if not redis.call('ZSCORE', KEYS[2], id) then
-    return { 0 }
+  local lost = not redis.call('ZSCORE', KEYS[2], id)
+  if per_key >= 0 then
+    redis.call('ZADD', KEYS[1], expires, id)
+    keep(KEYS[1])
   end
-  redis.call('ZADD', KEYS[1], 'XX', expires, id)
-  redis.call('ZADD', KEYS[2], 'XX', expires, id)
-  keep(KEYS[1])
+  redis.call('ZADD', KEYS[2], expires, id)
   keep(KEYS[2])
+  if lost then
+    return { 2 }
+  end
   return { 1 }
 end
 
-local per_key = tonumber(ARGV[4])
-local global = tonumber(ARGV[5])
 if global >= 0 and redis.call('ZCARD', KEYS[2]) >= global then
   return { 0, 'g', global }
 end
