@@ -66,8 +66,9 @@
 //! Lua numbers are doubles, exact up to 2^53; the scripts keep absolute times as decimal strings
 //! and compute on times relative to the current second, which is exact for quotas whose period,
 //! and whose full bucket (emission interval × burst), are at most 2^51 ns (about 26 days). Longer
-//! quotas are refused with [`Error::QuotaOutOfRange`] (as a `StoreError::Other`). Penalty blocks
-//! are capped at a century. The store needs a Tokio runtime.
+//! quotas are refused when the policy is built (`tollgate::Error::Config` naming the limit's
+//! quota, from [`Error::QuotaOutOfRange`]), so a monthly quota never reaches a check. Penalty
+//! blocks are capped at a century. The store needs a Tokio runtime.
 
 mod breaker;
 mod error;

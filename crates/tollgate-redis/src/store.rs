@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, Value};
-use tollgate::{Algorithm, Check, Clock, Key, LimitSpec, Snapshot, Store, StoreError};
+use tollgate::{Algorithm, Check, Clock, Key, LimitSpec, Quota, Snapshot, Store, StoreError};
 
 use crate::breaker::Breaker;
 use crate::error::{Error, redact};
@@ -537,6 +537,10 @@ impl Store for RedisStore {
             })));
         }
         Ok(RedisLimit { segment: limit_segment(spec), algorithm: spec.algorithm })
+    }
+
+    fn supports(&self, algorithm: Algorithm, quota: &Quota) -> Result<(), StoreError> {
+        validate(algorithm, quota)
     }
 
     fn check<'a>(

@@ -423,6 +423,29 @@ async fn long_quotas_are_refused_clearly() {
     assert!(!store.is_breaker_open());
 }
 
+/// A quota the scripts cannot run (a period over 2^51 ns: a monthly quota) is refused when the
+/// policy is built, naming the limit, instead of failing every check (which a policy failing
+/// open would have turned into admitting everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_the_store_cannot_run_is_a_build_error() {
+    use tollgate::{Error as CoreError, KeyKind, Limit, Policy};
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let monthly = Limit::new("per_ip", quota("3/30d")).key(KeyKind::ip());
+    let err = Policy::builder("monthly").limit(monthly).build_with(store.clone()).unwrap_err();
+    let CoreError::Config { field, value, reason } = &err else { panic!("{err:?}") };
+    assert_eq!((field.as_str(), value.as_str()), ("policies.monthly.limits[0].quota", "3/720h"), "{err}");
+    assert!(reason.contains("2^51"), "{err}");
+    // A tier's quota too.
+    let tiered = Limit::new("per_ip", quota("3/min")).key(KeyKind::ip()).tier("enterprise", quota("1000/60d"));
+    let err = Policy::builder("tiered").limit(tiered).build_with(store.clone()).unwrap_err();
+    assert!(err.to_string().contains("1000/1440h"), "{err}");
+    assert!(Policy::builder("daily").limit(Limit::new("per_ip", quota("3/day"))).build_with(store).is_ok());
+}
+
 /// Redis killed under a policy: each failure mode decides as configured, within the timeout, and
 /// decisions come from Redis again once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,6 +254,11 @@ impl Limit {
         self
     }
 
+    /// Its quota, and those of its tiers and keys.
+    fn quotas(&self) -> impl Iterator<Item = Quota> + '_ {
+        std::iter::once(self.quota).chain(self.tiers.iter().map(|t| t.1)).chain(self.overrides.iter().map(|o| o.1))
+    }
+
     /// Another quota for one key (takes precedence over tiers).
     #[must_use]
     pub fn override_key(mut self, key: impl Into<OwnedKey>, quota: Quota) -> Self {
@@ -474,6 +479,11 @@ impl PolicyBuilder {
                     limit.name,
                     "limit names must be unique within a policy",
                 ));
+            }
+            for quota in limit.quotas() {
+                store.supports(limit.algorithm, &quota).map_err(|err| {
+                    Error::config(format!("policies.{}.limits[{i}].quota", self.name), quota, err.to_string())
+                })?;
             }
             let spec =
                 LimitSpec { name: limit.name.to_string(), policy: self.name.to_string(), algorithm: limit.algorithm };

@@ -79,6 +79,14 @@ pub trait Store: Send + Sync + 'static {
     /// Registers a limit (once, when a policy is built).
     fn register(&self, spec: &LimitSpec) -> Result<Self::Limit, StoreError>;
 
+    /// Whether this store can decide `quota` under `algorithm`, asked of every quota of a limit
+    /// (its tiers' and keys' too) when a policy is built, so that a quota the store cannot run is
+    /// a build error rather than a failure at every check. Every quota by default.
+    fn supports(&self, algorithm: Algorithm, quota: &Quota) -> Result<(), StoreError> {
+        let _ = (algorithm, quota);
+        Ok(())
+    }
+
     /// Checks every entry of `checks`, all-or-nothing, writing each one's standing to the same
     /// index of `out` (`out.len() == checks.len()`). Returns whether all passed.
     ///
