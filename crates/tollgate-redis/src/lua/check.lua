@@ -86,7 +86,8 @@ local function abs(r)
 end
 
 -- Milliseconds for PEXPIRE until `idle_at`, or nil when the state is idle already (then it is
--- as good as none, and is deleted).
+-- as good as none, and is deleted). As a decimal string: Redis may pass a large Lua number on
+-- as `1e+08`, which PX and PEXPIRE refuse.
 local function ttl_ms(idle_at)
   if idle_at <= now then
     return nil
@@ -95,7 +96,7 @@ local function ttl_ms(idle_at)
   if ms < floor_ms then
     ms = floor_ms
   end
-  return ms
+  return string.format('%d', ms)
 end
 
 local function snap(allowed, blocked, limit, remaining, reset, retry, wait)
@@ -623,7 +624,7 @@ if mode == 'b' then
   if ms < 1 then
     ms = 1
   end
-  redis.call('SET', key, until_s, 'PX', ms)
+  redis.call('SET', key, until_s, 'PX', string.format('%d', ms))
   return { 1, abs(now) }
 end
 

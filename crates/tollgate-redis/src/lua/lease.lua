@@ -23,7 +23,7 @@ local expires = now + ttl
 -- Keeps a set alive at least as long as its newest lease (holders may use different TTLs).
 local function keep(key)
   if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key, ARGV[3])
   end
 end
 
