@@ -291,11 +291,23 @@ async fn leases_are_shared_across_instances() {
     let denied = a.acquire("ws", Key::Text("carol"), Some(2), Some(3)).await.unwrap().unwrap_err();
     assert_eq!((denied.scope, denied.limit), (ConcurrencyScope::Global, 3));
     drop(l1); // released in the background
+    lease_when_free(&b, "ws", k, (Some(2), Some(3)), "a dropped lease is given back").await;
+}
+
+/// A lease of `limiter` for `key` with the `(per_key, global)` caps as soon as one is free
+/// (places are given back in the background); `why` says what not getting one within 2 s means.
+async fn lease_when_free(
+    store: &RedisStore,
+    limiter: &str,
+    key: Key<'_>,
+    (per_key, global): (Option<u32>, Option<u32>),
+    why: &str,
+) -> tollgate::ConnectionLease {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        match b.acquire("ws", k, Some(2), Some(3)).await.unwrap() {
-            Ok(_lease) => break,
-            Err(_) => assert!(Instant::now() < deadline, "a dropped lease is given back"),
+        match store.acquire(limiter, key, per_key, global).await.unwrap() {
+            Ok(lease) => return lease,
+            Err(refused) => assert!(Instant::now() < deadline, "{why}: {refused:?}"),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -360,14 +372,8 @@ async fn an_acquire_that_times_out_gives_its_place_back() {
     assert!(matches!(timed_out, Err(StoreError::Timeout(_))), "{timed_out:?}");
     stall.join().unwrap().unwrap();
     // Redis ran the acquire, then the release queued behind it: the one place is free.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match other_instance.acquire("stall", Key::Text("bob"), None, Some(1)).await.unwrap() {
-            Ok(_lease) => break,
-            Err(refused) => assert!(Instant::now() < deadline, "the timed-out acquire kept its place: {refused:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let bob = Key::Text("bob");
+    lease_when_free(&other_instance, "stall", bob, (None, Some(1)), "the timed-out acquire kept its place").await;
 }
 
 /// Redis restarted empty forgets the leases held; their holders' heartbeats add them back, so

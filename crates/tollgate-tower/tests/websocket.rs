@@ -416,17 +416,20 @@ async fn config_websocket_key_counts_leases_and_per_key_limits() {
     assert!(matches!(next(&mut b).await, Message::Text(t) if t.contains(r#""limit":"key_bytes""#)));
 }
 
+/// A bare tokio-tungstenite echo server (text only) on a loopback port, its socket (with
+/// `config`) wrapped in a `LimitedWebSocket` with `limits`; a client connected to it.
 #[cfg(feature = "tungstenite")]
-#[tokio::test]
-async fn generic_wrapper_around_tungstenite_stream() {
+async fn tungstenite_server(
+    limits: MessageLimits,
+    config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+) -> Client {
     use tollgate_tower::LimitedWebSocket;
-    // A bare tokio-tungstenite server whose socket is wrapped.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let limits = std::sync::Arc::new(MessageLimits::new().messages("1/min".parse().unwrap()));
+    let limits = std::sync::Arc::new(limits);
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let socket = tokio_tungstenite::accept_async_with_config(tcp, config).await.unwrap();
         let mut socket = LimitedWebSocket::new(socket, limits);
         while let Some(Ok(m)) = socket.next().await {
             if m.is_text() && socket.send(m).await.is_err() {
@@ -434,7 +437,13 @@ async fn generic_wrapper_around_tungstenite_stream() {
             }
         }
     });
-    let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+    tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap().0
+}
+
+#[cfg(feature = "tungstenite")]
+#[tokio::test]
+async fn generic_wrapper_around_tungstenite_stream() {
+    let mut c = tungstenite_server(MessageLimits::new().messages("1/min".parse().unwrap()), None).await;
     c.send(Message::text("one")).await.unwrap();
     c.send(Message::text("two")).await.unwrap();
     assert_eq!(next(&mut c).await, Message::text("one"));
@@ -445,23 +454,9 @@ async fn generic_wrapper_around_tungstenite_stream() {
 #[tokio::test]
 async fn generic_wrapper_closes_1009_over_the_sockets_own_cap() {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-    use tollgate_tower::LimitedWebSocket;
     // The gate has no size limit; the tungstenite socket's own cap refuses the message.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let limits = std::sync::Arc::new(MessageLimits::new().messages("100/min".parse().unwrap()));
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let config = WebSocketConfig::default().max_message_size(Some(512)).max_frame_size(Some(512));
-        let socket = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await.unwrap();
-        let mut socket = LimitedWebSocket::new(socket, limits);
-        while let Some(Ok(m)) = socket.next().await {
-            if m.is_text() && socket.send(m).await.is_err() {
-                break;
-            }
-        }
-    });
-    let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+    let config = WebSocketConfig::default().max_message_size(Some(512)).max_frame_size(Some(512));
+    let mut c = tungstenite_server(MessageLimits::new().messages("100/min".parse().unwrap()), Some(config)).await;
     c.send(Message::text("small")).await.unwrap();
     assert_eq!(next(&mut c).await, Message::text("small"));
     c.send(Message::text("x".repeat(600))).await.unwrap();

@@ -142,19 +142,22 @@ impl PolicyMetrics {
     }
 }
 
-/// A store failed; `mode` decided (rare: registered each time).
-pub(crate) fn store_failure(name: &'static str, mode: FailureMode) {
+/// Adds one to the counter `name` with `labels`: for rare events, registered each time.
+fn count<const N: usize>(name: &'static str, labels: [(&'static str, &'static str); N]) {
     #[cfg(feature = "metrics")]
-    {
-        let mode = match mode {
-            FailureMode::Open => "open",
-            FailureMode::Closed => "closed",
-            FailureMode::Fallback => "fallback",
-        };
-        metrics::counter!(STORE_FAILURES, "policy" => name, "mode" => mode).increment(1);
-    }
+    metrics::counter!(name, &labels).increment(1);
     #[cfg(not(feature = "metrics"))]
-    let _ = (name, mode);
+    let _ = (name, labels);
+}
+
+/// A store failed; `mode` decided.
+pub(crate) fn store_failure(name: &'static str, mode: FailureMode) {
+    let mode = match mode {
+        FailureMode::Open => "open",
+        FailureMode::Closed => "closed",
+        FailureMode::Fallback => "fallback",
+    };
+    count(STORE_FAILURES, [("policy", name), ("mode", mode)]);
 }
 
 /// A concurrency limiter's gauge of leases held, registered at its first lease.
@@ -177,17 +180,12 @@ impl LeaseMetrics {
 
 /// A lease refused.
 pub(crate) fn lease_refused(limiter: &'static str, scope: ConcurrencyScope) {
-    #[cfg(feature = "metrics")]
-    {
-        let scope = match scope {
-            ConcurrencyScope::PerKey => "per_key",
-            ConcurrencyScope::Global => "global",
-            ConcurrencyScope::StoreUnavailable => "store_unavailable",
-        };
-        metrics::counter!(LEASE_REFUSALS, "limiter" => limiter, "scope" => scope).increment(1);
-    }
-    #[cfg(not(feature = "metrics"))]
-    let _ = (limiter, scope);
+    let scope = match scope {
+        ConcurrencyScope::PerKey => "per_key",
+        ConcurrencyScope::Global => "global",
+        ConcurrencyScope::StoreUnavailable => "store_unavailable",
+    };
+    count(LEASE_REFUSALS, [("limiter", limiter), ("scope", scope)]);
 }
 
 /// A WebSocket connection's message counters, registered at its first message.
@@ -224,20 +222,15 @@ impl WebSocketMetrics {
     }
 }
 
-/// A connection closed with `code` (once per connection: registered each time).
+/// A connection closed with `code` (once per connection).
 pub(crate) fn websocket_close(code: u16) {
-    #[cfg(feature = "metrics")]
-    {
-        use crate::websocket::close_code;
-        let code = match code {
-            close_code::POLICY_VIOLATION => "1008",
-            close_code::MESSAGE_TOO_BIG => "1009",
-            close_code::TRY_AGAIN_LATER => "1013",
-            close_code::RATE_LIMITED => "4429",
-            _ => "other",
-        };
-        metrics::counter!(WEBSOCKET_CLOSES, "code" => code).increment(1);
-    }
-    #[cfg(not(feature = "metrics"))]
-    let _ = code;
+    use crate::websocket::close_code;
+    let code = match code {
+        close_code::POLICY_VIOLATION => "1008",
+        close_code::MESSAGE_TOO_BIG => "1009",
+        close_code::TRY_AGAIN_LATER => "1013",
+        close_code::RATE_LIMITED => "4429",
+        _ => "other",
+    };
+    count(WEBSOCKET_CLOSES, [("code", code)]);
 }

@@ -53,6 +53,10 @@ impl Recorded {
         }
     }
 
+    fn decisions(&self, policy: &str, outcome: &str) -> u64 {
+        self.counter(DECISIONS, &[("policy", policy), ("outcome", outcome)])
+    }
+
     fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         match self.value(MetricKind::Gauge, name, labels) {
             Some(DebugValue::Gauge(v)) => v.into_inner(),
@@ -103,12 +107,12 @@ fn decisions_are_counted_by_policy_and_outcome_on_every_path() {
         assert!(!listed.try_check_now(&RequestKeys::default(), 1).unwrap().unwrap().allowed);
         assert!(listed.try_check_now(&ip(1), 1).unwrap().unwrap().allowed);
     });
-    assert_eq!(r.counter(DECISIONS, &[("policy", "api"), ("outcome", "allowed")]), 2);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "api"), ("outcome", "rate_limited")]), 3);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "listed"), ("outcome", "allow_listed")]), 1);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "listed"), ("outcome", "denied")]), 1);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "listed"), ("outcome", "key_missing")]), 1);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "listed"), ("outcome", "allowed")]), 1);
+    assert_eq!(r.decisions("api", "allowed"), 2);
+    assert_eq!(r.decisions("api", "rate_limited"), 3);
+    assert_eq!(r.decisions("listed", "allow_listed"), 1);
+    assert_eq!(r.decisions("listed", "denied"), 1);
+    assert_eq!(r.decisions("listed", "key_missing"), 1);
+    assert_eq!(r.decisions("listed", "allowed"), 1);
     // In-memory decisions are not timed.
     assert_eq!(r.histogram_len(DECISION_SECONDS, &[("policy", "api")]), 1, "only the one through check()");
 }
@@ -131,10 +135,10 @@ fn store_failures_are_counted_with_the_mode_that_decided() {
     assert_eq!(r.counter(STORE_FAILURES, &[("policy", "o"), ("mode", "open")]), 1);
     assert_eq!(r.counter(STORE_FAILURES, &[("policy", "c"), ("mode", "closed")]), 1);
     assert_eq!(r.counter(STORE_FAILURES, &[("policy", "f"), ("mode", "fallback")]), 2);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "o"), ("outcome", "store_unavailable_failed_open")]), 1);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "c"), ("outcome", "store_unavailable")]), 1);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "f"), ("outcome", "allowed")]), 1);
-    assert_eq!(r.counter(DECISIONS, &[("policy", "f"), ("outcome", "rate_limited")]), 1);
+    assert_eq!(r.decisions("o", "store_unavailable_failed_open"), 1);
+    assert_eq!(r.decisions("c", "store_unavailable"), 1);
+    assert_eq!(r.decisions("f", "allowed"), 1);
+    assert_eq!(r.decisions("f", "rate_limited"), 1);
     assert_eq!(r.histogram_len(DECISION_SECONDS, &[("policy", "f")]), 2);
 }
 
