@@ -316,9 +316,10 @@ function makers.f()
     return snap(0, 0, n, math.max(n - st.c, 0), reset, retry, 0)
   end
 
-  -- `now` is the commit's time: the refund undoes the commit in the window it counted in (its
-  -- own, or the next one for a delayed check), where that window still counts, and not at all
-  -- once another check has moved the state past it.
+  -- `now` is the commit's time, read inside the commit's script: the refund, a round trip
+  -- later, undoes the commit in the window it counted in (its own, or the next one for a
+  -- delayed check), where that window still counts, and not at all once another check has
+  -- moved the state past it. (The in-memory store refunds at once, into the state's window.)
   function fixed.refund(st, q, c, wait)
     local P = q.P
     fixed_roll(st, P)

@@ -70,21 +70,17 @@ impl Meter for FixedWindow {
         snap
     }
 
+    // The in-memory store refunds at once, after its commits with the clock reading it took
+    // before them: when another check moved the state on in between, the commit counted in the
+    // state's window, which is where this refunds (the Redis store refunds a round trip later,
+    // and finds the window from the commit's own time instead: see its `check.lua`).
     fn refund(state: &Mutex<FixedState>, quota: &Quota, now: u64, cost: u32, snapshot: &Snapshot) {
-        let period = quota.period_nanos();
         let mut s = lock(state);
-        s.roll(now, period);
+        s.roll(now, quota.period_nanos());
         let c = u64::from(cost);
-        // The window the commit at `now` counted in: its own, or the next one for a delayed
-        // check. Another check may have moved the state on since: refund that window where it
-        // still counts (current or next), and not at all once it is over.
-        let mut counted = (now / period).saturating_add(1).saturating_mul(period);
-        if !snapshot.wait.is_zero() {
-            counted = counted.saturating_add(period);
-        }
-        if counted == s.end {
+        if snapshot.wait.is_zero() {
             s.count = s.count.saturating_sub(c);
-        } else if counted == s.end.saturating_add(period) {
+        } else {
             s.next = s.next.saturating_sub(c);
         }
     }

@@ -116,24 +116,16 @@ impl Meter for SlidingWindow {
         }
     }
 
+    // As the fixed window's: the state's window, where an immediate refund finds the commit.
     fn refund(state: &Mutex<WindowState>, quota: &Quota, now: u64, cost: u32, snapshot: &Snapshot) {
-        let period = quota.period_nanos();
         let mut s = lock(state);
-        s.roll(now, period);
+        s.roll(now, quota.period_nanos());
         let c = u64::from(cost);
-        // The window the commit at `now` counted in (its own, or the next one for a delayed
-        // check); another check may have moved the state on since: refund that window where it
-        // still counts (as the next, current or previous one), and not at all once it is over.
-        let mut counted = now / period * period;
-        if now.saturating_add(super::nanos(snapshot.wait)) >= counted.saturating_add(period) {
-            counted = counted.saturating_add(period);
-        }
-        if counted == s.start {
-            s.cur = s.cur.saturating_sub(c);
-        } else if counted == s.start.saturating_add(period) {
+        let wait = super::nanos(snapshot.wait);
+        if now.saturating_add(wait) >= s.start.saturating_add(quota.period_nanos()) {
             s.next = s.next.saturating_sub(c);
-        } else if counted.saturating_add(period) == s.start {
-            s.prev = s.prev.saturating_sub(c);
+        } else {
+            s.cur = s.cur.saturating_sub(c);
         }
     }
 
