@@ -229,6 +229,28 @@ async fn far_oversized_message_closes_1009_too() {
 }
 
 #[tokio::test]
+async fn pings_up_to_the_protocols_125_bytes_pass_a_smaller_message_limit() {
+    // The socket's frame cap is the message limit, but never below what a control frame may
+    // carry: a ping is not a message, and the gate does not size it.
+    let limits = MessageLimits::new().max_message_size(64);
+    let s = server(ConcurrencyLimiter::new("ws").per_key(1), limits, None).await;
+    let mut c = connect(s.addr).await.unwrap();
+    c.send(Message::Ping(vec![7u8; 125].into())).await.unwrap();
+    c.send(Message::text("after the ping")).await.unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), c.next()).await.expect("no answer").unwrap().unwrap();
+        match m {
+            Message::Pong(p) => assert_eq!(p.len(), 125),
+            Message::Text(t) => break assert_eq!(t.as_str(), "after the ping"),
+            other => panic!("{other:?}"),
+        }
+    }
+    c.send(Message::binary(vec![0u8; 65])).await.unwrap();
+    let Message::Close(Some(frame)) = next(&mut c).await else { panic!("expected a close frame") };
+    assert_eq!(u16::from(frame.code), 1009);
+}
+
+#[tokio::test]
 async fn per_kind_limit_catch_up() {
     let limits = MessageLimits::new()
         .messages("20/10s".parse().unwrap())
@@ -463,4 +485,45 @@ async fn generic_wrapper_closes_1009_over_the_sockets_own_cap() {
     let Message::Close(Some(frame)) = next(&mut c).await else { panic!("expected a close frame") };
     assert_eq!(u16::from(frame.code), 1009);
     assert_eq!(frame.reason.as_str(), "message of 600 bytes over the limit of 512");
+}
+
+/// A socket whose errors are boxed (not `std::error::Error` themselves) is limited too: the
+/// wrapper asks only that its error type be `'static`. A stand-in socket: no framework at hand
+/// has such errors.
+#[cfg(feature = "tungstenite")]
+#[tokio::test]
+async fn a_socket_with_boxed_errors_is_limited_too() {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tollgate_tower::LimitedWebSocket;
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    struct Boxed(Vec<Message>);
+    impl futures_util::Stream for Boxed {
+        type Item = Result<Message, BoxError>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.0.pop().map(Ok))
+        }
+    }
+    impl futures_util::Sink<Message> for Boxed {
+        type Error = BoxError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    let limits = std::sync::Arc::new(MessageLimits::new().messages("1/min".parse().unwrap()));
+    let socket = Boxed(vec![Message::text("c"), Message::text("b"), Message::text("a")]);
+    let mut socket = LimitedWebSocket::<_, Message>::new(socket, limits);
+    assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("a"));
+    // "b" is dropped with an error frame (sent into the stand-in), "c" likewise; then the end.
+    assert!(socket.next().await.is_none());
 }

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use http::Request;
+#[cfg(feature = "axum")]
 use http_body::Body;
 use http_body_util::{Full, Limited};
 use tollgate::ConnectionLease;

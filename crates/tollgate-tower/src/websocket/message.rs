@@ -1,6 +1,6 @@
 //! What the wrapper needs to know of a framework's message type.
 
-use std::error::Error;
+use std::any::Any;
 
 use tollgate::websocket::{CloseFrame, MessageKind};
 
@@ -18,10 +18,10 @@ pub trait WsMessage: Sized {
     /// A close frame.
     fn close(frame: &CloseFrame) -> Self;
     /// The size and the cap of an incoming message that the socket itself refused as too large
-    /// (its protocol layer's own size cap), read from the error its stream returned; `None` for
-    /// any other error. The wrapper answers such a message with close 1009, as it does one over
-    /// the gate's limit, instead of passing the error on.
-    fn too_large(error: &(dyn Error + 'static)) -> Option<(usize, usize)> {
+    /// (its protocol layer's own size cap), read from the error its stream returned (whatever
+    /// its type); `None` for any other error. The wrapper answers such a message with close 1009,
+    /// as it does one over the gate's limit, instead of passing the error on.
+    fn too_large(error: &dyn Any) -> Option<(usize, usize)> {
         let _ = error;
         None
     }
@@ -30,7 +30,7 @@ pub trait WsMessage: Sized {
 /// tungstenite's "message too long", found in `error` or its sources (axum wraps tungstenite's
 /// error in its own).
 #[cfg(any(feature = "axum", feature = "tungstenite"))]
-fn tungstenite_too_large(error: &(dyn Error + 'static)) -> Option<(usize, usize)> {
+fn tungstenite_too_large(error: &(dyn std::error::Error + 'static)) -> Option<(usize, usize)> {
     use tungstenite::error::{CapacityError, Error as WsError};
     std::iter::successors(Some(error), |&e| e.source()).find_map(|e| match e.downcast_ref::<WsError>() {
         Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => Some((*size, *max_size)),
@@ -78,8 +78,8 @@ impl WsMessage for axum::extract::ws::Message {
         }))
     }
 
-    fn too_large(error: &(dyn Error + 'static)) -> Option<(usize, usize)> {
-        tungstenite_too_large(error)
+    fn too_large(error: &dyn Any) -> Option<(usize, usize)> {
+        tungstenite_too_large(error.downcast_ref::<axum::Error>()?)
     }
 }
 
@@ -119,7 +119,7 @@ impl WsMessage for tokio_tungstenite::tungstenite::Message {
         }))
     }
 
-    fn too_large(error: &(dyn Error + 'static)) -> Option<(usize, usize)> {
-        tungstenite_too_large(error)
+    fn too_large(error: &dyn Any) -> Option<(usize, usize)> {
+        tungstenite_too_large(error.downcast_ref::<tokio_tungstenite::tungstenite::Error>()?)
     }
 }

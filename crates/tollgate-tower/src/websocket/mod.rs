@@ -14,7 +14,7 @@
 //! across every instance using one lease store.
 //!
 //! **Message limits.** [`LimitedWebSocket`] wraps any socket that is a
-//! `Stream<Item = Result<M, E>> + Sink<M, Error = E>` — axum's `WebSocket` (feature `axum`),
+//! `Stream<Item = Result<M, E>> + Sink<M, Error = E>` (`E: 'static`) — axum's `WebSocket` (feature `axum`),
 //! tokio-tungstenite's `WebSocketStream` (feature `tungstenite`) — and runs every incoming
 //! message through a [`tollgate::websocket::MessageGate`]: allowed messages come out unchanged,
 //! refused ones are dropped and answered with a JSON error frame, delayed, or end the connection

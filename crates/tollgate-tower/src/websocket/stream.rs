@@ -1,6 +1,5 @@
 //! The message-limiting socket wrapper.
 
-use std::error::Error;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,7 +85,7 @@ impl<W, M, E, C> Stream for LimitedWebSocket<W, M, C>
 where
     W: Stream<Item = Result<M, E>> + Sink<M, Error = E>,
     M: WsMessage,
-    E: Error + 'static,
+    E: 'static,
     C: Clock,
 {
     type Item = Result<M, E>;
