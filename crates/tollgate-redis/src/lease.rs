@@ -13,7 +13,8 @@
 //! a failover to a replica that missed it, heartbeats that failed for a whole TTL while the
 //! circuit breaker was open) is added back by its next heartbeat, since its holder still holds the
 //! place; the holder is warned in the log. The caps may then be exceeded until places free up:
-//! the count stays true.
+//! the count stays true. A release leaves its id in a third set for a TTL, so that a heartbeat
+//! that reaches Redis after the release does not add the lease back.
 //!
 //! [`RedisStoreBuilder::lease_ttl`]: crate::RedisStoreBuilder::lease_ttl
 
@@ -28,11 +29,12 @@ use crate::keys::{fnv1a64, name};
 use crate::script::{Call, LEASE};
 use crate::store::RedisStore;
 
-/// The two sets a lease lives in.
+/// The two sets a lease lives in, and the limiter's set of lately released ids.
 #[derive(Clone, Debug)]
 struct LeaseKeys {
     per_key: Vec<u8>,
     global: Vec<u8>,
+    released: Vec<u8>,
 }
 
 fn lease_keys(prefix: &str, limiter: &str, key: Key<'_>) -> LeaseKeys {
@@ -42,14 +44,18 @@ fn lease_keys(prefix: &str, limiter: &str, key: Key<'_>) -> LeaseKeys {
     key.encode(&mut encoded);
     let mut k = b"k".to_vec();
     k.extend_from_slice(&encoded);
-    LeaseKeys { per_key: name(prefix, tag, b'l', &segment, &k), global: name(prefix, tag, b'l', &segment, b"g") }
+    LeaseKeys {
+        per_key: name(prefix, tag, b'l', &segment, &k),
+        global: name(prefix, tag, b'l', &segment, b"g"),
+        released: name(prefix, tag, b'l', &segment, b"r"),
+    }
 }
 
 fn lease_call(op: &str, keys: &LeaseKeys, id: &str, ttl: Duration, per_key: Option<u32>, global: Option<u32>) -> Call {
     let cap = |c: Option<u32>| c.map_or_else(|| "-1".to_owned(), |c| c.to_string());
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     Call {
-        keys: vec![keys.per_key.clone(), keys.global.clone()],
+        keys: vec![keys.per_key.clone(), keys.global.clone(), keys.released.clone()],
         args: vec![
             op.as_bytes().to_vec(),
             id.as_bytes().to_vec(),
@@ -80,13 +86,21 @@ impl RedisStore {
         let seq = self.inner.lease_seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{:016x}:{seq}", self.inner.instance);
         let ttl = self.inner.lease_ttl;
-        let mut pending = Pending { store: self, keys: &keys, id: &id, armed: true };
-        let reply = self.lease_op(&lease_call("a", &keys, &id, ttl, per_key, global)).await?;
+        let call = lease_call("a", &keys, &id, ttl, per_key, global);
+        let reply = self
+            .guarded(async {
+                // Armed while the acquire is in flight (the breaker let it through): if the store's
+                // timeout or the caller drops this future, Redis may still run the acquire.
+                let mut pending = Pending { store: self, keys: &keys, id: &id, armed: true };
+                let reply = self.invoke(&LEASE, &call).await;
+                pending.armed = false;
+                reply
+            })
+            .await?;
         let Value::Array(items) = &reply else { return Err(bad_reply(&reply)) };
         match items.as_slice() {
-            [Value::Int(1)] => pending.armed = false,
+            [Value::Int(1)] => {}
             [Value::Int(0), scope, Value::Int(cap)] => {
-                pending.armed = false;
                 let scope = match scope {
                     Value::BulkString(s) if s == b"g" => ConcurrencyScope::Global,
                     Value::BulkString(s) if s == b"k" => ConcurrencyScope::PerKey,
@@ -97,7 +111,6 @@ impl RedisStore {
             }
             _ => return Err(bad_reply(&reply)),
         }
-        drop(pending);
         let heartbeat = tokio::spawn(heartbeat(self.clone(), keys.clone(), id.clone(), ttl, per_key));
         Ok(Ok(ConnectionLease::from_release(RedisLease {
             store: self.clone(),
@@ -122,15 +135,17 @@ async fn heartbeat(store: RedisStore, keys: LeaseKeys, id: String, ttl: Duration
                 lease = %id,
                 "tollgate-redis: Redis had lost a lease still held (restart, failover or expiry); it counts again"
             ),
+            // Released while this heartbeat was on its way.
+            Ok(Value::Array(items)) if matches!(items.as_slice(), [Value::Int(0)]) => return,
             Ok(_) => {}
             Err(e) => tracing::warn!(lease = %id, error = %e, "tollgate-redis: lease heartbeat failed"),
         }
     }
 }
 
-/// An acquire on its way: unless disarmed (the lease handed over, or refused), dropping it sends
-/// a release of its id, which Redis runs after the acquire (same connection) and which removes
-/// nothing if the acquire added nothing.
+/// An acquire in flight: unless disarmed (Redis answered), dropping it sends a release of its id,
+/// which Redis runs after the acquire (same connection) and which removes nothing if the acquire
+/// added nothing.
 struct Pending<'a> {
     store: &'a RedisStore,
     keys: &'a LeaseKeys,

@@ -291,7 +291,7 @@ async fn leases_are_shared_across_instances() {
     let denied = a.acquire("ws", Key::Text("carol"), Some(2), Some(3)).await.unwrap().unwrap_err();
     assert_eq!((denied.scope, denied.limit), (ConcurrencyScope::Global, 3));
     drop(l1); // released in the background
-    lease_when_free(&b, "ws", k, (Some(2), Some(3)), "a dropped lease is given back").await;
+    drop(lease_when_free(&b, "ws", k, (Some(2), Some(3)), "a dropped lease is given back").await);
 }
 
 /// A lease of `limiter` for `key` with the `(per_key, global)` caps as soon as one is free
@@ -373,7 +373,7 @@ async fn an_acquire_that_times_out_gives_its_place_back() {
     stall.join().unwrap().unwrap();
     // Redis ran the acquire, then the release queued behind it: the one place is free.
     let bob = Key::Text("bob");
-    lease_when_free(&other_instance, "stall", bob, (None, Some(1)), "the timed-out acquire kept its place").await;
+    drop(lease_when_free(&other_instance, "stall", bob, (None, Some(1)), "the timed-out acquire kept its place").await);
 }
 
 /// Redis restarted empty forgets the leases held; their holders' heartbeats add them back, so
@@ -618,4 +618,38 @@ async fn a_refund_after_another_check_moved_the_window_on_frees_nothing_there() 
             assert!(!allowed(&v), "the sliding window forgot a unit it admitted (state {raw:?})");
         }
     }
+}
+
+/// A heartbeat that reaches Redis after its lease's release (it was on its way when the holder
+/// let go) does not add the lease back: the release leaves the id among the lately released.
+/// Replays the script calls in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_after_the_release_does_not_bring_the_lease_back() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(include_str!("../src/lua/lease.lua"));
+    let call = |op: &str, id: &str| {
+        let mut inv = script.prepare_invoke();
+        inv.key("late:{t}:k").key("late:{t}:g").key("late:{t}:r");
+        for a in [op, id, "30000", "1", "1"] {
+            inv.arg(a);
+        }
+        inv
+    };
+    let reply = |v: redis::Value| match v {
+        redis::Value::Array(items) => items.into_iter().next().unwrap(),
+        other => panic!("unexpected reply {other:?}"),
+    };
+    assert_eq!(reply(call("a", "x").invoke_async(&mut conn).await.unwrap()), redis::Value::Int(1));
+    assert_eq!(reply(call("r", "x").invoke_async(&mut conn).await.unwrap()), redis::Value::Int(1));
+    assert_eq!(reply(call("h", "x").invoke_async(&mut conn).await.unwrap()), redis::Value::Int(0), "released");
+    assert_eq!(reply(call("a", "y").invoke_async(&mut conn).await.unwrap()), redis::Value::Int(1), "the place is free");
+    // A lease Redis lost without a release is added back by its heartbeat.
+    redis::cmd("DEL").arg("late:{t}:k").arg("late:{t}:g").query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(reply(call("h", "y").invoke_async(&mut conn).await.unwrap()), redis::Value::Int(2));
+    assert_eq!(reply(call("a", "z").invoke_async(&mut conn).await.unwrap()), redis::Value::Int(0), "y counts again");
 }

@@ -1,7 +1,9 @@
 -- tollgate: distributed concurrency leases.
 --
 -- KEYS[1]: the key's lease set, KEYS[2]: the limiter's lease set (both sorted sets of lease ids
--- scored by their expiry in server milliseconds; one hash tag per limiter, so one slot).
+-- scored by their expiry in server milliseconds; one hash tag per limiter, so one slot), KEYS[3]:
+-- the limiter's ids released lately (scored likewise), so that a heartbeat that reaches Redis
+-- after its lease's release does not add it back.
 -- ARGV[1]: a = acquire, h = heartbeat, r = release; ARGV[2]: the lease id; ARGV[3]: the lease's
 -- time to live in ms; ARGV[4] / ARGV[5]: the per-key / global caps, -1 for none.
 --
@@ -11,7 +13,7 @@
 -- Reply: acquire {1} or {0, 'k' | 'g', cap}; heartbeat {1}, or {2} when the lease was lost (a
 -- restart or failover forgot it, or heartbeats failed for a whole TTL) and is added back: its
 -- holder still holds the place (the heartbeat passes the caps it was acquired with, -1 for the
--- per-key set it is not in); release {1}.
+-- per-key set it is not in), or {0} when it was released; release {1}.
 
 local op = ARGV[1]
 local id = ARGV[2]
@@ -30,17 +32,24 @@ end
 if op == 'r' then
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('ZADD', KEYS[3], expires, id)
+  keep(KEYS[3])
   return { 1 }
 end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 
 local per_key = tonumber(ARGV[4])
 local global = tonumber(ARGV[5])
 
 if op == 'h' then
   local lost = not redis.call('ZSCORE', KEYS[2], id)
+  if lost and redis.call('ZSCORE', KEYS[3], id) then
+    return { 0 }
+  end
   if per_key >= 0 then
     redis.call('ZADD', KEYS[1], expires, id)
     keep(KEYS[1])
