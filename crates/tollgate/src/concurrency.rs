@@ -316,8 +316,9 @@ impl ConcurrencyLimiter {
 
     /// What [`Self::acquire`] does when the shared store fails: [`FailureMode::Fallback`] (the
     /// default) counts in this process's memory with the same caps (the places this process
-    /// holds in the store included), [`FailureMode::Open`] admits uncounted (unless this process
-    /// alone holds a cap), [`FailureMode::Closed`] refuses ([`ConcurrencyScope::StoreUnavailable`]).
+    /// holds in the store included), [`FailureMode::Open`] admits uncounted (no cap holds while
+    /// the store fails, but a process already holding a cap of counted places is refused before
+    /// the store is asked), [`FailureMode::Closed`] refuses ([`ConcurrencyScope::StoreUnavailable`]).
     /// Every failure is logged.
     #[must_use]
     pub fn failure_mode(self, mode: FailureMode) -> Self {
@@ -348,8 +349,8 @@ impl ConcurrencyLimiter {
 
     /// Takes a place for `key`: from the shared store when there is one — after taking it in
     /// this process's memory under the same caps, so that this process alone never holds more
-    /// than a cap whatever the store knows (see [`Self::failure_mode`] for its failures) — else
-    /// as [`Self::try_acquire`].
+    /// counted places than a cap whatever the store knows (see [`Self::failure_mode`] for its
+    /// failures; [`FailureMode::Open`] admits uncounted ones) — else as [`Self::try_acquire`].
     pub async fn acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
         let inner = &self.inner;
         let Some(store) = inner.shared.as_ref().filter(|_| inner.per_key_cap.is_some() || inner.global_cap.is_some())
@@ -358,8 +359,8 @@ impl ConcurrencyLimiter {
         };
         // This process's own places first, under the same caps: whatever the store knows (it
         // never saw the places the fallback gave out during an outage, and may lose its own in a
-        // restart or failover), this process alone never holds more than a cap. It is also the
-        // place the fallback hands out when the store fails.
+        // restart or failover), this process alone never holds more counted places than a cap.
+        // It is also the place the fallback hands out when the store fails.
         let local = self.try_acquire(key)?;
         match store.acquire_boxed(inner.name, key, inner.per_key_cap, inner.global_cap).await {
             Ok(Ok(lease)) => {

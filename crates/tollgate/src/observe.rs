@@ -7,12 +7,12 @@
 //! | metric | kind | labels | counts |
 //! | --- | --- | --- | --- |
 //! | [`DECISIONS`] `tollgate_decisions_total` | counter | `policy`, `outcome` | every policy decision; `outcome` is the [`Reason`](crate::Reason) (`allowed`, `rate_limited`, `blocked`, `denied`, `allow_listed`, `key_missing`, `store_unavailable`, `store_unavailable_failed_open`); a dry-run refusal counts as the reason it would refuse for |
-//! | [`DECISION_SECONDS`] `tollgate_decision_seconds` | histogram | `policy` | how long [`Policy::check`](crate::Policy::check) took (the path of stores with I/O, such as Redis; in-memory decisions take tens of nanoseconds and are not timed) |
+//! | [`DECISION_SECONDS`] `tollgate_decision_seconds` | histogram | `policy` | how long [`Policy::check`](crate::Policy::check) took: the asynchronous path, which middleware takes for stores with I/O such as Redis (their in-memory checks, `try_check_now`/`try_admit_now`, take tens of nanoseconds and are not timed) |
 //! | [`STORE_FAILURES`] `tollgate_store_failures_total` | counter | `policy` (or the concurrency limiter's name), `mode` | store errors, with the [`FailureMode`] that decided (`open`, `closed`, `fallback`) |
 //! | [`LEASES_IN_USE`] `tollgate_leases_in_use` | gauge | `limiter` | concurrency leases held in this process |
 //! | [`LEASE_REFUSALS`] `tollgate_lease_refusals_total` | counter | `limiter`, `scope` | leases refused: `per_key`, `global`, `store_unavailable` |
-//! | [`WEBSOCKET_MESSAGES`] `tollgate_websocket_messages_total` | counter | `outcome` | text and binary messages a [`MessageGate`](crate::websocket::MessageGate) decided: `allowed`, `delayed`, `dropped`, `closed` |
-//! | [`WEBSOCKET_CLOSES`] `tollgate_websocket_closes_total` | counter | `code` | connections a gate closed, by close code (`1008`, `1009`, `1013`, `4429`) |
+//! | [`WEBSOCKET_MESSAGES`] `tollgate_websocket_messages_total` | counter | `outcome` | text and binary messages a [`MessageGate`](crate::websocket::MessageGate) decided: `allowed`, `delayed`, `dropped`, `closed` (a ping or pong flood that closes counts as `closed` too) |
+//! | [`WEBSOCKET_CLOSES`] `tollgate_websocket_closes_total` | counter | `code` | connections a gate closed, by close code (`1008`, `1009`, `1013`, `4429`), including over a message the socket refused for its own size cap, which never reaches the gate ([`MessageGate::too_large`](crate::websocket::MessageGate::too_large)) |
 //!
 //! Label values are the names given in code or configuration, so their number is bounded by
 //! them, never by clients.
