@@ -234,3 +234,15 @@ pub(crate) fn websocket_close(code: u16) {
     };
     count(WEBSOCKET_CLOSES, [("code", code)]);
 }
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_listed_in_their_index_order() {
+        for (i, reason) in REASONS.iter().enumerate() {
+            assert_eq!(reason_index(*reason), i, "{reason:?}");
+        }
+    }
+}
