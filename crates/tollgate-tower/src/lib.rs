@@ -4,6 +4,7 @@
 //! requests, WebSocket upgrades and WebSocket messages. Works with axum, hyper and tonic.
 //!
 //! ```no_run
+//! # #[cfg(feature = "axum")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use axum::{Router, routing::get};
 //! use tollgate::{KeyKind, Limit, Policy};

@@ -358,8 +358,7 @@ impl<St: Store, M> RateLimitLayer<St, M> {
     ///     Ok(Policy::builder("api").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?)
     /// };
     /// let layer = RateLimitLayer::new(per_ip("100/s")?)
-    ///     .route("/users/{id}", Limits::new().policy(per_ip("5/s")?))
-    ///     .axum_body();
+    ///     .route("/users/{id}", Limits::new().policy(per_ip("5/s")?));
     /// let app: Router = Router::new().route("/users/{id}", get(|| async { "user" }));
     /// // Around the router: `/users/7` is matched against `/users/{id}` before routing.
     /// let service = layer.layer(app);
