@@ -17,7 +17,7 @@ BIN=$(cargo bench -p tollgate-tower --features axum,tungstenite --bench middlewa
 CASES=("$@")
 if [ ${#CASES[@]} -eq 0 ]; then
   CASES=(bare no-op_layer tollgate tollgate_no_headers tollgate_wrapped_bodies tower_governor
-    tower_governor_headers tollgate_refusal tower_governor_refusal around/no-op_layer around/tollgate
+    tower_governor_headers tollgate_refusal tower_governor_refusal fixed_headers around/no-op_layer around/tollgate
     around/tollgate_no_headers around/tower_governor around/tower_governor_headers around/tollgate_refusal
     around/tower_governor_refusal around/fixed_headers around/keyed_limiter)
 fi

@@ -58,8 +58,8 @@ echo "refusal-path status codes: tollgate $(status http://127.0.0.1:$((PORT+2))/
 # median requests/s.
 names=(noop tg_allow tg_no_headers gov_allow gov_headers tg_refuse gov_refuse
   around_tg_allow around_tg_no_headers around_gov_allow around_gov_headers around_tg_refuse around_gov_refuse
-  around_fixed_headers)
-offsets=(5 1 6 3 7 2 4 8 9 10 11 12 13 14)
+  around_fixed_headers inside_fixed_headers)
+offsets=(5 1 6 3 7 2 4 8 9 10 11 12 13 14 15)
 OUT=$(mktemp -d)
 for _ in $(seq 1 "$ROUNDS"); do
   previous=$(rps "http://127.0.0.1:$PORT/")
@@ -91,6 +91,7 @@ row "tower_governor, allow (no headers, its default)" gov_allow
 row "tower_governor, allow, use_headers()" gov_headers
 row "tollgate, refusal path" tg_refuse
 row "tower_governor, refusal path" gov_refuse
+row "three fixed X-RateLimit headers, no limiter" inside_fixed_headers
 echo "  tollgate / tower_governor: allow $(ratio tg_allow gov_allow), allow with headers on both" \
   "$(ratio tg_allow gov_headers), allow with headers off on both $(ratio tg_no_headers gov_allow)," \
   "refusal $(ratio tg_refuse gov_refuse)"

@@ -75,6 +75,7 @@ fn cases(r: &mut impl Runner) {
     r.run("tower_governor_headers", app().layer(governor!(true, headers).unwrap()).into_service(), ok);
     r.run("tollgate_refusal", app().layer(tollgate(REFUSE, on)).into_service(), too_many);
     r.run("tower_governor_refusal", app().layer(governor!(false).unwrap()).into_service(), too_many);
+    r.run("fixed_headers", app().layer(fixed_headers()).into_service(), ok);
     // Around the router.
     r.run("around/no-op_layer", noop().layer(app().into_service()), ok);
     r.run("around/keyed_limiter", Keyed::new(app().into_service()), ok);

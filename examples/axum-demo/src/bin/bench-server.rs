@@ -1,12 +1,13 @@
-//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app fifteen
-//! ways on PORT..PORT+14: bare; then, with each middleware inside the router (`Router::layer`),
+//! The benchmark's servers: `bench-server http PORT` serves the same minimal axum app sixteen
+//! ways on PORT..PORT+15: bare; then, with each middleware inside the router (`Router::layer`),
 //! tollgate allow, tollgate refuse, tower_governor allow, tower_governor refuse, a no-op layer,
 //! tollgate allow without rate-limit headers, tower_governor allow with its rate-limit headers;
 //! then, with the middleware around the router (before routing), tollgate allow, tollgate allow
 //! without headers, tower_governor allow, tower_governor allow with headers, tollgate refuse,
 //! tower_governor refuse, and a layer that only adds three fixed `X-RateLimit-*` headers (what
-//! any limiter's headers cost). `bench-server ws` measures WebSocket messages per second through a
-//! bare and a wrapped socket and prints both. Driven by `bench.sh`.
+//! any limiter's headers cost); last, that layer inside the router. `bench-server ws` measures
+//! WebSocket messages per second through a bare and a wrapped socket and prints both. Driven by
+//! `bench.sh`.
 
 // A console tool.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -72,6 +73,8 @@ async fn http(port: u16) -> Result<(), BoxError> {
     serve_around(port + 12, tollgate(REFUSE, headers)?.layer(app())).await?;
     serve_around(port + 13, governor!(false)?.layer(app())).await?;
     serve_around(port + 14, fixed_headers().layer(app())).await?;
+    // The fixed headers inside the router: what a layer that writes them costs there.
+    serve(port + 15, app().layer(fixed_headers())).await?;
     println!("ready");
     std::future::pending::<()>().await;
     Ok(())
