@@ -168,6 +168,20 @@ async fn forwarded_is_read_only_when_named() {
     assert_eq!(send(addr, forwarded(1).unwrap()).await.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
+#[tokio::test]
+async fn a_client_quote_in_forwarded_cannot_choose_its_key() {
+    // The proxy (127.0.0.1, trusted) appends its element to the `Forwarded` line the client sent
+    // (`<client's value>, for=203.0.113.7`); the client leaves a quote open before it.
+    let resolver = ClientIpResolver::new().trust("127.0.0.0/8".parse().unwrap()).headers([ForwardingHeader::Forwarded]);
+    let addr = serve(hello_app(RateLimitLayer::new(per_ip("1/min")).client_ip_resolver(resolver))).await;
+    let forged = |n: u32| {
+        let value = format!(r#"for=6.6.6.{n};by=", for=203.0.113.7"#);
+        common::get("/hello").header("forwarded", value).body(Full::default()).unwrap()
+    };
+    assert_eq!(send(addr, forged(1)).await.status, StatusCode::OK);
+    assert_eq!(send(addr, forged(2)).await.status, StatusCode::TOO_MANY_REQUESTS, "a forged `for` bought a quota");
+}
+
 fn echo_app() -> Router {
     echo_app_with(Bodies::Wrapped)
 }

@@ -264,8 +264,9 @@ fn parse_node(text: &str) -> Hop {
 /// Parses one `Forwarded` field value — a comma-separated list of elements, each a
 /// semicolon-separated list of `name=value` pairs, values tokens or quoted strings — pushing one
 /// hop per element: its `for` node, or opaque for an element without one or that cannot be read
-/// (two `for`, a pair without `=`, an unterminated quote, bytes that are not text). A bad element
-/// spoils no other: the hops to its right, which nearer proxies wrote, still count.
+/// (two `for`, a pair without `=`, a quote that is not a whole quoted value, bytes that are not
+/// text). A bad element spoils no other: the hops to its right, which nearer proxies wrote, still
+/// count — also when a proxy appended them to the client's line after an unterminated quote.
 fn parse_forwarded(value: &[u8], hops: &mut Vec<Hop>) {
     for element in split_outside_quotes(value, b',') {
         if !element.trim_ascii().is_empty() {
@@ -282,20 +283,35 @@ fn parse_element(element: &[u8]) -> Option<Hop> {
             continue;
         }
         let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+        let name = name.trim_ascii();
         let value = value.get(1..).unwrap_or_default().trim_ascii();
-        if !name.trim_ascii().eq_ignore_ascii_case(b"for") {
+        // Every pair is checked, not only `for`: a quote out of place (in a name, inside a token,
+        // an unterminated quoted string) shifts where the quoted strings after it seem to start
+        // and end, so a client could make the element a proxy appended to its line part of a
+        // pair of its own, and its own `for` the last hop.
+        if !is_token(name) {
+            return None;
+        }
+        let node = match value.strip_prefix(b"\"") {
+            Some(quoted) => unquote(quoted)?,
+            None if value.contains(&b'"') => return None,
+            None => value.to_vec(),
+        };
+        if !name.eq_ignore_ascii_case(b"for") {
             continue;
         }
         if found.is_some() {
             // Two `for` in one element: ambiguous.
             return None;
         }
-        found = Some(match value.strip_prefix(b"\"") {
-            Some(quoted) => parse_node_bytes(&unquote(quoted)?),
-            None => parse_node_bytes(value),
-        });
+        found = Some(parse_node_bytes(&node));
     }
     found
+}
+
+/// Whether `name` is an RFC 9110 token (a `Forwarded` parameter name).
+fn is_token(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The content of a quoted string whose opening quote is already gone; `None` unless its closing
@@ -314,12 +330,16 @@ fn unquote(rest: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `text` split at each `sep` outside quoted strings (inside them a backslash escapes the next
-/// byte). An unterminated quote runs to the end.
+/// byte). An unterminated quote ends at the first `sep` after it (the part up to there keeps the
+/// broken quote, so it cannot be read), or else runs to the end: what a proxy appended after a
+/// client's unterminated quote is still split off.
 fn split_outside_quotes(text: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let text = rest?;
         let (mut quoted, mut escaped) = (false, false);
+        // The first `sep` inside the quoted string open now.
+        let mut sep_in_quote = None;
         for (i, &b) in text.iter().enumerate() {
             if escaped {
                 escaped = false;
@@ -327,10 +347,18 @@ fn split_outside_quotes(text: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
                 escaped = true;
             } else if b == b'"' {
                 quoted = !quoted;
+                sep_in_quote = None;
             } else if b == sep && !quoted {
                 rest = text.get(i + 1..);
                 return text.get(..i);
             }
+            if quoted && b == sep && sep_in_quote.is_none() {
+                sep_in_quote = Some(i);
+            }
+        }
+        if quoted && let Some(i) = sep_in_quote {
+            rest = text.get(i + 1..);
+            return text.get(..i);
         }
         rest = None;
         Some(text)
@@ -436,6 +464,33 @@ mod tests {
     }
 
     #[test]
+    fn a_client_quote_cannot_swallow_the_element_a_proxy_appends_to_its_line() {
+        // A proxy that appends its element to the client's own `Forwarded` line (`<the client's
+        // value>, for=...`): an unterminated or misplaced quote in the client's part must not take the
+        // proxy's element into the client's, nor make the client's `for` the right-most hop.
+        let r = resolver().headers([ForwardingHeader::Forwarded]);
+        let peer = ip("10.0.0.1");
+        for (client, proxy, real) in [
+            (r#"for=6.6.6.6;by=""#, "for=203.0.113.7", "203.0.113.7"),
+            (r#"for=6.6.6.6;by=""#, r#"for="[2001:db8::9]:4711""#, "2001:db8::9"),
+            (r#"for=6.6.6.6;by=a""#, r#"for="[2001:db8::9]:4711""#, "2001:db8::9"),
+            (r#"for=6.6.6.6;""#, r#"for="[2001:db8::9]:4711""#, "2001:db8::9"),
+            (r#"for=6.6.6.6;by="\"#, "for=203.0.113.7;proto=https", "203.0.113.7"),
+            (r#"for="1.1.1.1"#, "for=203.0.113.7", "203.0.113.7"),
+        ] {
+            let h = headers(&[("forwarded", &format!("{client}, {proxy}"))]);
+            let got = r.resolve(peer, &h);
+            assert_ne!(got, ip("6.6.6.6"), "spoofed by {client:?} before {proxy:?}");
+            assert!(got == ip(real) || got == peer, "{client:?}, {proxy:?}: {got}");
+        }
+        // Where the proxy's element has no quote of its own, it is read whole.
+        for client in [r#"for=6.6.6.6;by=""#, r#"for="1.1.1.1"#, r#"for=6.6.6.6;by="\"#, r#"by=""#] {
+            let h = headers(&[("forwarded", &format!("{client}, for=203.0.113.7"))]);
+            assert_eq!(r.resolve(peer, &h), ip("203.0.113.7"), "{client:?}");
+        }
+    }
+
+    #[test]
     fn ipv4_mapped_trusted_networks_are_their_ipv4_networks() {
         let r = ClientIpResolver::new().trust("::ffff:10.0.0.0/104".parse().unwrap());
         assert_eq!(r.trusted(), ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
@@ -483,6 +538,24 @@ mod tests {
             let r = resolver();
             let _ = r.resolve(ip("10.0.0.1"), &h);
             prop_assert_eq!(r.resolve(ip("8.8.8.8"), &h), ip("8.8.8.8"));
+        }
+
+        #[test]
+        fn a_client_prefix_on_the_proxys_line_never_wins(
+            own in "(for=6\\.6\\.6\\.6;)?",
+            client in "[\"\\\\,;= a-z0-9.:\\[\\]_]{0,30}",
+            v6 in any::<bool>(),
+        ) {
+            let r = resolver().headers([ForwardingHeader::Forwarded]);
+            let peer = ip("10.0.0.1");
+            let (proxy, real) = if v6 {
+                (r#"for="[2001:db8::9]:4711""#, ip("2001:db8::9"))
+            } else {
+                ("for=203.0.113.7;proto=https", ip("203.0.113.7"))
+            };
+            let h = headers(&[("forwarded", &format!("{own}{client}, {proxy}"))]);
+            let got = r.resolve(peer, &h);
+            prop_assert!(got == real || got == peer, "{own}{client}, {proxy}: {got}");
         }
 
         #[test]
