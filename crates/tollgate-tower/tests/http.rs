@@ -608,3 +608,31 @@ async fn a_body_refused_for_its_size_spends_nothing_from_the_policy() {
     assert_eq!(send(addr, post(16)).await.status, StatusCode::OK, "the 413 spent the policy's one request");
     assert_eq!(send(addr, post(16)).await.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// axum answers HEAD with the GET handler (its body dropped): a limit on a route's GET must count
+/// HEAD too, or HEAD runs the handler unlimited.
+#[tokio::test]
+async fn a_get_only_route_limit_counts_head_too() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handler = {
+        let calls = Arc::clone(&calls);
+        move || async move {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            "results"
+        }
+    };
+    let layer = RateLimitLayer::with_limits(Limits::new()).route_methods(
+        "/search",
+        [http::Method::GET],
+        Limits::new().policy(per_ip("1/min")),
+    );
+    let addr = serve(Router::new().route("/search", get(handler)).layer(layer)).await;
+    assert_eq!(get_ok(addr, "/search").await.status, StatusCode::OK);
+    assert_eq!(get_ok(addr, "/search").await.status, StatusCode::TOO_MANY_REQUESTS);
+    let head = || Request::head("/search").header("host", "localhost").body(Full::default()).unwrap();
+    for _ in 0..3 {
+        let reply = send(addr, head()).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "HEAD ran the GET handler unlimited");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

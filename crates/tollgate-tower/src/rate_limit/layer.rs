@@ -370,7 +370,9 @@ impl<St: Store, M> RateLimitLayer<St, M> {
         self.route_methods(path, [], limits)
     }
 
-    /// As [`RateLimitLayer::route`], for requests with one of `methods` only (all when empty).
+    /// As [`RateLimitLayer::route`], for requests with one of `methods` only (all when empty). A
+    /// HEAD request takes the limits of its path's GET when no entry names HEAD, as the GET
+    /// handler serves it.
     #[must_use]
     pub fn route_methods(self, path: &str, methods: impl IntoIterator<Item = Method>, limits: Limits<St>) -> Self {
         let entry = RouteEntry { path: path.into(), methods: methods.into_iter().collect(), limits };
@@ -442,9 +444,13 @@ impl<St: Store> Config<St> {
         let uri = request.uri().path();
         let path = self.route(request.extensions(), uri).unwrap_or(uri);
         let method = request.method();
-        self.routes
-            .iter()
-            .find(|r| *r.path == *path && (r.methods.is_empty() || r.methods.contains(method)))
+        let entry = |method: &Method| {
+            self.routes.iter().find(|r| *r.path == *path && (r.methods.is_empty() || r.methods.contains(method)))
+        };
+        // A HEAD no entry names is a GET without its body (RFC 9110 §9.3.2; axum answers it with
+        // the GET handler): it takes the GET limits, or it would run that handler unlimited.
+        entry(method)
+            .or_else(|| if *method == Method::HEAD { entry(&Method::GET) } else { None })
             .map_or(&self.default, |r| &r.limits)
     }
 
