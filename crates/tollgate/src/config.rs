@@ -325,7 +325,8 @@ fn default_v6_prefix() -> u8 {
 pub struct RouteConfig {
     /// The route (as the router matches it, e.g. `/users/{id}`).
     pub path: String,
-    /// Methods it applies to (all when empty).
+    /// Methods it applies to (all when empty). A HEAD request takes the GET entry of its path
+    /// when no entry names HEAD (the GET handler serves it).
     #[serde(default)]
     pub methods: Vec<String>,
     /// The policy checked for each request.
