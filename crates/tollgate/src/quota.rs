@@ -170,6 +170,10 @@ impl FromStr for Quota {
                 .and_then(NonZeroU32::new)
                 .ok_or_else(|| bad("the burst must be between 1 and 4294967295"))?;
             quota = quota.with_burst(burst);
+            let bucket = quota.emission_interval_nanos().checked_mul(u64::from(burst.get()));
+            if bucket.is_none_or(|b| b > crate::algorithm::gcra::MAX_BUCKET_NANOS) {
+                return Err(bad("the burst must refill in under about 146 years (period / amount × burst)"));
+            }
         }
         Ok(quota)
     }
@@ -269,9 +273,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_text_quoting_it() {
-        for bad in
-            ["", "100", "0/s", "10/0s", "x/s", "10/fortnight", "5/s burst 0", "5GiB/s", "99999999999/s", "10/1ns"]
-        {
+        for bad in [
+            "",
+            "100",
+            "0/s",
+            "10/0s",
+            "x/s",
+            "10/fortnight",
+            "5/s burst 0",
+            "5GiB/s",
+            "99999999999/s",
+            "10/1ns",
+            "1KiB/d burst 1GiB",
+            "1/36500d burst 2",
+        ] {
             let err = bad.parse::<Quota>().expect_err(bad).to_string();
             assert!(err.contains(&format!("`{bad}`")), "{err}");
             assert!(err.contains("expected"), "{err}");

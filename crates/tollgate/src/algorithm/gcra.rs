@@ -13,12 +13,17 @@ use crate::quota::Quota;
 #[derive(Debug)]
 pub(crate) struct Gcra;
 
+/// The longest a bucket takes to refill from empty, in nanoseconds (some 146 years, as the
+/// longest period a [`Quota`] takes): a larger capacity (emission interval × burst) would
+/// overflow the timestamps, and is taken as this one. Quotas read from text are refused above it.
+pub(crate) const MAX_BUCKET_NANOS: u64 = u64::MAX / 4;
+
 /// The arithmetic of one decision, shared by the meter and the tests' reference checks.
 #[inline]
 pub(crate) fn decide(tat: u64, quota: &Quota, now: u64, cost: u32, max_wait: u64) -> (Snapshot, Option<u64>) {
     let t = quota.emission_interval_nanos();
     let burst = u64::from(quota.burst().get());
-    let cap = t.saturating_mul(burst);
+    let cap = t.saturating_mul(burst).min(MAX_BUCKET_NANOS);
     let base = tat.max(now);
     let new_tat = base.saturating_add(t.saturating_mul(u64::from(cost)));
     let allow_at = new_tat.saturating_sub(cap);

@@ -192,3 +192,26 @@ fn clocks_going_backwards_never_panic() {
         let _ = SlidingLog::apply(&l, &q, now, 5, u64::MAX, Mode::Commit);
     }
 }
+
+/// A bucket whose capacity (emission interval × burst) overflows u64 nanoseconds, e.g.
+/// `1KiB/d burst 1GiB` (some 2,900 years to refill): once the burst is spent, it must refuse.
+/// The saturating arithmetic took the capacity as u64::MAX and then admitted everything, forever.
+#[test]
+fn gcra_with_an_overflowing_bucket_still_refuses() {
+    let q = Quota::new(1024.try_into().unwrap(), std::time::Duration::from_secs(86_400))
+        .unwrap()
+        .with_burst((1u32 << 30).try_into().unwrap());
+    let state = AtomicU64::new(0);
+    let now = 1_000_000_000u64;
+    // Spend the bucket a MiB at a time, as fast as it lets: over the next microsecond it may
+    // admit at most the burst (a bucket holds at most some 146 years of refill, so less here)
+    // and, at 1 KiB a day, nothing more.
+    let mut admitted = 0u64;
+    for i in 0..2_000u64 {
+        if Gcra::apply(&state, &q, now + i, 1 << 20, 0, Mode::Commit).allowed {
+            admitted += 1 << 20;
+        }
+    }
+    assert!(admitted > 0 && admitted <= 1 << 30, "a bucket of 1 GiB admitted {admitted} bytes at once");
+    assert!(!Gcra::apply(&state, &q, now + 10_000, 1 << 20, 0, Mode::Commit).allowed);
+}
