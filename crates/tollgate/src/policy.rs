@@ -519,6 +519,16 @@ fn admitted(limit: &Limit, quota: Quota, snapshot: &Snapshot, with_headers: bool
     Admitted { wait: snapshot.wait, headers }
 }
 
+/// Whether the refusal `snapshot` of `check` was the key's own violation, which the penalty
+/// blocks: not a penalty block already, nor the in-memory store refusing a key it could not track
+/// because it is full of busy keys (see [`crate::OnFull`]), which the key did nothing to earn.
+fn violated<H: 'static>(check: &Check<'_, H>, snapshot: &Snapshot) -> bool {
+    if snapshot.allowed || snapshot.blocked {
+        return false;
+    }
+    (check.limit as &dyn Any).downcast_ref::<MemoryLimit>().is_none_or(|limit| limit.tracks(check.key))
+}
+
 /// What one limit does for a request (see `Policy::limit_check`).
 enum Step<'k, H> {
     Check(Check<'k, H>),
@@ -629,7 +639,7 @@ impl<S: Store> Policy<S> {
         let result = self.inner.store.check(&checks, &mut out).await;
         if let (Ok(false), Some(penalty), false) = (&result, self.inner.penalty, self.inner.dry_run) {
             for (c, s) in checks.iter().zip(&out) {
-                if !s.allowed && !s.blocked {
+                if violated(c, s) {
                     let r = self.inner.store.block(c.limit, c.key, penalty).await;
                     self.penalized(r);
                 }
@@ -845,7 +855,7 @@ impl<S: Store> Policy<S> {
 
     fn block_refused_now(&self, penalty: Duration, checks: &[Check<'_, S::Limit>], out: &[Snapshot]) {
         for (c, s) in checks.iter().zip(out) {
-            if !s.allowed && !s.blocked {
+            if violated(c, s) {
                 let r = self.inner.store.try_block_now(c.limit, c.key, penalty);
                 self.penalized(r.unwrap_or_else(|| {
                     Err(StoreError::Unavailable("the store decided at once but cannot block at once".into()))

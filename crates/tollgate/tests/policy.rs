@@ -388,3 +388,35 @@ async fn listed_ip_addresses_match_the_clients_address_not_the_limits_key() {
     assert!(!policy.check(&keys("192.0.2.1"), 1).await.unwrap().allowed, "an IPv4-mapped address is its IPv4 address");
     assert!(!policy.check(&keys("198.51.100.9"), 1).await.unwrap().allowed, "and a mapped network its IPv4 network");
 }
+
+#[tokio::test]
+async fn a_full_store_does_not_penalize_the_new_keys_it_refuses() {
+    // A new key the store is too full of busy keys to track is refused for a second (OnFull::Deny):
+    // it broke no limit, so the penalty must not block it (it was blocked for the whole penalty).
+    let clock = ManualClock::at(1_000_000_000);
+    let store = MemoryStore::builder().clock(clock.clone()).shards(1).max_keys(2).build();
+    let policy = Policy::builder("api")
+        .limit(Limit::new("per_ip", q("1/s")).key(KeyKind::ip()))
+        .penalty(Duration::from_secs(600))
+        .build_with(store)
+        .unwrap();
+    for last in 100..120 {
+        policy.check(&ip(last), 1).await.unwrap();
+    }
+    for sync in [false, true] {
+        let new = ip(if sync { 2 } else { 1 });
+        let d =
+            if sync { policy.try_check_now(&new, 1).unwrap().unwrap() } else { policy.check(&new, 1).await.unwrap() };
+        assert_eq!((d.allowed, d.reason, d.retry_after_secs()), (false, Reason::RateLimited, 1), "the store is full");
+    }
+    clock.advance(Duration::from_secs(2));
+    for n in [1, 2] {
+        let d = policy.check(&ip(n), 1).await.unwrap();
+        assert!(d.allowed, "10.0.0.{n} broke no limit, yet {:?} for {}s", d.reason, d.retry_after_secs());
+    }
+    // A key that did break its limit is still blocked.
+    assert!(!policy.check(&ip(1), 1).await.unwrap().allowed);
+    clock.advance(Duration::from_secs(2));
+    let d = policy.check(&ip(1), 1).await.unwrap();
+    assert_eq!(d.reason, Reason::Blocked);
+}

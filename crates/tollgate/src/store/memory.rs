@@ -381,6 +381,11 @@ impl MemoryLimit {
         with_table!(&self.tables, |t, _M| t.len())
     }
 
+    /// Whether `key` has state in this limit (a key the store refused as full has none).
+    pub(crate) fn tracks(&self, key: Key<'_>) -> bool {
+        with_table!(&self.tables, |t, _M| t.get(&key, |_| ()).is_some())
+    }
+
     /// Whether no key is tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
