@@ -1042,6 +1042,14 @@ impl<S: Store> Policy<S> {
                     })
                     .collect();
                 let all = store.check_now(&local, out);
+                // The penalty holds in the outage too, on the local limiter's keys.
+                if let (Some(penalty), false, false) = (self.inner.penalty, all, self.inner.dry_run) {
+                    for (c, s) in local.iter().zip(out.iter()) {
+                        if violated(c, s) {
+                            self.penalized(store.block_now(c.limit, c.key, penalty));
+                        }
+                    }
+                }
                 self.finish(self.decide(all, refs, checks, out), request)
             }
             (_, FailureMode::Closed) => self.finish(self.plain(false, Reason::StoreUnavailable), request),

@@ -256,6 +256,18 @@ async fn failure_modes() {
     assert!(fallback.check(&ip(1), 1).await.unwrap().allowed);
     let d = fallback.check(&ip(1), 1).await.unwrap();
     assert_eq!((d.allowed, d.reason), (false, Reason::RateLimited), "the local limiter still limits");
+    // The penalty holds through the outage: the local limiter blocks the key that broke its limit.
+    let penalized = Policy::builder("p")
+        .limit(limit())
+        .penalty(Duration::from_secs(600))
+        .failure_mode(FailureMode::Fallback)
+        .build_with(Down)
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(penalized.check(&ip(1), 1).await.unwrap().reason);
+    }
+    assert_eq!(got, [Reason::Allowed, Reason::RateLimited, Reason::Blocked]);
 }
 
 #[tokio::test]
