@@ -169,7 +169,8 @@ pub struct StoreConfig {
     pub prefix: Option<String>,
     /// The longest a Redis decision may take.
     pub timeout: Option<DurationText>,
-    /// The most keys tracked per limit in memory.
+    /// About the most keys tracked per limit in memory; the exact bound is in
+    /// [`MemoryStoreBuilder::max_keys`](crate::store::MemoryStoreBuilder::max_keys).
     pub max_keys: Option<usize>,
 }
 

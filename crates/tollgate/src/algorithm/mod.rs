@@ -59,6 +59,13 @@ pub enum OnExceed {
     /// Admit later: reserve the earliest capacity within `max_wait` and tell the caller how long to
     /// wait before proceeding (as nginx `limit_req` without `nodelay`); refuse when that would be
     /// longer than `max_wait`.
+    ///
+    /// In a policy of several limits, each limit reserves the request at its own earliest time
+    /// and the request goes after the longest of the waits. A limit that reserved it earlier
+    /// than it goes sees it up to `max_wait` early, so the requests it lets through can run
+    /// closer together than its quota allows, by at most `max_wait` (for example a client's
+    /// `1/s` limit with a global limit that delays: two of its requests 0.5 s apart). A policy
+    /// whose only limit delays keeps its quota exactly.
     Delay {
         /// The longest wait the caller accepts.
         max_wait: Duration,

@@ -139,7 +139,12 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// The most keys tracked per limit (default [`DEFAULT_MAX_KEYS`]); see [`OnFull`].
+    /// About how many keys each limit tracks at most (default [`DEFAULT_MAX_KEYS`]); see
+    /// [`OnFull`]. The keys are spread over the [shards](MemoryStoreBuilder::shards), and each
+    /// shard holds up to an eighth more than its even share, plus 16, so that uneven hashing does
+    /// not refuse keys before `max_keys` are tracked: the bound on memory is
+    /// `shards × (⌈max_keys / shards⌉ × 9/8 + 16)` keys (with 8 shards, `max_keys(1_000_000)`
+    /// tracks at most 1,125,128; `max_keys(100)` at most 240).
     #[must_use]
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys.max(1);
