@@ -764,7 +764,7 @@ impl<S: Store> Policy<S> {
         }
         let mut out: Snapshots = SmallVec::from_elem(Snapshot::EMPTY, checks.len());
         let result = self.inner.store.try_check_now(&checks, &mut out)?;
-        self.penalize_now(&result, &checks, &out);
+        self.penalize_now(&self.inner.store, &result, &checks, &out);
         Some(Ok(self.conclude(result, request, &checks, &refs, &mut out)))
     }
 
@@ -806,7 +806,7 @@ impl<S: Store> Policy<S> {
         mut out: [Snapshot; 1],
     ) -> Decision {
         let checks = std::slice::from_ref(check);
-        self.penalize_now(&result, checks, &out);
+        self.penalize_now(&self.inner.store, &result, checks, &out);
         self.conclude(result, request, checks, &[0], &mut out)
     }
 
@@ -844,19 +844,32 @@ impl<S: Store> Policy<S> {
         Some(Err(self.concluded_one(Ok(false), request, &check, [snapshot])))
     }
 
-    /// Blocks the refused keys for the policy's penalty, on a store that decides at once. Whether
-    /// there is anything to block is decided inline; the blocking is not.
+    /// Blocks the refused keys for the policy's penalty, on `store` (the policy's, or its local
+    /// fallback in an outage) when it decides at once. Whether there is anything to block is
+    /// decided inline; the blocking is not.
     #[inline(always)]
-    fn penalize_now(&self, result: &Result<bool, StoreError>, checks: &[Check<'_, S::Limit>], out: &[Snapshot]) {
+    fn penalize_now<T: Store>(
+        &self,
+        store: &T,
+        result: &Result<bool, StoreError>,
+        checks: &[Check<'_, T::Limit>],
+        out: &[Snapshot],
+    ) {
         if let (Some(penalty), Ok(false), false) = (self.inner.penalty, result, self.inner.dry_run) {
-            self.block_refused_now(penalty, checks, out);
+            self.block_refused_now(store, penalty, checks, out);
         }
     }
 
-    fn block_refused_now(&self, penalty: Duration, checks: &[Check<'_, S::Limit>], out: &[Snapshot]) {
+    fn block_refused_now<T: Store>(
+        &self,
+        store: &T,
+        penalty: Duration,
+        checks: &[Check<'_, T::Limit>],
+        out: &[Snapshot],
+    ) {
         for (c, s) in checks.iter().zip(out) {
             if violated(c, s) {
-                let r = self.inner.store.try_block_now(c.limit, c.key, penalty);
+                let r = store.try_block_now(c.limit, c.key, penalty);
                 self.penalized(r.unwrap_or_else(|| {
                     Err(StoreError::Unavailable("the store decided at once but cannot block at once".into()))
                 }));
@@ -1043,13 +1056,7 @@ impl<S: Store> Policy<S> {
                     .collect();
                 let all = store.check_now(&local, out);
                 // The penalty holds in the outage too, on the local limiter's keys.
-                if let (Some(penalty), false, false) = (self.inner.penalty, all, self.inner.dry_run) {
-                    for (c, s) in local.iter().zip(out.iter()) {
-                        if violated(c, s) {
-                            self.penalized(store.block_now(c.limit, c.key, penalty));
-                        }
-                    }
-                }
+                self.penalize_now(store, &Ok(all), &local, out);
                 self.finish(self.decide(all, refs, checks, out), request)
             }
             (_, FailureMode::Closed) => self.finish(self.plain(false, Reason::StoreUnavailable), request),
