@@ -1,15 +1,16 @@
-//! Building the middleware from the core's TOML [`Config`]: the core turns the file into
-//! [`RouteLimits`] (the same for every adapter); this module only maps them to [`Limits`].
+//! Building the middleware from the core's TOML [`Config`]: the core's [`Engine`] reads the file
+//! (the same for every adapter); this module only wraps it in the layer.
 
 use tollgate::config::{Config, RouteLimits};
+use tollgate::engine::Engine;
 use tollgate::{Error, LeaseStore, MemoryStore, Store};
 
-use crate::rate_limit::{Limits, RateLimitLayer, WebSocketLimits};
+use crate::rate_limit::RateLimitLayer;
 
 impl RateLimitLayer<MemoryStore> {
     /// The middleware described by `config`, on one in-memory store: `[[routes]]` and
-    /// `[[websocket]]` entries become per-route [`Limits`] (see
-    /// [`Config::route_limits_with`]), `trusted_proxies` the client-address resolver, `headers`
+    /// `[[websocket]]` entries become per-route [`Limits`](crate::Limits) (see
+    /// [`Engine::from_config_with`]), `trusted_proxies` the client-address resolver, `headers`
     /// the header style. Routes not in the configuration are not limited.
     pub fn from_config(config: &Config) -> Result<Self, Error> {
         Self::from_config_with(config, &config.memory_store())
@@ -19,7 +20,7 @@ impl RateLimitLayer<MemoryStore> {
 impl<St: Store + Clone> RateLimitLayer<St> {
     /// [`RateLimitLayer::from_config`] on clones of `store` (e.g. a Redis store).
     pub fn from_config_with(config: &Config, store: &St) -> Result<Self, Error> {
-        Ok(Self::from_route_limits(config, config.route_limits_with(store)?))
+        Ok(Self::with_engine(Engine::from_config_with(config, store)?))
     }
 
     /// [`RateLimitLayer::from_config_with`], the concurrency leases (in-flight requests,
@@ -31,44 +32,12 @@ impl<St: Store + Clone> RateLimitLayer<St> {
         store: &St,
         leases: &L,
     ) -> Result<Self, Error> {
-        let routes = config.route_limits_with(store)?.into_iter().map(|r| r.share_leases(leases));
-        Ok(Self::from_route_limits(config, routes))
+        Ok(Self::with_engine(Engine::from_config_with_leases(config, store, leases)?))
     }
 
     /// The middleware applying `routes` (e.g. [`Config::route_limits_with`]'s, adjusted), with
     /// `config`'s client-address resolver and header style.
     pub fn from_route_limits(config: &Config, routes: impl IntoIterator<Item = RouteLimits<St>>) -> Self {
-        let mut layer = RateLimitLayer::with_limits(Limits::empty())
-            .client_ip_resolver(config.client_ip_resolver())
-            .headers(config.headers);
-        for route in routes {
-            let path = route.path.clone();
-            let methods = route.methods.clone();
-            layer = layer.route_methods(&path, methods, Limits::from(route));
-        }
-        layer
-    }
-}
-
-impl<St: Store> From<RouteLimits<St>> for Limits<St> {
-    /// The route's limits, its leases and per-key message limits counted by the route's key.
-    fn from(route: RouteLimits<St>) -> Self {
-        let mut limits = Limits::empty().lease_key(route.key.clone());
-        if let Some(policy) = route.policy {
-            limits = limits.policy(policy);
-        }
-        if let Some(max) = route.max_body {
-            limits = limits.max_body(max);
-        }
-        if let Some(policy) = route.body_bytes {
-            limits = limits.body_bytes(policy);
-        }
-        if let Some(limiter) = route.in_flight {
-            limits = limits.in_flight(limiter);
-        }
-        if let Some(ws) = route.websocket {
-            limits = limits.websocket(WebSocketLimits::new(ws.connections, ws.messages).key(route.key));
-        }
-        limits
+        Self::with_engine(Engine::from_route_limits(config, routes))
     }
 }

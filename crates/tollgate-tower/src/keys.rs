@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use http::{Extensions, HeaderMap, Request};
-use tollgate::{ClientIpResolver, KeyFields, OwnedKey, RequestKeys};
+use tollgate::{ClientIpResolver, OwnedKey, RequestKeys};
+
+use crate::view::{matched_route, peer_addr};
 
 /// The authenticated identity of a request, inserted by the application's auth layer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -39,7 +41,7 @@ pub struct CustomKey(pub OwnedKey);
 /// tier, route and custom key found in its extensions.
 #[derive(Clone, Debug, Default)]
 pub struct KeyExtractor {
-    resolver: ClientIpResolver,
+    pub(crate) resolver: ClientIpResolver,
 }
 
 impl KeyExtractor {
@@ -71,79 +73,32 @@ impl KeyExtractor {
         self.client_ip_of(request.extensions(), request.headers())
     }
 
-    // Inlined, like `keys_of`, into the middleware's `call`: the request's key fields are then
-    // written where the check reads them (about 40 instructions per request, measured).
-    #[inline(always)]
     fn client_ip_of(&self, ext: &Extensions, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer_addr(ext)?;
         Some(self.resolver.resolve(peer.ip(), headers))
     }
 
-    /// Everything the core's policies may count by.
+    /// Everything the core's policies may count by (the route: axum's `MatchedPath` or a
+    /// [`RouteName`]).
     pub fn keys<'a, B>(&self, request: &'a Request<B>) -> RequestKeys<'a> {
-        self.keys_of(request.extensions(), request.headers(), KeyFields::ALL, route)
+        self.keys_of(request.extensions(), request.headers())
     }
 
     /// [`KeyExtractor::keys`] from a request's parts.
     pub fn keys_of_parts<'a>(&self, parts: &'a Parts) -> RequestKeys<'a> {
-        self.keys_of(&parts.extensions, &parts.headers, KeyFields::ALL, route)
+        self.keys_of(&parts.extensions, &parts.headers)
     }
 
-    /// The keys `fields` names, and nothing else: each is a lookup the middleware need not pay for
-    /// when no limit reads it. `route` finds the request's route (see `Config::route`).
-    pub(crate) fn keys_for<'a, B>(
-        &self,
-        request: &'a Request<B>,
-        fields: KeyFields,
-        route: impl FnOnce(&'a Extensions) -> Option<&'a str>,
-    ) -> RequestKeys<'a> {
-        self.keys_of(request.extensions(), request.headers(), fields, route)
-    }
-
-    /// [`KeyExtractor::keys_for`] from a request's parts.
-    pub(crate) fn keys_of_parts_for<'a>(
-        &self,
-        parts: &'a Parts,
-        fields: KeyFields,
-        route: impl FnOnce(&'a Extensions) -> Option<&'a str>,
-    ) -> RequestKeys<'a> {
-        self.keys_of(&parts.extensions, &parts.headers, fields, route)
-    }
-
-    #[inline(always)]
-    fn keys_of<'a>(
-        &self,
-        ext: &'a Extensions,
-        headers: &'a HeaderMap,
-        fields: KeyFields,
-        route: impl FnOnce(&'a Extensions) -> Option<&'a str>,
-    ) -> RequestKeys<'a> {
+    fn keys_of<'a>(&self, ext: &'a Extensions, headers: &'a HeaderMap) -> RequestKeys<'a> {
         RequestKeys {
-            ip: if fields.ip { self.client_ip_of(ext, headers) } else { None },
-            identity: if fields.identity { ext.get::<Identity>().map(|i| &*i.0) } else { None },
-            route: if fields.route { route(ext) } else { None },
+            ip: self.client_ip_of(ext, headers),
+            identity: ext.get::<Identity>().map(|i| &*i.0),
+            route: matched_route(ext),
             headers: Some(headers),
-            tier: if fields.tier { ext.get::<Tier>().map(|t| &*t.0) } else { None },
-            custom: if fields.custom { ext.get::<CustomKey>().map(|k| k.0.as_key()) } else { None },
+            tier: ext.get::<Tier>().map(|t| &*t.0),
+            custom: ext.get::<CustomKey>().map(|k| k.0.as_key()),
         }
     }
-}
-
-fn peer_addr(ext: &Extensions) -> Option<SocketAddr> {
-    #[cfg(feature = "axum")]
-    if let Some(info) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0);
-    }
-    ext.get::<SocketAddr>().copied()
-}
-
-/// The matched route: axum's `MatchedPath` (feature `axum`), else a [`RouteName`].
-pub(crate) fn route(ext: &Extensions) -> Option<&str> {
-    #[cfg(feature = "axum")]
-    if let Some(path) = ext.get::<axum::extract::MatchedPath>() {
-        return Some(path.as_str());
-    }
-    ext.get::<RouteName>().map(|r| &*r.0)
 }
 
 #[cfg(test)]

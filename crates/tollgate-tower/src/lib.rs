@@ -48,6 +48,8 @@ pub mod keys;
 pub mod rate_limit;
 pub mod websocket;
 
+mod view;
+
 pub use keys::{CustomKey, Identity, KeyExtractor, RouteName, Tier};
 #[cfg(feature = "axum")]
 pub use rate_limit::AxumBody;

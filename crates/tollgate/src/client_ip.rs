@@ -32,9 +32,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::HeaderMap;
 use http::header::{FORWARDED, HeaderName};
 use ipnet::IpNet;
+
+use crate::request::RequestHeaders;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -145,7 +146,7 @@ impl ClientIpResolver {
     /// that reported it, so the last trusted address walked (at first `peer`) is the answer.
     /// Never panics.
     #[inline]
-    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub fn resolve<H: RequestHeaders + ?Sized>(&self, peer: IpAddr, headers: &H) -> IpAddr {
         let peer = peer.to_canonical();
         if self.trusted.is_empty() {
             return peer;
@@ -154,7 +155,7 @@ impl ClientIpResolver {
     }
 
     /// [`ClientIpResolver::resolve`] with trusted proxies configured.
-    fn resolve_trusted(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    fn resolve_trusted<H: RequestHeaders + ?Sized>(&self, peer: IpAddr, headers: &H) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
@@ -167,37 +168,39 @@ impl ClientIpResolver {
     }
 
     /// The address `header` gives; `None` when the request does not carry it.
-    fn read_header(&self, header: ForwardingHeader, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+    fn read_header<H: RequestHeaders + ?Sized>(
+        &self,
+        header: ForwardingHeader,
+        peer: IpAddr,
+        headers: &H,
+    ) -> Option<IpAddr> {
         match header {
             ForwardingHeader::XRealIp => {
                 // Only the nearest proxy writes it; a repeated header is ambiguous.
-                let mut values = headers.get_all(&X_REAL_IP).iter();
-                let value = values.next()?;
-                if values.next().is_some() {
-                    return Some(peer);
-                }
-                match parse_node_bytes(value.as_bytes()) {
-                    Hop::Addr(ip) => Some(ip),
-                    Hop::Opaque => Some(peer),
+                let (mut count, mut hop) = (0, Hop::Opaque);
+                headers.each(&X_REAL_IP, &mut |value| {
+                    count += 1;
+                    hop = parse_node_bytes(value);
+                });
+                match (count, hop) {
+                    (0, _) => None,
+                    (1, Hop::Addr(ip)) => Some(ip),
+                    _ => Some(peer),
                 }
             }
             ForwardingHeader::XForwardedFor => {
-                let mut values = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-                values.peek()?;
+                headers.first(&X_FORWARDED_FOR)?;
                 let mut hops = Vec::new();
-                for value in values {
-                    let items = value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
+                headers.each(&X_FORWARDED_FOR, &mut |value| {
+                    let items = value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
                     hops.extend(items.filter(|item| !item.is_empty()).map(parse_node_bytes));
-                }
+                });
                 Some(self.walk(peer, &hops))
             }
             ForwardingHeader::Forwarded => {
-                let mut values = headers.get_all(FORWARDED).iter().peekable();
-                values.peek()?;
+                headers.first(&FORWARDED)?;
                 let mut hops = Vec::new();
-                for value in values {
-                    parse_forwarded(value.as_bytes(), &mut hops);
-                }
+                headers.each(&FORWARDED, &mut |value| parse_forwarded(value, &mut hops));
                 Some(self.walk(peer, &hops))
             }
         }
@@ -369,6 +372,7 @@ fn split_outside_quotes(text: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use proptest::prelude::*;
 
     fn ip(s: &str) -> IpAddr {

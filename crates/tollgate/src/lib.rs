@@ -34,6 +34,7 @@ pub mod clock;
 pub mod concurrency;
 pub mod config;
 pub mod decision;
+pub mod engine;
 pub mod error;
 pub mod headers;
 pub mod key;
@@ -41,6 +42,7 @@ pub mod limiter;
 pub mod observe;
 pub mod policy;
 pub mod quota;
+pub mod request;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

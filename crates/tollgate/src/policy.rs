@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
@@ -40,6 +40,7 @@ use crate::error::Error;
 use crate::key::{Key, OwnedKey, group_ip};
 use crate::observe::{self, PolicyMetrics};
 use crate::quota::Quota;
+use crate::request::RequestHeaders;
 use crate::store::{Check, LimitSpec, MemoryLimit, MemoryStore, Store, StoreError};
 
 /// The most limits one policy may hold.
@@ -90,7 +91,7 @@ impl KeyKind {
                 Some(id) => Some(Key::Text(id)),
                 None => request.ip.map(|ip| Key::Ip(group_ip(ip, *v6_prefix))),
             },
-            KeyKind::Header(name) => request.headers?.get(name).map(|v| Key::Bytes(v.as_bytes())),
+            KeyKind::Header(name) => request.headers?.first(name).map(Key::Bytes),
             KeyKind::Route => request.route.map(Key::Text),
             KeyKind::Custom => request.custom,
         }
@@ -120,8 +121,8 @@ pub struct RequestKeys<'a> {
     pub identity: Option<&'a str>,
     /// The matched route.
     pub route: Option<&'a str>,
-    /// The request headers.
-    pub headers: Option<&'a HeaderMap>,
+    /// The request headers (an `http::HeaderMap`, or any [`RequestHeaders`]).
+    pub headers: Option<&'a (dyn RequestHeaders + Sync)>,
     /// The client's tier (e.g. `free`, `pro`), choosing among a limit's tier quotas.
     pub tier: Option<&'a str>,
     /// A key of the application's own.

@@ -7,14 +7,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
+use tollgate::engine::ResponsePlan;
 use tower::Service;
 
 use super::bodies::{RequestBodies, ResponseBodies, Wrapped};
 use super::layer::plain_error;
-use super::service::{Extra, Leases, Prepared};
+use super::service::Prepared;
 
 /// Checks still running (a remote store, or the delay action's wait).
 pub(crate) type BoxPrepare<B> = Pin<Box<dyn Future<Output = Prepared<B>> + Send>>;
@@ -36,7 +37,7 @@ pin_project! {
     enum State<F, S, R> {
         Refused { response: Option<Response<Full<Bytes>>> },
         Preparing { prep: BoxPrepare<R>, service: Option<S> },
-        Inner { #[pin] future: F, extra: Extra },
+        Inner { #[pin] future: F, plan: ResponsePlan },
     }
 }
 
@@ -60,8 +61,8 @@ impl<F, S, B, M: RequestBodies<B>> ResponseFuture<F, S, B, M> {
         Self { state: State::Preparing { prep, service: Some(service) }, bodies: PhantomData }
     }
 
-    pub(crate) fn inner(future: F, extra: Extra) -> Self {
-        Self { state: State::Inner { future, extra }, bodies: PhantomData }
+    pub(crate) fn inner(future: F, plan: ResponsePlan) -> Self {
+        Self { state: State::Inner { future, plan }, bodies: PhantomData }
     }
 }
 
@@ -79,20 +80,16 @@ where
             match state.as_mut().project() {
                 StateProj::Refused { response } => {
                     // `None`: polled again after completion; answer rather than panic.
-                    let response = response.take().unwrap_or_else(|| {
-                        plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None)
-                    });
+                    let response = response.take().unwrap_or_else(|| plain_error("polled_after_completion"));
                     return Poll::Ready(Ok(response.map(M::refusal)));
                 }
                 StateProj::Preparing { prep, service } => match ready!(prep.as_mut().poll(cx)) {
-                    Prepared::Go { request, extra, .. } => {
+                    Prepared::Go { request, response: plan } => {
                         let Some(mut service) = service.take() else {
-                            let response =
-                                plain_error(StatusCode::INTERNAL_SERVER_ERROR, "polled_after_completion", None);
-                            return Poll::Ready(Ok(response.map(M::refusal)));
+                            return Poll::Ready(Ok(plain_error("polled_after_completion").map(M::refusal)));
                         };
                         let future = service.call(request);
-                        state.set(State::Inner { future, extra });
+                        state.set(State::Inner { future, plan });
                     }
                     Prepared::Refuse(response) => {
                         // Finished: a later poll must not resume the completed checks.
@@ -103,37 +100,19 @@ where
                 // Polled again after completion, this polls the inner future again, which decides
                 // what that does (as tower's own middleware does): marking the state finished here
                 // costs every request about 37 instructions (measured).
-                StateProj::Inner { future, extra } => {
+                StateProj::Inner { future, plan } => {
                     let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(finish::<M, _>(response, std::mem::take(extra))));
+                    return Poll::Ready(Ok(finish::<M, _>(response, std::mem::take(plan))));
                 }
             }
         }
     }
 }
 
-/// Adds the decision's headers and moves the lease into the body. Inlined into `poll`: a
-/// response without leases is on the hot path.
+/// Applies the engine's plan to the response: its rate-limit headers, and the in-flight lease
+/// moved into the body. Inlined into `poll`: a response without leases is on the hot path.
 #[inline(always)]
-fn finish<M: ResponseBodies<B>, B>(mut response: Response<B>, extra: Extra) -> Response<M::Response> {
-    extra.shown.render(response.headers_mut());
-    match extra.leases {
-        None => response.map(|b| M::response(b, None)),
-        Some(leases) => hand_over::<M, _>(response, *leases),
-    }
-}
-
-/// Moves the in-flight lease into the response body; warns when an upgrade's lease was not taken.
-fn hand_over<M: ResponseBodies<B>, B>(response: Response<B>, leases: Leases) -> Response<M::Response> {
-    let Leases { lease, upgrade } = leases;
-    if let Some(upgrade) = &upgrade
-        && upgrade.release_untaken()
-        && response.status() == StatusCode::SWITCHING_PROTOCOLS
-    {
-        tracing::warn!(
-            "a WebSocket upgrade succeeded but its handler did not take the connection lease \
-             (use `LimitedUpgrade` or `UpgradeLease::take`); the connection is not counted"
-        );
-    }
+fn finish<M: ResponseBodies<B>, B>(mut response: Response<B>, plan: ResponsePlan) -> Response<M::Response> {
+    let lease = plan.apply(response.status(), response.headers_mut());
     response.map(|b| M::response(b, lease))
 }

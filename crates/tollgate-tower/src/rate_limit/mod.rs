@@ -1,4 +1,6 @@
-//! The HTTP middleware: [`RateLimitLayer`] and [`RateLimit`].
+//! The HTTP middleware: [`RateLimitLayer`] and [`RateLimit`], the core's
+//! [engine](tollgate::engine) as a tower middleware: it builds the engine's view of each request,
+//! asks the engine, and applies the plan.
 //!
 //! For each request, in order, the limits of its route (or the default ones) are checked: the
 //! body size (413 when its length is over the largest body; 411 when a body-bytes limit cannot
@@ -66,5 +68,6 @@ pub use bodies::AxumBody;
 pub use bodies::{Bodies, BoxError, RequestBodies, ResponseBodies, Wrapped};
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
-pub use layer::{Limits, RateLimitLayer, RefusalHook, WebSocketLimits};
+pub use layer::{RateLimitLayer, RefusalHook};
 pub use service::RateLimit;
+pub use tollgate::engine::{Limits, WebSocketLimits};

@@ -45,10 +45,12 @@
 mod classifier;
 mod gate;
 mod per_key;
+mod upgrade;
 
 pub use classifier::{Classifier, JsonFieldClassifier};
 pub use gate::{DEFAULT_CONTROL_QUOTA, KindLimit, MessageAction, MessageGate, MessageLimits};
 pub use per_key::PerKeyLimits;
+pub use upgrade::UpgradeLease;
 
 use std::time::Duration;
 
