@@ -324,7 +324,10 @@ fn default_v6_prefix() -> u8 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// The route (as the router matches it, e.g. `/users/{id}`).
+    /// The route: a path pattern (`/api/items`, `/api/items/{id}`, `/files/{*rest}`; see
+    /// [the pattern syntax](crate::engine#route-patterns)), matched by the core on the request's
+    /// path, so that it means the same on every adapter; a bad pattern is an error naming this
+    /// field. A name without a leading `/` matches only a route name the application reports.
     pub path: String,
     /// Methods it applies to (all when empty). A HEAD request takes the GET entry of its path
     /// when no entry names HEAD (the GET handler serves it).
@@ -386,7 +389,7 @@ fn default_kind_field() -> String {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketConfig {
-    /// The upgrade route.
+    /// The upgrade route, a path pattern as [`RouteConfig::path`].
     pub path: String,
     /// What per-key limits count by (default `ip`): the connection rate, the open connections
     /// and the per-key message limits.
@@ -466,6 +469,21 @@ impl Config {
                 }
             }
             self.policy_builder(name)?;
+        }
+        // Every path is a pattern the engine can match (a name without a leading `/` is matched
+        // only against the route name an adapter reports); the same path twice (other methods)
+        // is one pattern.
+        let mut patterns = matchit::Router::new();
+        let routes = self.routes.iter().enumerate().map(|(i, r)| (format!("routes[{i}].path"), &r.path));
+        let sockets = self.websocket.iter().enumerate().map(|(i, w)| (format!("websocket[{i}].path"), &w.path));
+        let mut seen: Vec<&String> = Vec::new();
+        for (field, path) in routes.chain(sockets) {
+            if path.starts_with('/') && !seen.contains(&path) {
+                patterns
+                    .insert(path.as_str(), ())
+                    .map_err(|e| Error::config(field, format!("{path:?}"), e.to_string()))?;
+                seen.push(path);
+            }
         }
         for (i, r) in self.routes.iter().enumerate() {
             if let Some(p) = &r.policy
@@ -913,6 +931,18 @@ mod tests {
         assert!(e.contains("routes[0].lease_failure_mode") && e.contains("concurrent_per_key"), "{e}");
         let e = err("[[websocket]]\npath = \"/ws\"\nmessages = \"5/s\"\nlease_failure_mode = \"open\"");
         assert!(e.contains("websocket[0].lease_failure_mode"), "{e}");
+    }
+
+    #[test]
+    fn route_paths_are_patterns_the_engine_can_match() {
+        let err = |text: &str| text.parse::<Config>().unwrap_err().to_string();
+        assert!(err("[[routes]]\npath = \"/a/{id\"").contains("routes[0].path"));
+        assert!("[[routes]]\npath = \"checkout\"".parse::<Config>().is_ok(), "a route name");
+        let conflict = "[[routes]]\npath = \"/a/{x}\"\n[[websocket]]\npath = \"/a/{y}\"";
+        assert!(err(conflict).contains("websocket[0].path"), "{}", err(conflict));
+        let same =
+            "[[routes]]\npath = \"/a/{x}\"\nmethods = [\"POST\"]\n[[routes]]\npath = \"/a/{x}\"\nmethods = [\"PUT\"]";
+        assert!(same.parse::<Config>().is_ok());
     }
 
     #[test]
