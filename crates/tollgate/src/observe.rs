@@ -6,7 +6,7 @@
 //!
 //! | metric | kind | labels | counts |
 //! | --- | --- | --- | --- |
-//! | [`DECISIONS`] `tollgate_decisions_total` | counter | `policy`, `outcome` | every policy decision; `outcome` is the [`Reason`](crate::Reason) (`allowed`, `rate_limited`, `blocked`, `denied`, `allow_listed`, `key_missing`, `store_unavailable`, `store_unavailable_failed_open`); a dry-run refusal counts as the reason it would refuse for |
+//! | [`DECISIONS`] `tollgate_decisions_total` | counter | `policy`, `outcome` | every policy decision; `outcome` is the [`Reason`] (`allowed`, `rate_limited`, `blocked`, `denied`, `allow_listed`, `key_missing`, `store_unavailable`, `store_unavailable_failed_open`); a dry-run refusal counts as the reason it would refuse for |
 //! | [`DECISION_SECONDS`] `tollgate_decision_seconds` | histogram | `policy` | how long [`Policy::check`](crate::Policy::check) took: the asynchronous path, which middleware takes for stores with I/O such as Redis (their in-memory checks, `try_check_now`/`try_admit_now`, take tens of nanoseconds and are not timed) |
 //! | [`STORE_FAILURES`] `tollgate_store_failures_total` | counter | `policy` (or the concurrency limiter's name), `mode` | store errors, with the [`FailureMode`] that decided (`open`, `closed`, `fallback`) |
 //! | [`LEASES_IN_USE`] `tollgate_leases_in_use` | gauge | `limiter` | concurrency leases held in this process |

@@ -10,7 +10,7 @@
 //!    specific of the engine's patterns the URI's path matches — see [the pattern
 //!    syntax](#route-patterns).
 //! 2. **Checks**, in order: the body's size (413 when its length is over the largest body; 411
-//!    when a body-bytes limit cannot tell its cost), the request [`Policy`](crate::Policy) (cost 1,
+//!    when a body-bytes limit cannot tell its cost), the request [`Policy`] (cost 1,
 //!    all of its limits or none), the body bytes per period (429), and the concurrency leases —
 //!    in-flight requests and WebSocket connections. A refusal spends nothing from the checks
 //!    after it; the checks before it are not given back (a request the concurrency limit
@@ -32,7 +32,7 @@
 //! as the last segment (`/files/{*path}`). A path matching several patterns takes the most
 //! specific (literal over parameter over catch-all). `{{` and `}}` stand for literal braces. The
 //! same pattern means the same on every adapter, whatever the framework's own router syntax; the
-//! pattern a request matched is its [`KeyKind::Route`](crate::KeyKind::Route) key. A route name
+//! pattern a request matched is its [`KeyKind::Route`] key. A route name
 //! without a leading `/` matches only a route name the adapter reports.
 //!
 //! ```
