@@ -1,0 +1,172 @@
+//! The service: build the core's view of the request, ask the engine, apply its plan.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use tollgate::engine::{Admit, ResponsePlan};
+use tollgate::{MemoryStore, Store};
+use tower_service::Service;
+
+use super::body::{Overflow, RequestBody, ResponseBody};
+use super::config::{Config, Identify};
+use super::future::{BoxPrepare, ResponseFuture};
+use crate::view::View;
+
+/// A service with the limits of a [`RateLimit`](super::RateLimit) in front of it: see the
+/// [module docs](super). Made by [`RateLimit::service`](super::RateLimit::service) around a warp
+/// filter (or [`RateLimit::layer`](super::RateLimit::layer) around any service).
+pub struct RateLimitService<S, St: Store = MemoryStore> {
+    inner: S,
+    config: Arc<Config<St>>,
+}
+
+impl<S: Clone, St: Store> Clone for RateLimitService<S, St> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), config: Arc::clone(&self.config) }
+    }
+}
+
+impl<S, St: Store> fmt::Debug for RateLimitService<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitService").field("engine", &self.config.engine).finish_non_exhaustive()
+    }
+}
+
+impl<S, St: Store> RateLimitService<S, St> {
+    pub(crate) fn from_config(inner: S, config: Arc<Config<St>>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// What the asynchronous checks concluded: call the inner service with the request, or answer
+/// with a refusal.
+// Moved once per request on the asynchronous path; boxing the large variant would allocate.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Prepared<B> {
+    Go { request: Request<RequestBody<B>>, response: ResponsePlan, overflow: Option<Arc<Overflow>> },
+    Refuse(Response<Full<Bytes>>),
+}
+
+impl<S, St, B, ResBody> Service<Request<B>> for RateLimitService<S, St>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    St: Store,
+    B: Body + Send + 'static,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        match &self.config.identify {
+            None => {}
+            Some(Identify::Sync(hook)) => {
+                let (mut parts, body) = request.into_parts();
+                hook(&parts).insert_into(&mut parts.extensions);
+                request = Request::from_parts(parts, body);
+            }
+            Some(Identify::Async(_)) => {
+                return ResponseFuture::preparing(prepare(&self.config, request), self.take_ready_inner());
+            }
+        }
+        let engine = &self.config.engine;
+        let view = View::of(&request, request.body().size_hint().exact());
+        let limits = engine.limits_for(&view);
+        if !limits.decides_at_once() {
+            return ResponseFuture::preparing(prepare(&self.config, request), self.take_ready_inner());
+        }
+        // The stores decide at once: check inside `call`, with nothing boxed.
+        let Admit { wait, max_body, response, .. } = match engine.check_now(limits, &view) {
+            Ok(admit) => admit,
+            Err(refusal) => return ResponseFuture::refused(self.config.respond(&refusal)),
+        };
+        if let Some(upgrade) = response.upgrade() {
+            request.extensions_mut().insert(upgrade.clone());
+        }
+        let overflow = max_body.map(|max| Overflow::new(max, *engine.header_options()));
+        let request = request.map(|body| RequestBody::new(body, overflow.clone()));
+        if wait.is_zero() {
+            return ResponseFuture::inner(self.inner.call(request), response, overflow);
+        }
+        let prep: BoxPrepare<B> = Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            Prepared::Go { request, response, overflow }
+        });
+        ResponseFuture::preparing(prep, self.take_ready_inner())
+    }
+}
+
+impl<S: Clone, St: Store> RateLimitService<S, St> {
+    /// The service made ready by `poll_ready`, leaving a clone in its place (tower's rule: the
+    /// ready one must serve this request).
+    fn take_ready_inner(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+}
+
+/// The identify hook (when asynchronous), the engine's checks for stores with I/O, then the
+/// delay action's wait, in a boxed future.
+fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, request: Request<B>) -> BoxPrepare<B> {
+    let config = Arc::clone(config);
+    Box::pin(async move {
+        // Only the parts are borrowed across the awaits: the body need not be `Sync`.
+        let (mut parts, body) = request.into_parts();
+        match &config.identify {
+            Some(Identify::Async(hook)) => hook(&parts).await.insert_into(&mut parts.extensions),
+            Some(Identify::Sync(hook)) => hook(&parts).insert_into(&mut parts.extensions),
+            None => {}
+        }
+        let exact = body.size_hint().exact();
+        let checked = {
+            let view = View::of_parts(&parts, exact);
+            let limits = config.engine.limits_for(&view);
+            if limits.decides_at_once() {
+                config.engine.check_now(limits, &view)
+            } else {
+                config.engine.check(limits, &view).await
+            }
+        };
+        let Admit { wait, max_body, response, .. } = match checked {
+            Ok(admit) => admit,
+            Err(refusal) => return Prepared::Refuse(config.respond(&refusal)),
+        };
+        if let Some(upgrade) = response.upgrade() {
+            parts.extensions.insert(upgrade.clone());
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let overflow = max_body.map(|max| Overflow::new(max, *config.engine.header_options()));
+        let body = RequestBody::new(body, overflow.clone());
+        Prepared::Go { request: Request::from_parts(parts, body), response, overflow }
+    })
+}
