@@ -1,0 +1,117 @@
+//! The bodies: the response body holding the in-flight lease, and the request payload counted
+//! against the route's largest body while it streams.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::error::PayloadError;
+use bytes::Bytes;
+use futures_util::Stream;
+use pin_project_lite::pin_project;
+use tollgate::ConnectionLease;
+
+pin_project! {
+    /// The body of an admitted request's response: the inner service's body, holding the request's
+    /// in-flight lease (when its route has an in-flight limit) until the body is finished or
+    /// dropped — a client that stops reading a streamed response holds its place until then.
+    pub struct ResponseBody<B> {
+        #[pin]
+        body: B,
+        lease: Option<ConnectionLease>,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    #[inline]
+    pub(crate) fn new(body: B, lease: Option<ConnectionLease>) -> Self {
+        Self { body, lease }
+    }
+
+    /// The inner body, and the lease it holds.
+    pub fn into_parts(self) -> (B, Option<ConnectionLease>) {
+        (self.body, self.lease)
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody").field("lease", &self.lease).finish_non_exhaustive()
+    }
+}
+
+impl<B: MessageBody> MessageBody for ResponseBody<B> {
+    type Error = B::Error;
+
+    #[inline]
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.project();
+        let chunk = this.body.poll_next(cx);
+        if matches!(chunk, Poll::Ready(None | Some(Err(_)))) {
+            // Finished: give the in-flight place back now, not when actix drops the body.
+            this.lease.take();
+        }
+        chunk
+    }
+
+    /// A body of bytes known up front (most handlers' answers) is written out in one piece, as
+    /// it would be without the middleware; with a lease to hold, the body is polled instead, so
+    /// that the lease lives until it is sent.
+    #[inline]
+    fn try_into_bytes(self) -> Result<Bytes, Self> {
+        match self.lease {
+            None => self.body.try_into_bytes().map_err(|body| ResponseBody { body, lease: None }),
+            lease => Err(ResponseBody { body: self.body, lease }),
+        }
+    }
+}
+
+pin_project! {
+    /// A request payload cut off past the route's largest body: the handler reading it gets
+    /// `PayloadError::Overflow`, which actix answers with 413.
+    pub(crate) struct LimitedPayload<S> {
+        #[pin]
+        inner: S,
+        remaining: u64,
+        over: bool,
+    }
+}
+
+impl<S> LimitedPayload<S> {
+    pub(crate) fn new(inner: S, max: u64) -> Self {
+        Self { inner, remaining: max, over: false }
+    }
+}
+
+impl<S: Stream<Item = Result<Bytes, PayloadError>>> Stream for LimitedPayload<S> {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        if *this.over {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+                if len > *this.remaining {
+                    *this.over = true;
+                    tracing::debug!("request body over the route's largest body");
+                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                }
+                *this.remaining -= len;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            other => other,
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}

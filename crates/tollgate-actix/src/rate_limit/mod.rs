@@ -1,0 +1,59 @@
+//! The HTTP middleware: [`RateLimit`], the core's [engine](tollgate::engine) as an actix-web
+//! middleware (`Transform` + `Service`): it builds the engine's view of each request, asks the
+//! engine, and applies the plan.
+//!
+//! For each request, in order, the limits of its route (or the default ones) are checked: the
+//! body size (413 when its `Content-Length` is over the largest body, before the handler runs;
+//! 411 when a body-bytes limit cannot tell its cost), the request [policy](tollgate::Policy)
+//! (cost 1, all of its limits or none), the body bytes per period (429), and the concurrency
+//! leases — in-flight requests, held until the response body is finished or dropped, and
+//! WebSocket connections, put in the request extensions as an
+//! [`UpgradeLease`](tollgate::websocket::UpgradeLease) for the handler (see `crate::ws`, feature
+//! `ws`). A body without `Content-Length` is counted while it streams: past the largest body
+//! the handler's payload ends with `PayloadError::Overflow`, which actix answers with 413.
+//!
+//! A refusal is a normal response — `Ok(ServiceResponse)` with the right side of an
+//! [`EitherBody`](actix_web::body::EitherBody), never an `Err` — and the inner service is not
+//! called: status, `Retry-After`, rate-limit headers and a JSON body rendered by the core's
+//! [`HeaderOptions`](tollgate::HeaderOptions), or what [`RateLimit::on_refusal`] makes of them.
+//! Allowed responses carry the same rate-limit headers. With the delay action the request waits
+//! (up to the limit's bound) instead of being refused.
+//!
+//! The in-memory store decides inside `call`, with nothing boxed on the allow path; a remote
+//! store's check (Redis) runs in a boxed future.
+//!
+//! ```
+//! use actix_web::{App, HttpResponse, http::StatusCode, test, web};
+//! use tollgate::{KeyKind, Limit, Policy};
+//! use tollgate_actix::RateLimit;
+//!
+//! # actix_web::rt::System::new().block_on(async {
+//! let policy = Policy::builder("api").limit(Limit::new("per_ip", "2/min".parse()?).key(KeyKind::ip())).build()?;
+//! let app = test::init_service(
+//!     App::new().wrap(RateLimit::new(policy)).route("/", web::get().to(|| async { HttpResponse::Ok().body("hello") })),
+//! )
+//! .await;
+//! let request = || test::TestRequest::get().uri("/").peer_addr("203.0.113.9:50000".parse().unwrap()).to_request();
+//!
+//! let ok = test::call_service(&app, request()).await;
+//! assert_eq!(ok.status(), StatusCode::OK);
+//! assert_eq!(ok.headers().get("x-ratelimit-remaining").unwrap(), "1");
+//! test::call_service(&app, request()).await;
+//!
+//! let refused = test::call_service(&app, request()).await;
+//! assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(refused.headers().get("retry-after").unwrap(), "30");
+//! assert_eq!(refused.headers().get("x-ratelimit-remaining").unwrap(), "0");
+//! let body = test::read_body(refused).await;
+//! assert_eq!(&body[..], br#"{"error":"rate_limited","policy":"api","limit":"per_ip","retry_after":30}"#);
+//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+
+mod body;
+mod service;
+mod transform;
+
+pub use body::ResponseBody;
+pub use service::{LimitedResponse, RateLimitMiddleware, ResponseFuture};
+pub use tollgate::engine::{Limits, WebSocketLimits};
+pub use transform::{RateLimit, RefusalHook};

@@ -1,0 +1,211 @@
+//! The middleware service: build the core's view of the request, ask the engine, apply its plan.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, forward_ready};
+use actix_web::http::header::HeaderValue;
+use actix_web::{Error, HttpMessage};
+use futures_util::future::LocalBoxFuture;
+use pin_project_lite::pin_project;
+use tollgate::engine::{Admit, ResponsePlan};
+use tollgate::{MemoryStore, Store};
+
+use super::body::{LimitedPayload, ResponseBody};
+use super::transform::{Config, header_name};
+use crate::view::{CopiedKeys, View};
+
+/// The response type of the middleware: the inner service's body (left, holding any in-flight
+/// lease) or a refusal (right).
+pub type LimitedResponse<B> = ServiceResponse<EitherBody<ResponseBody<B>>>;
+
+/// The middleware service [`RateLimit`](super::RateLimit) wraps each worker's inner service in.
+pub struct RateLimitMiddleware<S, St: Store = MemoryStore> {
+    service: Rc<S>,
+    config: Arc<Config<St>>,
+}
+
+impl<S, St: Store> fmt::Debug for RateLimitMiddleware<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitMiddleware").finish_non_exhaustive()
+    }
+}
+
+impl<S, St: Store> RateLimitMiddleware<S, St> {
+    pub(crate) fn new(service: Rc<S>, config: Arc<Config<St>>) -> Self {
+        Self { service, config }
+    }
+}
+
+impl<S, B, St> Service<ServiceRequest> for RateLimitMiddleware<S, St>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+    St: Store,
+{
+    type Response = LimitedResponse<B>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, B>;
+
+    forward_ready!(service);
+
+    #[inline]
+    fn call(&self, mut request: ServiceRequest) -> Self::Future {
+        let engine = &self.config.engine;
+        // The extensions are borrowed only within this block, where nothing awaits.
+        let checked = {
+            let view = View::borrowing(&request);
+            let limits = engine.limits_for(&view);
+            limits.decides_at_once().then(|| engine.check_now(limits, &view))
+        };
+        let Some(checked) = checked else {
+            // A store with I/O (Redis): the checks run in a boxed future.
+            let (service, config) = (Rc::clone(&self.service), Arc::clone(&self.config));
+            return ResponseFuture::boxed(Box::pin(check_later(service, config, request)));
+        };
+        let Admit { wait, max_body, response, .. } = match checked {
+            Ok(admit) => admit,
+            Err(refusal) => {
+                let refused = request.into_response(self.config.respond(&refusal));
+                return ResponseFuture::refused(refused);
+            }
+        };
+        pass_on(&mut request, &response, max_body);
+        if wait.is_zero() {
+            return ResponseFuture::inner(self.service.call(request), response);
+        }
+        let service = Rc::clone(&self.service);
+        ResponseFuture::boxed(Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            let inner = service.call(request).await?;
+            Ok(finish(inner, response))
+        }))
+    }
+}
+
+/// The engine's checks for stores with I/O, then the delay action's wait, then the inner
+/// service. The extension keys are copied out first: no `RefCell` borrow lives across an await.
+async fn check_later<S, B, St>(
+    service: Rc<S>,
+    config: Arc<Config<St>>,
+    mut request: ServiceRequest,
+) -> Result<LimitedResponse<B>, Error>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    St: Store,
+{
+    let copied = CopiedKeys::of(&request.extensions());
+    let checked = {
+        let view = View::with(&request, copied);
+        let limits = config.engine.limits_for(&view);
+        config.engine.check(limits, &view).await
+    };
+    let Admit { wait, max_body, response, .. } = match checked {
+        Ok(admit) => admit,
+        Err(refusal) => return Ok(request.into_response(config.respond(&refusal)).map_into_right_body()),
+    };
+    pass_on(&mut request, &response, max_body);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let inner = service.call(request).await?;
+    Ok(finish(inner, response))
+}
+
+/// Gives the handler what the plan leaves it: the WebSocket lease in the extensions, and the
+/// payload counted against the route's largest body while it streams.
+#[inline(always)]
+fn pass_on(request: &mut ServiceRequest, response: &ResponsePlan, max_body: Option<u64>) {
+    if let Some(upgrade) = response.upgrade() {
+        request.extensions_mut().insert(upgrade.clone());
+    }
+    if let Some(max) = max_body {
+        let payload = request.take_payload();
+        request.set_payload(Payload::Stream { payload: Box::pin(LimitedPayload::new(payload, max)) });
+    }
+}
+
+/// Applies the engine's plan to the inner service's response: its rate-limit headers, and the
+/// in-flight lease moved into the body.
+#[inline(always)]
+fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan) -> LimitedResponse<B> {
+    let status = http::StatusCode::from_u16(response.status().as_u16()).unwrap_or(http::StatusCode::OK);
+    let headers = response.headers_mut();
+    let lease = plan.apply_fields(status, |name, value| {
+        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_bytes(value)) {
+            headers.insert(name, value);
+        }
+    });
+    response.map_body(|_, body| EitherBody::left(ResponseBody::new(body, lease)))
+}
+
+pin_project! {
+    /// The response future of [`RateLimitMiddleware`]: a refusal, or the inner service's response
+    /// with the rate-limit headers added. It holds any concurrency lease until the response body
+    /// takes it over, so dropping the future releases it.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Refused { response: Option<ServiceResponse<BoxBody>> },
+        Inner { #[pin] future: F, plan: ResponsePlan },
+        Boxed { future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>> },
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Refused { .. } => "refused",
+            State::Inner { .. } => "inner",
+            State::Boxed { .. } => "checking",
+        };
+        f.debug_struct("ResponseFuture").field("state", &state).finish()
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn refused(response: ServiceResponse<BoxBody>) -> Self {
+        Self { state: State::Refused { response: Some(response) } }
+    }
+
+    fn inner(future: F, plan: ResponsePlan) -> Self {
+        Self { state: State::Inner { future, plan } }
+    }
+
+    fn boxed(future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>>) -> Self {
+        Self { state: State::Boxed { future } }
+    }
+}
+
+impl<F, B> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+{
+    type Output = Result<LimitedResponse<B>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response.map_into_right_body())),
+                // Polled again after completion: an error rather than a panic.
+                None => Poll::Ready(Err(actix_web::error::ErrorInternalServerError("polled after completion"))),
+            },
+            StateProj::Inner { future, plan } => {
+                let response = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(finish(response, std::mem::take(plan))))
+            }
+            StateProj::Boxed { future } => future.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! WebSocket upgrades and actix-ws message limits over real sockets.
