@@ -205,6 +205,7 @@ struct Inner {
     per_key_cap: Option<u32>,
     global_cap: Option<u32>,
     per_key: Table<OwnedKey, AtomicU32>,
+    max_keys: usize,
     total: AtomicUsize,
     shared: Option<Arc<dyn DynLeaseStore>>,
     failure: FailureMode,
@@ -236,6 +237,7 @@ struct Settings {
     name: &'static str,
     per_key_cap: Option<u32>,
     global_cap: Option<u32>,
+    max_keys: usize,
     shared: Option<Arc<dyn DynLeaseStore>>,
     failure: FailureMode,
 }
@@ -247,6 +249,7 @@ impl ConcurrencyLimiter {
             name: intern(&name.into()),
             per_key_cap: None,
             global_cap: None,
+            max_keys: crate::store::DEFAULT_MAX_KEYS,
             shared: None,
             // With a shared store, its outage leaves each instance its own caps.
             failure: FailureMode::Fallback,
@@ -259,6 +262,7 @@ impl ConcurrencyLimiter {
             name: i.name,
             per_key_cap: i.per_key_cap,
             global_cap: i.global_cap,
+            max_keys: i.max_keys,
             shared: i.shared.clone(),
             failure: i.failure,
         }
@@ -271,7 +275,8 @@ impl ConcurrencyLimiter {
                 name: s.name,
                 per_key_cap: s.per_key_cap,
                 global_cap: s.global_cap,
-                per_key: Table::new(shards, crate::store::DEFAULT_MAX_KEYS),
+                per_key: Table::new(shards, s.max_keys),
+                max_keys: s.max_keys,
                 total: AtomicUsize::new(0),
                 shared: s.shared,
                 failure: s.failure,
@@ -290,6 +295,23 @@ impl ConcurrencyLimiter {
     #[must_use]
     pub fn global(self, n: u32) -> Self {
         Self::build(Settings { global_cap: Some(n), ..self.settings() })
+    }
+
+    /// Tracks at most about `n` keys holding leases at once (to within each shard's slack, as
+    /// [`MemoryStoreBuilder::max_keys`](crate::store::MemoryStoreBuilder::max_keys)), so that a
+    /// flood of distinct keys cannot grow the per-key table without bound; a new key beyond it is
+    /// refused as its cap would be ([`ConcurrencyScope::PerKey`]) until keys let go. Default:
+    /// [`DEFAULT_MAX_KEYS`](crate::store::DEFAULT_MAX_KEYS); a [`Config`](crate::Config) passes
+    /// its `store.max_keys`.
+    #[must_use]
+    pub fn max_keys(self, n: usize) -> Self {
+        Self::build(Settings { max_keys: n.max(1), ..self.settings() })
+    }
+
+    /// The most keys the per-key table tracks (the bound of [`Self::max_keys`] with each shard's
+    /// slack).
+    pub fn key_capacity(&self) -> usize {
+        self.inner.per_key.capacity()
     }
 
     /// Counts the leases in `store`, shared by every instance using it under this limiter's

@@ -728,10 +728,8 @@ impl Config {
                 None => None,
             };
             let in_flight = route.concurrent_per_key.map(|n| {
-                lease_failure(
-                    ConcurrencyLimiter::new(format!("in_flight:{}", route.path)).per_key(n),
-                    route.lease_failure_mode,
-                )
+                let limiter = self.bounded(ConcurrencyLimiter::new(format!("in_flight:{}", route.path)).per_key(n));
+                lease_failure(limiter, route.lease_failure_mode)
             });
             out.push(RouteLimits {
                 path: route.path.clone(),
@@ -754,7 +752,7 @@ impl Config {
                 ),
                 None => None,
             };
-            let mut connections = ConcurrencyLimiter::new(format!("ws_open:{}", ws.path));
+            let mut connections = self.bounded(ConcurrencyLimiter::new(format!("ws_open:{}", ws.path)));
             if let Some(n) = ws.concurrent_per_key {
                 connections = connections.per_key(n);
             }
@@ -778,6 +776,17 @@ impl Config {
             });
         }
         Ok(out)
+    }
+}
+
+impl Config {
+    /// `limiter` tracking at most `store.max_keys` keys, when set: every table that grows with
+    /// distinct keys follows the configured bound.
+    fn bounded(&self, limiter: ConcurrencyLimiter) -> ConcurrencyLimiter {
+        match self.store.max_keys {
+            Some(n) => limiter.max_keys(n),
+            None => limiter,
+        }
     }
 }
 
@@ -943,6 +952,39 @@ mod tests {
         let same =
             "[[routes]]\npath = \"/a/{x}\"\nmethods = [\"POST\"]\n[[routes]]\npath = \"/a/{x}\"\nmethods = [\"PUT\"]";
         assert!(same.parse::<Config>().is_ok());
+    }
+
+    #[test]
+    fn the_concurrency_tables_follow_store_max_keys() {
+        let text = |max_keys: &str| {
+            format!(
+                "[store]\n{max_keys}\n[[routes]]\npath = \"/api\"\nconcurrent_per_key = 1\n\
+                 [[websocket]]\npath = \"/ws\"\nconcurrent_per_key = 1\n"
+            )
+        };
+        // Leases held by 1,000 distinct keys at once: a bounded table refuses most of them.
+        let held = |config: &Config| {
+            let routes = config.route_limits().unwrap();
+            let in_flight = routes[0].in_flight.clone().unwrap();
+            let sockets = routes[1].websocket.as_ref().unwrap().connections.clone();
+            let mut leases = Vec::new();
+            let mut counts = [0; 2];
+            for (n, limiter) in [in_flight, sockets].iter().enumerate() {
+                for key in 0..1000u64 {
+                    if let Ok(lease) = limiter.try_acquire(crate::Key::Int(key)) {
+                        leases.push(lease);
+                        counts[n] += 1;
+                    }
+                }
+                assert!(limiter.key_capacity() >= 100);
+            }
+            counts
+        };
+        let bounded: Config = text("max_keys = 100").parse().unwrap();
+        let [a, b] = held(&bounded);
+        assert!((100..=300).contains(&a) && (100..=300).contains(&b), "max_keys = 100 tracked {a} and {b} keys");
+        let unbounded: Config = text("").parse().unwrap();
+        assert_eq!(held(&unbounded), [1000, 1000]);
     }
 
     #[test]
