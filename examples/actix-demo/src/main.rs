@@ -1,0 +1,64 @@
+//! Run with: cargo run -p actix-demo
+//!
+//! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
+//! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
+//! built-in ones (printed at start-up), on two workers sharing one limiter. With `REDIS_URL` set
+//! (e.g. `redis://127.0.0.1:6379/`), the limits live in Redis and every instance pointed at it
+//! shares them, open WebSocket connections per client included. `GET /metrics` shows tollgate's
+//! decisions, leases and WebSocket verdicts in Prometheus's format.
+
+// A console demo: it talks to its user on stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tollgate::config::Config;
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("actix-demo: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let config = match std::env::var_os("TOLLGATE_CONFIG") {
+        Some(path) => {
+            println!("limits from {}", path.to_string_lossy());
+            Config::from_path(path)?
+        }
+        None => {
+            println!("limits (built-in; set TOLLGATE_CONFIG to a TOML file to change them):\n");
+            println!("{}", actix_demo::DEFAULT_CONFIG);
+            actix_demo::DEFAULT_CONFIG.parse()?
+        }
+    };
+    let recorder = PrometheusBuilder::new().install_recorder()?;
+    tollgate::observe::describe();
+    let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = std::net::TcpListener::bind(&addr)?;
+    let local = listener.local_addr()?;
+    // The limiter is built once, here, outside the server's per-worker factory: both workers
+    // count against the same limits.
+    let server = match actix_demo::redis_url(&config, std::env::var("REDIS_URL").ok()) {
+        Some(url) => {
+            let store = actix_demo::build_redis_store(&config, &url).await?;
+            println!("state in Redis at {}", store.url());
+            let limit = actix_demo::limits_with_redis(&config, &store)?;
+            actix_demo::serve(listener, limit, Some(recorder), actix_demo::WORKERS)?
+        }
+        None => {
+            println!("state in memory (set REDIS_URL to share it between instances)");
+            let limit = actix_demo::limits(&config)?;
+            actix_demo::serve(listener, limit, Some(recorder), actix_demo::WORKERS)?
+        }
+    };
+    println!("listening on http://{local} (metrics at /metrics)");
+    server.await?;
+    Ok(())
+}
