@@ -1,0 +1,97 @@
+//! The demo server's application, shared by `main.rs`, the tests and the benchmark.
+
+use std::io;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tollgate::config::{Config, StoreKind};
+use tollgate::{Error, MemoryStore, Store};
+use tollgate_redis::RedisStore;
+use tollgate_warp::{LimitedWs, RateLimit};
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+/// The built-in limits, shared with the other demos.
+pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
+
+/// The in-memory store, honouring `store.max_keys`.
+pub fn build_store(config: &Config) -> MemoryStore {
+    config.memory_store()
+}
+
+/// The Redis URL to use, if any: `redis_url` (from the `REDIS_URL` environment variable) wins
+/// over `[store] kind = "redis"` with its `url`.
+pub fn redis_url(config: &Config, redis_url: Option<String>) -> Option<String> {
+    redis_url
+        .filter(|u| !u.is_empty())
+        .or_else(|| (config.store.kind == StoreKind::Redis).then(|| config.store.url.first().cloned()).flatten())
+}
+
+/// Connects to Redis at `url` with the `[store]` options (prefix, timeout); fails, naming the URL,
+/// when Redis cannot be reached.
+pub async fn build_redis_store(config: &Config, url: &str) -> Result<RedisStore, tollgate_redis::Error> {
+    let mut builder = RedisStore::builder(url).prefix(config.store.prefix.as_deref().unwrap_or("tollgate-demo"));
+    if let Some(t) = config.store.timeout {
+        builder = builder.timeout(t.0);
+    }
+    builder.build().await
+}
+
+/// The limits of `config`, on the in-memory store.
+pub fn limits(config: &Config) -> Result<RateLimit, Error> {
+    limits_with(config, &build_store(config))
+}
+
+/// The limits of `config`, on `store` (e.g. a [`RedisStore`], so that several instances share
+/// their limits).
+pub fn limits_with<S: Store + Clone>(config: &Config, store: &S) -> Result<RateLimit<S>, Error> {
+    RateLimit::from_config_with(config, store)
+}
+
+/// The limits of `config`, all of their state in Redis: the rate limits, and the concurrency
+/// leases (open WebSocket connections), so that several instances share one
+/// `concurrent_per_key`.
+pub fn limits_with_redis(config: &Config, store: &RedisStore) -> Result<RateLimit<RedisStore>, Error> {
+    RateLimit::from_config_with_leases(config, store, store)
+}
+
+/// The demo's routes: `GET /api/hello`, `POST /api/echo`, `GET /ws` (WebSocket echo).
+pub fn routes() -> BoxedFilter<(Response,)> {
+    let hello = warp::get().and(warp::path!("api" / "hello")).map(|| "hello");
+    let echo = warp::post()
+        .and(warp::path!("api" / "echo"))
+        .and(warp::body::bytes())
+        .map(|body: Bytes| http::Response::new(body));
+    let ws = warp::path!("ws").and(tollgate_warp::ws()).map(|ws: LimitedWs| {
+        ws.on_upgrade(|mut socket| async move {
+            while let Some(Ok(message)) = socket.next().await {
+                if message.is_close() {
+                    break;
+                }
+                if (message.is_text() || message.is_binary()) && socket.send(message).await.is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    hello.or(echo).or(ws).map(Reply::into_response).boxed()
+}
+
+/// `routes` with `GET /metrics`: the metrics `recorder` holds (tollgate's among them, see
+/// `tollgate::observe`) in Prometheus's text format. No limit applies to it (it is in no route
+/// entry of the configuration).
+pub fn with_metrics(routes: BoxedFilter<(Response,)>, recorder: PrometheusHandle) -> BoxedFilter<(Response,)> {
+    let metrics = warp::get().and(warp::path!("metrics")).map(move || recorder.render().into_response());
+    routes.or(metrics).unify().boxed()
+}
+
+/// Serves `routes` behind `limits` on `listener`, with the peer address available to the limits.
+pub async fn serve<St: Store>(
+    listener: tokio::net::TcpListener,
+    limits: &RateLimit<St>,
+    routes: BoxedFilter<(Response,)>,
+) -> io::Result<()> {
+    tollgate_warp::serve(listener, limits.service(routes)).await
+}

@@ -1,0 +1,63 @@
+//! Run with: cargo run -p warp-demo
+//!
+//! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
+//! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
+//! built-in ones (printed at start-up). With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`),
+//! the limits live in Redis and every instance pointed at it shares them, open WebSocket
+//! connections per client included. `GET /metrics` shows tollgate's decisions, leases and
+//! WebSocket verdicts in Prometheus's format.
+
+// A console demo: it talks to its user on stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tollgate::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("warp-demo: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let config = match std::env::var_os("TOLLGATE_CONFIG") {
+        Some(path) => {
+            println!("limits from {}", path.to_string_lossy());
+            Config::from_path(path)?
+        }
+        None => {
+            println!("limits (built-in; set TOLLGATE_CONFIG to a TOML file to change them):\n");
+            println!("{}", warp_demo::DEFAULT_CONFIG);
+            warp_demo::DEFAULT_CONFIG.parse()?
+        }
+    };
+    let recorder = PrometheusBuilder::new().install_recorder()?;
+    tollgate::observe::describe();
+    let routes = warp_demo::with_metrics(warp_demo::routes(), recorder);
+    let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    match warp_demo::redis_url(&config, std::env::var("REDIS_URL").ok()) {
+        Some(url) => {
+            let store = warp_demo::build_redis_store(&config, &url).await?;
+            println!("state in Redis at {}", store.url());
+            let limits = warp_demo::limits_with_redis(&config, &store)?;
+            let listener = tokio::net::TcpListener::bind(&addr).await?;
+            println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
+            warp_demo::serve(listener, &limits, routes).await?;
+        }
+        None => {
+            println!("state in memory (set REDIS_URL to share it between instances)");
+            let limits = warp_demo::limits(&config)?;
+            let listener = tokio::net::TcpListener::bind(&addr).await?;
+            println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
+            warp_demo::serve(listener, &limits, routes).await?;
+        }
+    }
+    Ok(())
+}
