@@ -9,6 +9,16 @@ use std::net::{IpAddr, Ipv6Addr};
 ///
 /// `Key` and [`OwnedKey`] hash and compare alike, so a `Key` finds the state stored under the
 /// equal `OwnedKey`.
+///
+/// **Long keys are kept as their digest.** Text or bytes longer than [`MAX_KEY_BYTES`] (a
+/// client's 100 KB header value, say) count as the first 128 bits of their SHA-256
+/// ([`Key::Digest`]) in every store — the in-memory tables, the concurrency and WebSocket per-key
+/// tables, and Redis key names — so a tracked key never takes more than a few dozen bytes
+/// whatever a client sends. SHA-256 rather than a fast keyed hash: the digest must be the same in
+/// every instance sharing a Redis store, and no client can find two values with one digest
+/// (2^64 work for a collision of 128 bits) to merge or split keys at will. [`KeyKind`](crate::KeyKind)
+/// resolves a request's long key to its digest once; a long `Text` or `Bytes` key given directly
+/// hashes, compares and stores as that same digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Key<'a> {
     /// One key for everyone.
@@ -21,7 +31,12 @@ pub enum Key<'a> {
     Text(&'a str),
     /// Bytes of any value and length, such as a raw header value.
     Bytes(&'a [u8]),
+    /// The digest of text or bytes longer than [`MAX_KEY_BYTES`] (see [`Key::bounded`]).
+    Digest([u8; 16]),
 }
+
+/// Text and bytes keys longer than this are kept as their digest ([`Key::Digest`]).
+pub const MAX_KEY_BYTES: usize = 64;
 
 /// A key the store keeps. See [`Key`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +51,8 @@ pub enum OwnedKey {
     Text(Box<str>),
     /// See [`Key::Bytes`].
     Bytes(Box<[u8]>),
+    /// See [`Key::Digest`].
+    Digest([u8; 16]),
 }
 
 impl<'a> Key<'a> {
@@ -46,14 +63,36 @@ impl<'a> Key<'a> {
         Key::Ip(group_ip(ip, v6_prefix))
     }
 
-    /// The owned form.
+    /// This key with text or bytes longer than [`MAX_KEY_BYTES`] replaced by their digest: the
+    /// form every store keeps. Other keys are returned as they are.
+    ///
+    /// ```
+    /// use tollgate::Key;
+    ///
+    /// let long = "x".repeat(100_000);
+    /// let key = Key::Text(&long).bounded();
+    /// assert!(matches!(key, Key::Digest(_)));
+    /// assert_eq!(key.to_owned_key(), Key::Text(&long).to_owned_key());
+    /// assert_eq!(Key::Text("alice").bounded(), Key::Text("alice"));
+    /// ```
+    #[inline]
+    pub fn bounded(self) -> Self {
+        match self {
+            Key::Text(s) if s.len() > MAX_KEY_BYTES => Key::Digest(digest(b't', s.as_bytes())),
+            Key::Bytes(b) if b.len() > MAX_KEY_BYTES => Key::Digest(digest(b'b', b)),
+            other => other,
+        }
+    }
+
+    /// The owned form (a long key's digest, see [`Key::bounded`]).
     pub fn to_owned_key(&self) -> OwnedKey {
-        match *self {
+        match self.bounded() {
             Key::Global => OwnedKey::Global,
             Key::Int(n) => OwnedKey::Int(n),
             Key::Ip(ip) => OwnedKey::Ip(ip),
             Key::Text(s) => OwnedKey::Text(s.into()),
             Key::Bytes(b) => OwnedKey::Bytes(b.into()),
+            Key::Digest(d) => OwnedKey::Digest(d),
         }
     }
 
@@ -66,6 +105,17 @@ impl<'a> Key<'a> {
             (Key::Ip(a), OwnedKey::Ip(b)) => a == *b,
             (Key::Text(a), OwnedKey::Text(b)) => a == &**b,
             (Key::Bytes(a), OwnedKey::Bytes(b)) => a == &**b,
+            (Key::Digest(a), OwnedKey::Digest(b)) => a == *b,
+            (Key::Text(_) | Key::Bytes(_) | Key::Digest(_), _) => self.matches_digest(owned),
+            _ => false,
+        }
+    }
+
+    /// [`Key::matches`] of a long key and its digest, in either form.
+    #[cold]
+    fn matches_digest(&self, owned: &OwnedKey) -> bool {
+        match (self.bounded(), owned.as_key().bounded()) {
+            (Key::Digest(a), Key::Digest(b)) => a == b,
             _ => false,
         }
     }
@@ -84,10 +134,41 @@ impl<'a> Key<'a> {
                 out.push(b'i');
                 out.extend_from_slice(ip.to_string().as_bytes());
             }
-            Key::Text(s) => encode_len_prefixed(b't', s.as_bytes(), out),
-            Key::Bytes(b) => encode_len_prefixed(b'b', b, out),
+            Key::Text(s) if s.len() <= MAX_KEY_BYTES => encode_len_prefixed(b't', s.as_bytes(), out),
+            Key::Bytes(b) if b.len() <= MAX_KEY_BYTES => encode_len_prefixed(b'b', b, out),
+            Key::Text(_) | Key::Bytes(_) => self.bounded().encode(out),
+            Key::Digest(d) => {
+                out.push(b'd');
+                for byte in d {
+                    out.extend_from_slice(&HEX[usize::from(byte)]);
+                }
+            }
         }
     }
+}
+
+/// The two lowercase hex digits of each byte.
+static HEX: [[u8; 2]; 256] = {
+    let digits = *b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [digits[i >> 4], digits[i & 15]];
+        i += 1;
+    }
+    table
+};
+
+/// The first 128 bits of the SHA-256 of `tag` and `bytes` (the tag keeps text and bytes keys of
+/// the same content apart, as they are when short). Out of line: long keys are rare.
+#[cold]
+#[inline(never)]
+fn digest(tag: u8, bytes: &[u8]) -> [u8; 16] {
+    use sha2::{Digest as _, Sha256};
+    let full = Sha256::new().chain_update([tag]).chain_update(bytes).finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }
 
 fn encode_len_prefixed(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
@@ -107,6 +188,7 @@ impl OwnedKey {
             OwnedKey::Ip(ip) => Key::Ip(*ip),
             OwnedKey::Text(s) => Key::Text(s),
             OwnedKey::Bytes(b) => Key::Bytes(b),
+            OwnedKey::Digest(d) => Key::Digest(*d),
         }
     }
 }
@@ -127,18 +209,29 @@ impl Hash for Key<'_> {
                 state.write_u8(3);
                 state.write_u128(ip.to_bits());
             }
-            Key::Text(s) => {
+            Key::Text(s) if s.len() <= MAX_KEY_BYTES => {
                 state.write_u8(4);
                 state.write(s.as_bytes());
                 state.write_u8(0xff);
             }
-            Key::Bytes(b) => {
+            Key::Bytes(b) if b.len() <= MAX_KEY_BYTES => {
                 state.write_u8(5);
                 state.write_usize(b.len());
                 state.write(b);
             }
+            // A long key hashes as its digest, as it is stored (no recursion: `hash` is inlined
+            // into every table lookup).
+            Key::Text(s) => hash_digest(&digest(b't', s.as_bytes()), state),
+            Key::Bytes(b) => hash_digest(&digest(b'b', b), state),
+            Key::Digest(d) => hash_digest(&d, state),
         }
     }
+}
+
+#[inline]
+fn hash_digest<H: Hasher>(digest: &[u8; 16], state: &mut H) {
+    state.write_u8(6);
+    state.write_u128(u128::from_le_bytes(*digest));
 }
 
 impl Hash for OwnedKey {
@@ -157,6 +250,10 @@ impl fmt::Display for Key<'_> {
             Key::Ip(ip) => write!(f, "{ip}"),
             Key::Text(s) => write!(f, "{}", s.escape_debug()),
             Key::Bytes(b) => write!(f, "{}", b.escape_ascii()),
+            Key::Digest(d) => {
+                f.write_str("sha256:")?;
+                d.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
         }
     }
 }
@@ -221,6 +318,31 @@ pub fn group_ip(ip: IpAddr, v6_prefix: u8) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_keys_count_as_one_whatever_form_they_come_in() {
+        let long = "v".repeat(MAX_KEY_BYTES + 1);
+        let other = format!("{}w", "v".repeat(MAX_KEY_BYTES));
+        let digest = Key::Text(&long).bounded();
+        assert!(matches!(digest, Key::Digest(_)));
+        assert!(Key::Text(&long).matches(&digest.to_owned_key()));
+        assert!(digest.matches(&OwnedKey::from(long.as_str())));
+        assert!(!Key::Text(&other).matches(&digest.to_owned_key()));
+        // Text and bytes of one content stay apart, long or short.
+        assert!(!Key::Bytes(long.as_bytes()).matches(&digest.to_owned_key()));
+        assert!(!Key::Bytes(b"abc").matches(&Key::Text("abc").to_owned_key()));
+        // At the threshold a key is kept as it is.
+        let edge = "e".repeat(MAX_KEY_BYTES);
+        assert_eq!(Key::Text(&edge).bounded(), Key::Text(&edge));
+        // Store addresses (Redis key names) are bounded too.
+        let mut name = Vec::new();
+        Key::Bytes(&[b'x'; 100_000]).encode(&mut name);
+        assert_eq!(name.len(), 33, "a tag and 32 hex digits: {}", String::from_utf8_lossy(&name));
+        let mut same = Vec::new();
+        Key::Bytes(&[b'x'; 100_000]).bounded().encode(&mut same);
+        assert_eq!(name, same);
+        assert!(Key::Text(&long).bounded().to_string().starts_with("sha256:"));
+    }
+
     use super::*;
     use std::hash::BuildHasher;
 

@@ -82,18 +82,20 @@ impl KeyKind {
         KeyKind::Identity { v6_prefix: 64 }
     }
 
-    /// The key of `request`, if it has one.
+    /// The key of `request`, if it has one; text and bytes longer than
+    /// [`MAX_KEY_BYTES`](crate::key::MAX_KEY_BYTES) as their digest (see [`Key::bounded`]), so
+    /// that a client's long header value costs a store no more than a short one.
     pub fn resolve<'a>(&self, request: &RequestKeys<'a>) -> Option<Key<'a>> {
         match self {
             KeyKind::Global => Some(Key::Global),
             KeyKind::Ip { v6_prefix } => request.ip.map(|ip| Key::Ip(group_ip(ip, *v6_prefix))),
             KeyKind::Identity { v6_prefix } => match request.identity {
-                Some(id) => Some(Key::Text(id)),
+                Some(id) => Some(Key::Text(id).bounded()),
                 None => request.ip.map(|ip| Key::Ip(group_ip(ip, *v6_prefix))),
             },
-            KeyKind::Header(name) => request.headers?.first(name).map(Key::Bytes),
-            KeyKind::Route => request.route.map(Key::Text),
-            KeyKind::Custom => request.custom,
+            KeyKind::Header(name) => request.headers?.first(name).map(|value| Key::Bytes(value).bounded()),
+            KeyKind::Route => request.route.map(|route| Key::Text(route).bounded()),
+            KeyKind::Custom => request.custom.map(Key::bounded),
         }
     }
 }

@@ -32,7 +32,7 @@ impl<K: Hash + Eq + Clone> KeyLookup<K> for K {
 }
 
 impl KeyLookup<OwnedKey> for Key<'_> {
-    #[inline]
+    #[inline(always)]
     fn matches(&self, stored: &OwnedKey) -> bool {
         Key::matches(self, stored)
     }
