@@ -52,7 +52,7 @@ use crate::headers::HeaderOptions;
 use crate::key::OwnedKey;
 use crate::policy::{FailureMode, KeyKind, Limit, MissingKey, Policy, PolicyBuilder};
 use crate::quota::{Quota, parse_amount, parse_duration};
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, OnFull, Store};
 use crate::websocket::MessageLimits;
 
 /// A duration written as text: `30s`, `1500ms`, `2min`.
@@ -172,6 +172,10 @@ pub struct StoreConfig {
     /// About the most keys tracked per limit in memory; the exact bound is in
     /// [`MemoryStoreBuilder::max_keys`](crate::store::MemoryStoreBuilder::max_keys).
     pub max_keys: Option<usize>,
+    /// What the in-memory store does with a new key when it tracks `max_keys` keys and none is
+    /// idle: `deny` (the default: 503 with `Retry-After: 1`, outcome `key_table_full`) or
+    /// `allow` (admit it without tracking it).
+    pub on_full: Option<OnFull>,
 }
 
 /// What to do when the store fails, as written in configuration.
@@ -637,11 +641,14 @@ impl Config {
             .collect()
     }
 
-    /// A new in-memory store honouring `store.max_keys`.
+    /// A new in-memory store honouring `store.max_keys` and `store.on_full`.
     pub fn memory_store(&self) -> MemoryStore {
         let mut store = MemoryStore::builder();
         if let Some(n) = self.store.max_keys {
             store = store.max_keys(n);
+        }
+        if let Some(on_full) = self.store.on_full {
+            store = store.on_full(on_full);
         }
         store.build()
     }
@@ -952,6 +959,38 @@ mod tests {
         let same =
             "[[routes]]\npath = \"/a/{x}\"\nmethods = [\"POST\"]\n[[routes]]\npath = \"/a/{x}\"\nmethods = [\"PUT\"]";
         assert!(same.parse::<Config>().is_ok());
+    }
+
+    #[test]
+    fn store_on_full_admits_or_refuses_untracked_keys() {
+        use crate::{KeyKind, Reason, RequestKeys};
+        let decide = |on_full: &str| {
+            let config: Config = format!(
+                "[store]\nmax_keys = 1\n{on_full}\n[policies.p]\nlimits = [{{ name = \"l\", quota = \"1/h\", key = \"ip\" }}]"
+            )
+            .parse()
+            .unwrap();
+            let policy = &config.policies().unwrap()["p"];
+            assert_eq!(policy.limits().next().unwrap().key_kind(), &KeyKind::ip());
+            // Fill every shard's places with busy keys, then ask for new ones.
+            let mut reasons = Vec::new();
+            for n in 0..2000u32 {
+                let keys = RequestKeys { ip: Some(std::net::Ipv4Addr::from(n).into()), ..RequestKeys::default() };
+                reasons.push(policy.try_check_now(&keys, 1).unwrap().unwrap().reason);
+            }
+            reasons
+        };
+        let denied = decide("on_full = \"deny\"");
+        assert!(denied.contains(&Reason::KeyTableFull), "a full table refuses new keys with their own outcome");
+        assert!(!denied.contains(&Reason::RateLimited), "no new key broke a limit");
+        assert_eq!(
+            decide("").iter().filter(|r| **r == Reason::KeyTableFull).count(),
+            denied.iter().filter(|r| **r == Reason::KeyTableFull).count(),
+            "deny is the default"
+        );
+        let admitted = decide("on_full = \"allow\"");
+        assert!(admitted.iter().all(|r| *r == Reason::Allowed), "allow admits untracked keys");
+        assert!("[store]\non_full = \"maybe\"".parse::<Config>().unwrap_err().to_string().contains("maybe"));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum Reason {
     StoreUnavailable,
     /// The store failed and the policy fails open: allowed without counting.
     StoreUnavailableFailedOpen,
+    /// The in-memory store's key table is full of active keys and could not track this new key
+    /// ([`OnFull::Deny`](crate::OnFull::Deny)): the server is at its limit, not the client
+    /// (status 503). Many of these mean a flood of distinct keys, or a `max_keys` set too low.
+    KeyTableFull,
 }
 
 impl Reason {
@@ -43,6 +47,7 @@ impl Reason {
             Reason::KeyMissing => "key_missing",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::StoreUnavailableFailedOpen => "store_unavailable_failed_open",
+            Reason::KeyTableFull => "key_table_full",
         }
     }
 }
@@ -126,14 +131,14 @@ impl Decision {
         self.limit.as_ref().map(|l| LimitHeaders::of(l.name, l.quota, &l.snapshot))
     }
 
-    /// The status of a refusal: 503 when the store is unavailable, 403 for a deny-listed key, 400
-    /// for a missing key, 429 otherwise; 200 when allowed.
+    /// The status of a refusal: 503 when the store is unavailable or its key table full, 403 for a
+    /// deny-listed key, 400 for a missing key, 429 otherwise; 200 when allowed.
     pub fn status(&self) -> StatusCode {
         if self.allowed {
             return StatusCode::OK;
         }
         match self.reason {
-            Reason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::StoreUnavailable | Reason::KeyTableFull => StatusCode::SERVICE_UNAVAILABLE,
             Reason::DenyListed => StatusCode::FORBIDDEN,
             Reason::KeyMissing => StatusCode::BAD_REQUEST,
             _ => StatusCode::TOO_MANY_REQUESTS,

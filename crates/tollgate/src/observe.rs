@@ -78,7 +78,7 @@ struct PolicyHandles {
 
 /// Every reason, in [`reason_index`]'s order.
 #[cfg(feature = "metrics")]
-const REASONS: [Reason; 8] = [
+const REASONS: [Reason; 9] = [
     Reason::Allowed,
     Reason::AllowListed,
     Reason::RateLimited,
@@ -87,6 +87,7 @@ const REASONS: [Reason; 8] = [
     Reason::KeyMissing,
     Reason::StoreUnavailable,
     Reason::StoreUnavailableFailedOpen,
+    Reason::KeyTableFull,
 ];
 
 #[cfg(feature = "metrics")]
@@ -100,6 +101,7 @@ const fn reason_index(reason: Reason) -> usize {
         Reason::KeyMissing => 5,
         Reason::StoreUnavailable => 6,
         Reason::StoreUnavailableFailedOpen => 7,
+        Reason::KeyTableFull => 8,
     }
 }
 

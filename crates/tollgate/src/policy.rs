@@ -997,6 +997,9 @@ impl<S: Store> Policy<S> {
                 Reason::Allowed
             } else if blocked {
                 Reason::Blocked
+            } else if best.is_some_and(|i| !violated(&checks[i], &out[i])) {
+                // Refused, neither blocked nor over its limit: a key the full store could not track.
+                Reason::KeyTableFull
             } else {
                 Reason::RateLimited
             },

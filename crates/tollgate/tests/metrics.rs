@@ -118,6 +118,23 @@ fn decisions_are_counted_by_policy_and_outcome_on_every_path() {
 }
 
 #[test]
+fn a_full_key_table_is_counted_apart_from_violations() {
+    let r = recorded(|| {
+        let store = tollgate::MemoryStore::builder().shards(1).max_keys(1).build();
+        let policy =
+            Policy::builder("full").limit(Limit::new("per_ip", q("1/h")).key(KeyKind::ip())).build_with(store).unwrap();
+        // One shard of 1 + 16 places: the 18th new key finds it full of busy keys.
+        for n in 1..=20 {
+            policy.try_check_now(&ip(n), 1).unwrap().unwrap();
+        }
+        assert!(!policy.try_check_now(&ip(1), 1).unwrap().unwrap().allowed);
+    });
+    assert_eq!(r.decisions("full", "allowed"), 17);
+    assert_eq!(r.decisions("full", "key_table_full"), 3);
+    assert_eq!(r.decisions("full", "rate_limited"), 1);
+}
+
+#[test]
 fn store_failures_are_counted_with_the_mode_that_decided() {
     let r = recorded(|| {
         let limit = || Limit::new("per_ip", q("1/min")).key(KeyKind::ip());

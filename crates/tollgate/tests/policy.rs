@@ -419,15 +419,17 @@ async fn a_full_store_does_not_penalize_the_new_keys_it_refuses() {
         let new = ip(if sync { 2 } else { 1 });
         let d =
             if sync { policy.try_check_now(&new, 1).unwrap().unwrap() } else { policy.check(&new, 1).await.unwrap() };
-        assert_eq!((d.allowed, d.reason, d.retry_after_secs()), (false, Reason::RateLimited, 1), "the store is full");
+        // Its own outcome and status, not a violation's: the server is at its limit.
+        assert_eq!((d.allowed, d.reason, d.retry_after_secs()), (false, Reason::KeyTableFull, 1), "the store is full");
+        assert_eq!(d.status(), http::StatusCode::SERVICE_UNAVAILABLE);
     }
     clock.advance(Duration::from_secs(2));
     for n in [1, 2] {
         let d = policy.check(&ip(n), 1).await.unwrap();
         assert!(d.allowed, "10.0.0.{n} broke no limit, yet {:?} for {}s", d.reason, d.retry_after_secs());
     }
-    // A key that did break its limit is still blocked.
-    assert!(!policy.check(&ip(1), 1).await.unwrap().allowed);
+    // A key that did break its limit is refused as a violation, then blocked.
+    assert_eq!(policy.check(&ip(1), 1).await.unwrap().reason, Reason::RateLimited);
     clock.advance(Duration::from_secs(2));
     let d = policy.check(&ip(1), 1).await.unwrap();
     assert_eq!(d.reason, Reason::Blocked);

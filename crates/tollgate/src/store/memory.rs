@@ -29,11 +29,13 @@ use crate::quota::Quota;
 ///
 /// Tracked keys are never evicted before they are idle, so flooding the store with new keys
 /// cannot erase a client's spent quota or its penalty block.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum OnFull {
-    /// Refuse checks of new keys (retry after one second) until keys fall idle. The default:
-    /// under a flood of distinct keys, known clients keep their limits and new ones wait.
+    /// Refuse checks of new keys (503, retry after one second; [`Reason::KeyTableFull`](crate::Reason::KeyTableFull))
+    /// until keys fall idle. The default: under a flood of distinct keys, known clients keep
+    /// their limits and new ones wait.
     #[default]
     Deny,
     /// Admit checks of new keys without tracking them.
@@ -226,6 +228,10 @@ pub struct MemoryLimit {
     blocks: Table<OwnedKey, AtomicU64>,
     any_block: AtomicBool,
     on_full: OnFull,
+    /// When the last "store full" warning was logged, and how many new keys it turned away since:
+    /// one line a second under a flood, not one per request.
+    full_warned_at: AtomicU64,
+    full_since_warning: AtomicU64,
 }
 
 impl fmt::Debug for MemoryLimit {
@@ -302,6 +308,8 @@ impl MemoryLimit {
             blocks: Table::new(shards.min(16), max_keys),
             any_block: AtomicBool::new(false),
             on_full,
+            full_warned_at: AtomicU64::new(0),
+            full_since_warning: AtomicU64::new(0),
         }
     }
 
@@ -313,7 +321,7 @@ impl MemoryLimit {
         }
         let max_wait = nanos(c.max_wait);
         let r = with_table!(&self.tables, |t, M| run::<M>(t, c.key, &c.quota, now, c.cost, max_wait, mode));
-        r.unwrap_or_else(|Full| self.full(c))
+        r.unwrap_or_else(|Full| self.full(c, now))
     }
 
     /// [`MemoryLimit::apply`] committed, for a GCRA limit with no penalty block recorded: one
@@ -354,9 +362,22 @@ impl MemoryLimit {
 
     /// The answer for a new key when the table is full and nothing in it is idle (see [`OnFull`]).
     #[cold]
-    fn full(&self, c: &Check<'_, MemoryLimit>) -> Snapshot {
-        tracing::warn!(limit = %self.name, "in-memory store full: no idle key to evict");
+    fn full(&self, c: &Check<'_, MemoryLimit>, now: u64) -> Snapshot {
         let allowed = self.on_full == OnFull::Allow;
+        let turned_away = self.full_since_warning.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.full_warned_at.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1_000_000_000)
+            && self.full_warned_at.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.full_since_warning.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                limit = %self.name,
+                new_keys = turned_away,
+                on_full = ?self.on_full,
+                "in-memory store full: new keys {} untracked (key_table_full); a flood of distinct keys, or max_keys too low",
+                if allowed { "admitted" } else { "refused" },
+            );
+        }
         Snapshot {
             allowed,
             blocked: false,
