@@ -76,7 +76,7 @@ impl<B> fmt::Debug for RequestBody<B> {
 
 impl<B> RequestBody<B> {
     /// `inner`, counted against `overflow.max` bytes when there is a largest body.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(inner: B, overflow: Option<Arc<Overflow>>) -> Self {
         let remaining = overflow.as_ref().map_or(u64::MAX, |o| o.max);
         Self { inner, remaining, overflow }

@@ -61,7 +61,7 @@ impl<F, S, B> ResponseFuture<F, S, B> {
         Self { state: State::Preparing { prep, service: Some(service) } }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn inner(future: F, plan: ResponsePlan, overflow: Option<Arc<Overflow>>) -> Self {
         Self { state: State::Inner { future, plan, overflow } }
     }
