@@ -22,8 +22,8 @@ if [ -z "${PIN:-}" ]; then
 fi
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 
-cargo build --release -q -p actix-demo --bin bench-server
-BIN=target/release/bench-server
+cargo build --release -q -p actix-demo --bin actix-bench-server
+BIN=target/release/actix-bench-server
 LOG=/tmp/tollgate-actix-bench-server.log
 if [ "$PIN" = 1 ]; then
   taskset -c "$CPU_A" "$BIN" http "$PORT" > "$LOG" 2>&1 &

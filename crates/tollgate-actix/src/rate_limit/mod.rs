@@ -50,6 +50,7 @@
 //! ```
 
 mod body;
+mod fields;
 mod service;
 mod transform;
 

@@ -9,7 +9,6 @@ use std::task::{Context, Poll, ready};
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, forward_ready};
-use actix_web::http::header::HeaderValue;
 use actix_web::{Error, HttpMessage};
 use futures_util::future::LocalBoxFuture;
 use pin_project_lite::pin_project;
@@ -17,7 +16,8 @@ use tollgate::engine::{Admit, ResponsePlan};
 use tollgate::{MemoryStore, Store};
 
 use super::body::{LimitedPayload, ResponseBody};
-use super::transform::{Config, header_name};
+use super::fields;
+use super::transform::Config;
 use crate::view::{CopiedKeys, View};
 
 /// The response type of the middleware: the inner service's body (left, holding any in-flight
@@ -77,13 +77,13 @@ where
         };
         pass_on(&mut request, &response, max_body);
         if wait.is_zero() {
-            return ResponseFuture::inner(self.service.call(request), response);
+            return ResponseFuture::inner(self.service.call(request), response, engine.header_options().writes_limit());
         }
-        let service = Rc::clone(&self.service);
+        let (service, writes) = (Rc::clone(&self.service), engine.header_options().writes_limit());
         ResponseFuture::boxed(Box::pin(async move {
             tokio::time::sleep(wait).await;
             let inner = service.call(request).await?;
-            Ok(finish(inner, response))
+            Ok(finish(inner, response, writes))
         }))
     }
 }
@@ -114,7 +114,7 @@ where
         tokio::time::sleep(wait).await;
     }
     let inner = service.call(request).await?;
-    Ok(finish(inner, response))
+    Ok(finish(inner, response, config.engine.header_options().writes_limit()))
 }
 
 /// Gives the handler what the plan leaves it: the WebSocket lease in the extensions, and the
@@ -133,14 +133,15 @@ fn pass_on(request: &mut ServiceRequest, response: &ResponsePlan, max_body: Opti
 /// Applies the engine's plan to the inner service's response: its rate-limit headers, and the
 /// in-flight lease moved into the body.
 #[inline(always)]
-fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan) -> LimitedResponse<B> {
+fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan, writes: bool) -> LimitedResponse<B> {
     let status = http::StatusCode::from_u16(response.status().as_u16()).unwrap_or(http::StatusCode::OK);
-    let headers = response.headers_mut();
-    let lease = plan.apply_fields(status, |name, value| {
-        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_bytes(value)) {
-            headers.insert(name, value);
-        }
-    });
+    // The plan's `apply` into a reused `http` 1.x map, then actix's: `apply_fields` without a map
+    // of its own per response. With no header style on allowed responses, nothing to convert.
+    let lease = if writes {
+        fields::write(response.headers_mut(), true, |fields| plan.apply(status, fields))
+    } else {
+        plan.apply(status, &mut http::HeaderMap::new())
+    };
     response.map_body(|_, body| EitherBody::left(ResponseBody::new(body, lease)))
 }
 
@@ -158,7 +159,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Refused { response: Option<ServiceResponse<BoxBody>> },
-        Inner { #[pin] future: F, plan: ResponsePlan },
+        Inner { #[pin] future: F, plan: ResponsePlan, writes: bool },
         Boxed { future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>> },
     }
 }
@@ -179,8 +180,8 @@ impl<F, B> ResponseFuture<F, B> {
         Self { state: State::Refused { response: Some(response) } }
     }
 
-    fn inner(future: F, plan: ResponsePlan) -> Self {
-        Self { state: State::Inner { future, plan } }
+    fn inner(future: F, plan: ResponsePlan, writes: bool) -> Self {
+        Self { state: State::Inner { future, plan, writes } }
     }
 
     fn boxed(future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>>) -> Self {
@@ -201,9 +202,9 @@ where
                 // Polled again after completion: an error rather than a panic.
                 None => Poll::Ready(Err(actix_web::error::ErrorInternalServerError("polled after completion"))),
             },
-            StateProj::Inner { future, plan } => {
+            StateProj::Inner { future, plan, writes } => {
                 let response = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(finish(response, std::mem::take(plan))))
+                Poll::Ready(Ok(finish(response, std::mem::take(plan), *writes)))
             }
             StateProj::Boxed { future } => future.as_mut().poll(cx),
         }

@@ -5,9 +5,8 @@ use std::future::{Ready, ready};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{Error, HttpResponse};
 use tollgate::config::{Config as LimitsConfig, RouteLimits};
@@ -15,6 +14,7 @@ use tollgate::engine::{Engine, Limits, Refusal};
 use tollgate::{ClientIpResolver, Decision, HeaderOptions, KeyKind, LeaseStore, MemoryStore, Policy, Store};
 
 use super::body::ResponseBody;
+use super::fields;
 use super::service::RateLimitMiddleware;
 
 /// Builds a custom refusal from the decision and the default response (status, `Retry-After`,
@@ -197,38 +197,13 @@ impl<St: Store> Config<St> {
     /// the allow path.
     #[inline(never)]
     pub(crate) fn respond(&self, refusal: &Refusal) -> HttpResponse {
-        let (fields, body) = refusal.render();
         let status = StatusCode::from_u16(refusal.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = HttpResponse::with_body(status, body);
-        let headers = response.headers_mut();
-        for (name, value) in &fields {
-            if let (Some(name), Ok(value)) = (header_name(name.as_str()), HeaderValue::from_bytes(value.as_bytes())) {
-                headers.append(name, value);
-            }
-        }
-        let response = response.map_into_boxed_body();
+        let mut response = HttpResponse::new(status);
+        let body = fields::write(response.headers_mut(), false, |fields| refusal.render_into(fields));
+        let response = response.set_body(BoxBody::new(body));
         match (&self.refusal, refusal.decision()) {
             (Some(hook), Some(decision)) => hook(decision, response),
             _ => response,
         }
     }
-}
-
-/// The core's header name (`http` 1.x) as actix's (`http` 0.2): the rate-limit names from
-/// constants, with no allocation; any other name parsed.
-#[inline]
-pub(crate) fn header_name(name: &str) -> Option<HeaderName> {
-    const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-    const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-    const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-    const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-    const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-    Some(match name {
-        "x-ratelimit-limit" => LIMIT,
-        "x-ratelimit-remaining" => REMAINING,
-        "x-ratelimit-reset" => RESET,
-        "ratelimit" => RATELIMIT,
-        "ratelimit-policy" => RATELIMIT_POLICY,
-        other => HeaderName::from_bytes(other.as_bytes()).ok()?,
-    })
 }

@@ -1,4 +1,4 @@
-//! The benchmark's servers: `bench-server http PORT` serves the same minimal actix-web app
+//! The benchmark's servers: `actix-bench-server http PORT` serves the same minimal actix-web app
 //! (`GET /` → `hello`) nine ways, one worker each, on PORT..PORT+8: bare; tollgate allow (a
 //! per-IP quota it never reaches, X-RateLimit headers); tollgate refuse (every request after the
 //! first over the limit); tollgate allow without rate-limit headers; actix-governor allow (its
@@ -9,42 +9,15 @@
 // A console tool.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use actix_governor::governor::middleware::NoOpMiddleware;
-use actix_governor::{Governor, GovernorConfigBuilder, PeerIpKeyExtractor};
+#[path = "../bench_apps.rs"]
+mod apps;
+
+use actix_governor::Governor;
 use actix_web::dev::Service;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpServer, web};
-use tollgate::{HeaderOptions, KeyKind, Limit, Policy};
-use tollgate_actix::RateLimit;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A quota nothing in the bench exceeds, with a burst of a realistic size (so the headers carry
-/// numbers of a realistic size too).
-const ALLOW: &str = "1000000000/s burst 100";
-/// A quota every request after the first exceeds.
-const REFUSE: &str = "1/h";
-
-async fn hello() -> &'static str {
-    "hello"
-}
-
-fn tollgate(quota: &str, headers: HeaderOptions) -> Result<RateLimit, BoxError> {
-    let policy = Policy::builder("api").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
-    Ok(RateLimit::new(policy).headers(headers))
-}
-
-/// actix-governor's builder on the allow path (the same rate and burst as [`ALLOW`]) or the
-/// refusal path.
-fn governor_builder(allow: bool) -> GovernorConfigBuilder<PeerIpKeyExtractor, NoOpMiddleware> {
-    let mut builder = GovernorConfigBuilder::default();
-    if allow {
-        builder.nanoseconds_per_request(1).burst_size(100);
-    } else {
-        builder.seconds_per_request(3600).burst_size(1);
-    }
-    builder
-}
+use apps::{ALLOW, BoxError, REFUSE, governor_builder, hello, tollgate};
+use tollgate::HeaderOptions;
 
 /// Serves `App::new().wrap(middleware).route("/", hello)` on `port` with one worker.
 macro_rules! serve {
@@ -119,6 +92,6 @@ async fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("http") => http(args.next().and_then(|p| p.parse().ok()).unwrap_or(4200)).await,
-        _ => Err("usage: bench-server http [PORT]".into()),
+        _ => Err("usage: actix-bench-server http [PORT]".into()),
     }
 }

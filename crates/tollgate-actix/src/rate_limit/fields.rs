@@ -1,0 +1,147 @@
+//! The core's header fields (`http` 1.x names and values) written into actix's header map
+//! (`http` 0.2 types): the one conversion the adapter makes of the plan.
+
+use std::cell::RefCell;
+use std::sync::LazyLock;
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+thread_local! {
+    /// The map the core renders a response's fields into, reused: emptied by each conversion, it
+    /// keeps its memory, so a response's fields cost no map of their own.
+    static FIELDS: RefCell<http::HeaderMap> = RefCell::new(http::HeaderMap::new());
+}
+
+/// Runs `render` on an empty `http` 1.x map, then moves each field it wrote into `into` (`insert`
+/// replaces a field of the same name, else each value is appended); returns what `render`
+/// returned.
+#[inline]
+pub(crate) fn write<R>(into: &mut HeaderMap, insert: bool, render: impl FnOnce(&mut http::HeaderMap) -> R) -> R {
+    FIELDS.with(|fields| match fields.try_borrow_mut() {
+        Ok(mut fields) => convert(&mut fields, into, insert, render),
+        // Re-entered from within `render` (it never is): a map of its own.
+        Err(_) => convert(&mut http::HeaderMap::new(), into, insert, render),
+    })
+}
+
+#[inline]
+fn convert<R>(
+    fields: &mut http::HeaderMap,
+    into: &mut HeaderMap,
+    insert: bool,
+    render: impl FnOnce(&mut http::HeaderMap) -> R,
+) -> R {
+    fields.clear();
+    let answer = render(fields);
+    let mut last = None;
+    for (name, value) in fields.drain() {
+        // `drain` names a field once, before its first value.
+        if let Some(name) = name {
+            last = header_name(name.as_str());
+        }
+        let (Some(name), Some(value)) = (&last, header_value(value.as_bytes())) else { continue };
+        if insert {
+            into.insert(name.clone(), value);
+        } else {
+            into.append(name.clone(), value);
+        }
+    }
+    answer
+}
+
+/// The core's header name as actix's: the names the core writes from constants, with no
+/// allocation; any other name parsed.
+#[inline]
+pub(crate) fn header_name(name: &str) -> Option<HeaderName> {
+    const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    Some(match name {
+        "x-ratelimit-limit" => LIMIT,
+        "x-ratelimit-remaining" => REMAINING,
+        "x-ratelimit-reset" => RESET,
+        "ratelimit" => RATELIMIT,
+        "ratelimit-policy" => RATELIMIT_POLICY,
+        "retry-after" => header::RETRY_AFTER,
+        "content-type" => header::CONTENT_TYPE,
+        other => HeaderName::from_bytes(other.as_bytes()).ok()?,
+    })
+}
+
+/// The numbers 0 to 9999, written one after another: `0123456789101112...9999` (38,890 bytes).
+static NUMBERS: LazyLock<&'static str> = LazyLock::new(|| {
+    let all: String = (0..10_000u32).map(|n| n.to_string()).collect();
+    // Built once per process and kept for its life: the values below borrow it.
+    Box::leak(all.into_boxed_str())
+});
+
+/// The core's header value as actix's. The numbers the rate-limit headers mostly carry (up to
+/// 9999: limits, what remains, seconds to reset or retry) and the refusal bodies' content types
+/// come from static strings, with no allocation; any other value is copied.
+#[inline]
+pub(crate) fn header_value(value: &[u8]) -> Option<HeaderValue> {
+    if let Some(n) = small_number(value) {
+        // Where `n` starts in NUMBERS: after the 10 one-digit, 90 two-digit and 900
+        // three-digit numbers before it.
+        let at = match n {
+            0..=9 => n,
+            10..=99 => 10 + (n - 10) * 2,
+            100..=999 => 190 + (n - 100) * 3,
+            _ => 2890 + (n - 1000) * 4,
+        };
+        if let Some(text) = NUMBERS.get(at..at + value.len()) {
+            return Some(HeaderValue::from_static(text));
+        }
+    }
+    match value {
+        b"application/json" => Some(HeaderValue::from_static("application/json")),
+        b"application/problem+json" => Some(HeaderValue::from_static("application/problem+json")),
+        _ => HeaderValue::from_bytes(value).ok(),
+    }
+}
+
+/// `value` as a number when it is one of 0 to 9999 written without leading zeros.
+#[inline]
+fn small_number(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 4 || (value.len() > 1 && value[0] == b'0') {
+        return None;
+    }
+    value.iter().try_fold(0, |n, &d| d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0')))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_come_from_the_static_table_and_the_rest_is_copied() {
+        for n in [0usize, 7, 9, 10, 42, 99, 100, 512, 999, 1000, 3600, 9999] {
+            let text = n.to_string();
+            assert_eq!(header_value(text.as_bytes()).unwrap(), text.as_str());
+        }
+        for other in ["10000", "007", "-1", "1.5", "", "application/json", "text/plain", "a b"] {
+            assert_eq!(header_value(other.as_bytes()).unwrap(), other);
+        }
+        assert!(header_value(b"bad\nvalue").is_none());
+    }
+
+    #[test]
+    fn fields_keep_every_value_when_appended() {
+        let mut into = HeaderMap::new();
+        write(&mut into, false, |fields| {
+            fields.append("x-ratelimit-limit", http::HeaderValue::from_static("10"));
+            fields.append("ratelimit-policy", http::HeaderValue::from_static("a"));
+            fields.append("ratelimit-policy", http::HeaderValue::from_static("b"));
+        });
+        assert_eq!(into.get("x-ratelimit-limit").unwrap(), "10");
+        let all: Vec<_> = into.get_all("ratelimit-policy").map(|v| v.to_str().unwrap().to_owned()).collect();
+        assert_eq!(all, ["a", "b"]);
+        // The reused map starts empty.
+        let mut again = HeaderMap::new();
+        write(&mut again, true, |_| {});
+        assert!(again.is_empty());
+    }
+}
