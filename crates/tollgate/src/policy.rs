@@ -532,6 +532,17 @@ fn violated<H: 'static>(check: &Check<'_, H>, snapshot: &Snapshot) -> bool {
     (check.limit as &dyn Any).downcast_ref::<MemoryLimit>().is_none_or(|limit| limit.tracks(check.key))
 }
 
+/// Whether the refusal `snapshot` of `check` is the in-memory store's answer for a new key it
+/// could not track, its table being full of busy keys (see [`crate::OnFull`]): not a violation.
+/// Only a refusal shaped as the store's `full` answer (nothing left, back in exactly a second) is
+/// looked up, so that other refusals pay nothing for the question.
+#[inline]
+fn untracked<H: 'static>(check: &Check<'_, H>, snapshot: &Snapshot) -> bool {
+    const SECOND: Duration = Duration::from_secs(1);
+    let shaped = snapshot.remaining == 0 && snapshot.reset_after == SECOND && snapshot.retry_after == SECOND;
+    shaped && !snapshot.blocked && !violated(check, snapshot)
+}
+
 /// What one limit does for a request (see `Policy::limit_check`).
 enum Step<'k, H> {
     Check(Check<'k, H>),
@@ -997,8 +1008,7 @@ impl<S: Store> Policy<S> {
                 Reason::Allowed
             } else if blocked {
                 Reason::Blocked
-            } else if best.is_some_and(|i| !violated(&checks[i], &out[i])) {
-                // Refused, neither blocked nor over its limit: a key the full store could not track.
+            } else if best.is_some_and(|i| untracked(&checks[i], &out[i])) {
                 Reason::KeyTableFull
             } else {
                 Reason::RateLimited

@@ -360,7 +360,8 @@ impl MemoryLimit {
         })
     }
 
-    /// The answer for a new key when the table is full and nothing in it is idle (see [`OnFull`]).
+    /// The answer for a new key when the table is full and nothing in it is idle (see [`OnFull`]):
+    /// nothing left, back in a second (the shape the policy looks for to tell it from a violation).
     #[cold]
     fn full(&self, c: &Check<'_, MemoryLimit>, now: u64) -> Snapshot {
         let allowed = self.on_full == OnFull::Allow;
