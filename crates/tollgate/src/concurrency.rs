@@ -63,6 +63,13 @@ impl ConcurrencyDenied {
 
     /// The refusal as a [`Decision`], for rendering like any other refusal (`Retry-After: 1`,
     /// the limiter's name as the policy; no quota headers, as a concurrency cap has no period).
+    ///
+    /// Why one second: a place comes back when a holder lets go — a response body finishing, a
+    /// socket closing — which no limiter can foresee (unlike a rate, whose next token is on a
+    /// clock). The honest answer is "soon, unknown", and `Retry-After` cannot say that; its
+    /// smallest value, one second, makes a well-behaved client retry promptly without
+    /// hammering, and a longer guess would idle clients for places that are often freed within
+    /// milliseconds.
     pub fn decision(&self) -> Decision {
         Decision {
             allowed: false,
