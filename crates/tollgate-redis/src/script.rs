@@ -187,3 +187,53 @@ pub(crate) fn decode(value: &Value, count: usize) -> Result<Reply, StoreError> {
     }
     Ok(Reply { all, now, snapshots })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use redis::Value;
+
+    use super::decode;
+
+    /// Any reply Redis could send, nested a few levels.
+    fn reply() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            any::<i64>().prop_map(Value::Int),
+            prop::collection::vec(any::<u8>(), 0..12).prop_map(Value::BulkString),
+            "[a-z0-9]{0,6}".prop_map(Value::SimpleString),
+            Just(Value::Okay),
+        ];
+        leaf.prop_recursive(3, 64, 16, |inner| prop::collection::vec(inner, 0..16).prop_map(Value::Array))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// The script's reply is read or refused with a protocol error, never a panic, whatever
+        /// Redis (or something posing as it) answers (issue 22, item 10).
+        #[test]
+        fn any_reply_decodes_or_is_a_protocol_error(value in reply(), count in 0usize..3) {
+            match decode(&value, count) {
+                Ok(reply) => prop_assert_eq!(reply.snapshots.len(), count),
+                Err(err) => prop_assert!(err.to_string().contains("unexpected reply"), "{}", err),
+            }
+        }
+
+        /// Well-formed replies of any numbers: decoded, or refused for a negative field.
+        #[test]
+        fn well_formed_replies_of_any_numbers(fields in prop::collection::vec(any::<i64>(), 7), all in 0i64..2) {
+            let mut items = vec![Value::Int(all), Value::BulkString(b"1700000000123".to_vec())];
+            items.extend(fields.iter().map(|n| Value::Int(*n)));
+            let negative = fields[2..].iter().any(|n| *n < 0);
+            match decode(&Value::Array(items), 1) {
+                Ok(reply) => {
+                    prop_assert!(!negative);
+                    prop_assert_eq!(reply.all, all == 1);
+                    prop_assert_eq!(reply.snapshots[0].limit, fields[2].unsigned_abs());
+                }
+                Err(_) => prop_assert!(negative),
+            }
+        }
+    }
+}
