@@ -13,29 +13,14 @@
 //! - **Headers**: the request's headers, for limits keyed by a header.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use http::request::Parts;
 use http::{Extensions, HeaderMap, Request};
-use tollgate::{ClientIpResolver, OwnedKey, RequestKeys};
+use tollgate::{ClientIpResolver, RequestKeys};
 
 use crate::view::{matched_route, peer_addr};
 
-/// The authenticated identity of a request, inserted by the application's auth layer.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Identity(pub Arc<str>);
-
-/// The client's tier (e.g. `free`, `pro`), inserted by the application.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Tier(pub Arc<str>);
-
-/// A route name for route-keyed limits when axum's `MatchedPath` is not available.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RouteName(pub Arc<str>);
-
-/// A key of the application's own, for limits keyed by [`tollgate::KeyKind::Custom`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CustomKey(pub OwnedKey);
+pub use tollgate::request::{CustomKey, Identity, RouteName, Tier};
 
 /// Takes the keys of a request: the client address through trusted proxies, and the identity,
 /// tier, route and custom key found in its extensions.

@@ -1,101 +1,36 @@
-//! The core's view of an [`http::Request`]: what the engine asks of a request, read lazily from
-//! its parts and extensions.
+//! The core's view of an [`http::Request`] ([`HttpView`]), with axum's own extension types.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use http::request::Parts;
-use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
-use tollgate::Key;
-use tollgate::request::{RequestHeaders, RequestView};
+use http::Extensions;
+use tollgate::request::{HttpExtensions, HttpView, RouteName};
 
-use crate::keys::{CustomKey, Identity, RouteName, Tier};
+/// A request as the engine sees it.
+pub(crate) type View<'a, F> = HttpView<'a, F, Axum>;
 
-/// A request as the engine sees it. `exact` tells the body's exact length where the body type can
-/// (only asked on routes with body limits).
-pub(crate) struct View<'a, F> {
-    method: &'a Method,
-    uri: &'a Uri,
-    version: Version,
-    headers: &'a HeaderMap,
-    extensions: &'a Extensions,
-    exact: F,
-}
+/// axum's `ConnectInfo<SocketAddr>` and `MatchedPath` (feature `axum`), asked before the core's
+/// defaults (a `SocketAddr` and a [`RouteName`] in the extensions).
+pub(crate) struct Axum;
 
-impl<'a, F: Fn() -> Option<u64>> View<'a, F> {
-    #[inline(always)]
-    pub(crate) fn of<B>(request: &'a Request<B>, exact: F) -> Self {
-        View {
-            method: request.method(),
-            uri: request.uri(),
-            version: request.version(),
-            headers: request.headers(),
-            extensions: request.extensions(),
-            exact,
+impl HttpExtensions for Axum {
+    #[inline]
+    fn peer(ext: &Extensions) -> Option<SocketAddr> {
+        #[cfg(feature = "axum")]
+        if let Some(info) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+            return Some(info.0);
         }
+        let _ = ext;
+        None
     }
 
-    #[inline(always)]
-    pub(crate) fn of_parts(parts: &'a Parts, exact: F) -> Self {
-        View {
-            method: &parts.method,
-            uri: &parts.uri,
-            version: parts.version,
-            headers: &parts.headers,
-            extensions: &parts.extensions,
-            exact,
+    #[inline]
+    fn matched_route(ext: &Extensions) -> Option<&str> {
+        #[cfg(feature = "axum")]
+        if let Some(path) = ext.get::<axum::extract::MatchedPath>() {
+            return Some(path.as_str());
         }
-    }
-}
-
-impl<F: Fn() -> Option<u64>> RequestView for View<'_, F> {
-    #[inline]
-    fn method(&self) -> &str {
-        self.method.as_str()
-    }
-
-    #[inline]
-    fn path(&self) -> &str {
-        self.uri.path()
-    }
-
-    #[inline]
-    fn matched_route(&self) -> Option<&str> {
-        matched_route(self.extensions)
-    }
-
-    #[inline]
-    fn peer_ip(&self) -> Option<IpAddr> {
-        peer_addr(self.extensions).map(|peer| peer.ip())
-    }
-
-    #[inline]
-    fn headers(&self) -> &(dyn RequestHeaders + Sync) {
-        self.headers
-    }
-
-    #[inline]
-    fn is_http1(&self) -> bool {
-        matches!(self.version, Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11)
-    }
-
-    #[inline]
-    fn exact_body_len(&self) -> Option<u64> {
-        (self.exact)()
-    }
-
-    #[inline]
-    fn identity(&self) -> Option<&str> {
-        self.extensions.get::<Identity>().map(|i| &*i.0)
-    }
-
-    #[inline]
-    fn tier(&self) -> Option<&str> {
-        self.extensions.get::<Tier>().map(|t| &*t.0)
-    }
-
-    #[inline]
-    fn custom_key(&self) -> Option<Key<'_>> {
-        self.extensions.get::<CustomKey>().map(|k| k.0.as_key())
+        let _ = ext;
+        None
     }
 }
 
@@ -103,19 +38,11 @@ impl<F: Fn() -> Option<u64>> RequestView for View<'_, F> {
 /// `SocketAddr` in the extensions.
 #[inline]
 pub(crate) fn peer_addr(ext: &Extensions) -> Option<SocketAddr> {
-    #[cfg(feature = "axum")]
-    if let Some(info) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0);
-    }
-    ext.get::<SocketAddr>().copied()
+    Axum::peer(ext).or_else(|| ext.get::<SocketAddr>().copied())
 }
 
 /// The matched route: axum's `MatchedPath` (feature `axum`), else a [`RouteName`].
 #[inline]
 pub(crate) fn matched_route(ext: &Extensions) -> Option<&str> {
-    #[cfg(feature = "axum")]
-    if let Some(path) = ext.get::<axum::extract::MatchedPath>() {
-        return Some(path.as_str());
-    }
-    ext.get::<RouteName>().map(|r| &*r.0)
+    Axum::matched_route(ext).or_else(|| ext.get::<RouteName>().map(|r| &*r.0))
 }

@@ -1,16 +1,42 @@
 //! What an adapter tells the core about a request: its headers by name ([`RequestHeaders`]) and
 //! the few facts the [engine](crate::engine) decides on ([`RequestView`]). Each adapter
 //! implements them once over its framework's request type; nothing here names a framework.
+//!
+//! What the application knows of a request and the request itself does not say, it puts in the
+//! request's extensions (typed values; every framework has them) as the types below, the same
+//! on every adapter: [`Identity`], [`Tier`], [`RouteName`], [`CustomKey`]. An adapter's view
+//! reads them back for the engine.
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::HeaderName;
 
 use crate::client_ip::ClientIpResolver;
-use crate::key::Key;
+use crate::key::{Key, OwnedKey};
 use crate::policy::{KeyFields, RequestKeys};
+
+/// The authenticated identity of a request, inserted in its extensions by the application's auth
+/// layer ([`KeyKind::Identity`](crate::KeyKind::Identity) counts by it; anonymous clients by IP).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity(pub Arc<str>);
+
+/// The client's tier (e.g. `free`, `pro`), inserted by the application: it chooses among a limit's
+/// tier quotas ([`Limit::tier`](crate::Limit::tier)).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tier(pub Arc<str>);
+
+/// A route name the application reports, used instead of matching the request's path against the
+/// engine's route patterns (see [`RequestView::matched_route`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteName(pub Arc<str>);
+
+/// A key of the application's own, for limits keyed by [`KeyKind::Custom`](crate::KeyKind::Custom)
+/// (e.g. set by an async middleware that looks the caller up).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CustomKey(pub OwnedKey);
 
 /// A request's headers, looked up by name: what trusted-proxy resolution and header keys read.
 /// Implemented for `http` 1.x's [`HeaderMap`]; an adapter on another header type implements it
@@ -148,5 +174,144 @@ impl<'a> RequestKeys<'a> {
             tier: if fields.tier { request.tier() } else { None },
             custom: if fields.custom { request.custom_key() } else { None },
         }
+    }
+}
+
+/// Where a framework on `http` 1.x keeps what [`HttpView`] cannot find by itself: the peer
+/// address and the matched route, when the framework stores them in the request's extensions
+/// under types of its own (axum's `ConnectInfo` and `MatchedPath`). Each is asked before the
+/// defaults: a [`SocketAddr`](std::net::SocketAddr) in the extensions, and a [`RouteName`].
+pub trait HttpExtensions {
+    /// The peer's address, from a type of the framework's own.
+    #[inline]
+    fn peer(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+        let _ = extensions;
+        None
+    }
+
+    /// The route pattern the framework's router matched.
+    #[inline]
+    fn matched_route(extensions: &http::Extensions) -> Option<&str> {
+        let _ = extensions;
+        None
+    }
+}
+
+/// No framework types: the peer is a [`SocketAddr`](std::net::SocketAddr) in the extensions (put
+/// there by the server's accept loop), the route a [`RouteName`].
+impl HttpExtensions for () {}
+
+/// The engine's view of an `http` 1.x request or its parts — hyper, tower, axum, tonic, warp:
+/// the adapters on `http` 1.x share it, naming only their framework's own extension types (`X`,
+/// see [`HttpExtensions`]). Everything is read lazily, when a limit asks. `F` tells the body's
+/// exact length where the body type can (asked only on routes with body limits).
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use tollgate::request::{HttpView, RequestView};
+///
+/// let mut request = http::Request::post("/upload").header("content-length", "3").body(())?;
+/// request.extensions_mut().insert("203.0.113.9:4000".parse::<SocketAddr>()?);
+/// let view = HttpView::<_>::of(&request, || None);
+/// assert_eq!((view.method(), view.path()), ("POST", "/upload"));
+/// assert_eq!(view.peer_ip(), Some("203.0.113.9".parse()?));
+/// assert!(view.is_http1());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct HttpView<'a, F, X = ()> {
+    method: &'a http::Method,
+    uri: &'a http::Uri,
+    version: http::Version,
+    headers: &'a HeaderMap,
+    extensions: &'a http::Extensions,
+    exact: F,
+    framework: std::marker::PhantomData<fn() -> X>,
+}
+
+impl<F, X> fmt::Debug for HttpView<'_, F, X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpView").field("method", self.method).field("uri", self.uri).finish_non_exhaustive()
+    }
+}
+
+impl<'a, F: Fn() -> Option<u64>, X: HttpExtensions> HttpView<'a, F, X> {
+    /// The view of `request`.
+    #[inline(always)]
+    pub fn of<B>(request: &'a http::Request<B>, exact: F) -> Self {
+        HttpView {
+            method: request.method(),
+            uri: request.uri(),
+            version: request.version(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+            exact,
+            framework: std::marker::PhantomData,
+        }
+    }
+
+    /// The view of a request's parts (its body taken apart, e.g. to be checked across awaits).
+    #[inline(always)]
+    pub fn of_parts(parts: &'a http::request::Parts, exact: F) -> Self {
+        HttpView {
+            method: &parts.method,
+            uri: &parts.uri,
+            version: parts.version,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+            exact,
+            framework: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<F: Fn() -> Option<u64>, X: HttpExtensions> RequestView for HttpView<'_, F, X> {
+    #[inline]
+    fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    #[inline]
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    #[inline]
+    fn matched_route(&self) -> Option<&str> {
+        X::matched_route(self.extensions).or_else(|| self.extensions.get::<RouteName>().map(|r| &*r.0))
+    }
+
+    #[inline]
+    fn peer_ip(&self) -> Option<IpAddr> {
+        X::peer(self.extensions).or_else(|| self.extensions.get::<std::net::SocketAddr>().copied()).map(|p| p.ip())
+    }
+
+    #[inline]
+    fn headers(&self) -> &(dyn RequestHeaders + Sync) {
+        self.headers
+    }
+
+    #[inline]
+    fn is_http1(&self) -> bool {
+        matches!(self.version, http::Version::HTTP_09 | http::Version::HTTP_10 | http::Version::HTTP_11)
+    }
+
+    #[inline]
+    fn exact_body_len(&self) -> Option<u64> {
+        (self.exact)()
+    }
+
+    #[inline]
+    fn identity(&self) -> Option<&str> {
+        self.extensions.get::<Identity>().map(|i| &*i.0)
+    }
+
+    #[inline]
+    fn tier(&self) -> Option<&str> {
+        self.extensions.get::<Tier>().map(|t| &*t.0)
+    }
+
+    #[inline]
+    fn custom_key(&self) -> Option<Key<'_>> {
+        self.extensions.get::<CustomKey>().map(|k| k.0.as_key())
     }
 }
