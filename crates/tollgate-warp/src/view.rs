@@ -10,19 +10,20 @@ use tollgate::request::{RequestHeaders, RequestView};
 
 use crate::keys::{CustomKey, Identity, RouteName, Tier, peer_addr};
 
-/// A request as the engine sees it; `exact` is the body's exact length when its type can tell.
-pub(crate) struct View<'a> {
+/// A request as the engine sees it; `exact` tells the body's exact length when its type can (only
+/// asked on routes with body limits).
+pub(crate) struct View<'a, F> {
     method: &'a Method,
     uri: &'a Uri,
     version: Version,
     headers: &'a HeaderMap,
     extensions: &'a Extensions,
-    exact: Option<u64>,
+    exact: F,
 }
 
-impl<'a> View<'a> {
+impl<'a, F: Fn() -> Option<u64>> View<'a, F> {
     #[inline(always)]
-    pub(crate) fn of<B>(request: &'a Request<B>, exact: Option<u64>) -> Self {
+    pub(crate) fn of<B>(request: &'a Request<B>, exact: F) -> Self {
         View {
             method: request.method(),
             uri: request.uri(),
@@ -34,7 +35,7 @@ impl<'a> View<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn of_parts(parts: &'a Parts, exact: Option<u64>) -> Self {
+    pub(crate) fn of_parts(parts: &'a Parts, exact: F) -> Self {
         View {
             method: &parts.method,
             uri: &parts.uri,
@@ -46,7 +47,7 @@ impl<'a> View<'a> {
     }
 }
 
-impl RequestView for View<'_> {
+impl<F: Fn() -> Option<u64>> RequestView for View<'_, F> {
     #[inline]
     fn method(&self) -> &str {
         self.method.as_str()
@@ -79,7 +80,7 @@ impl RequestView for View<'_> {
 
     #[inline]
     fn exact_body_len(&self) -> Option<u64> {
-        self.exact
+        (self.exact)()
     }
 
     #[inline]

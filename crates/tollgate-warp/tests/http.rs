@@ -122,6 +122,30 @@ policy = "one"
     assert!(!allowed.head.contains("ratelimit"), "{allowed:?}");
     let refused = get_from("127.0.0.3", addr, "/h", "").await;
     assert_eq!((refused.status, refused.header("retry-after")), (429, Some("60")));
+
+    // Spring Cloud Gateway's style, on both.
+    let spring = RateLimit::from_config(&config(
+        r#"
+[headers]
+spring = true
+
+[policies.one]
+limits = [{ name = "per_ip", quota = "1/min", key = "ip" }]
+
+[[routes]]
+path = "/h"
+policy = "one"
+"#,
+    ))
+    .unwrap();
+    let addr = start(&spring, warp::path!("h").map(|| "h")).await;
+    let allowed = get_from("127.0.0.3", addr, "/h", "").await;
+    assert_eq!(allowed.status, 200);
+    assert!(allowed.header("x-ratelimit-burst-capacity").is_some(), "{allowed:?}");
+    assert!(allowed.header("x-ratelimit-replenish-rate").is_some(), "{allowed:?}");
+    let refused = get_from("127.0.0.3", addr, "/h", "").await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.header("x-ratelimit-burst-capacity").is_some(), "{refused:?}");
 }
 
 fn echo_app()
