@@ -449,3 +449,23 @@ async fn filters_read_the_peer_address_with_remote() {
     let addr = start(&limit, peer).await;
     assert_eq!(get_from("127.0.0.17", addr, "/peer", "").await.body, "127.0.0.17");
 }
+
+#[tokio::test]
+async fn serve_with_shutdown_stops_accepting_and_returns() {
+    let limit = RateLimit::from_config(&config("")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate_warp::serve_with_shutdown(
+        listener,
+        limit.service(warp::path!("x").map(|| "x")),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    assert_eq!(get_from("127.0.0.18", addr, "/x", "").await.body, "x");
+    stop.send(()).unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+    assert!(finished.is_ok());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+}

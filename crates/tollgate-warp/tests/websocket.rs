@@ -228,3 +228,22 @@ async fn ws_without_websocket_limits_is_a_500_not_an_unlimited_socket() {
     let addr = start(&limit, route).await;
     assert_eq!(refused_status(open("127.0.1.12", addr, "/").await).0, 500);
 }
+
+#[tokio::test]
+async fn a_handler_that_panics_releases_the_lease() {
+    let limit =
+        RateLimit::from_config(&"[[websocket]]\npath = \"/ws\"\nconcurrent_per_key = 1\n".parse().unwrap()).unwrap();
+    let route = warp::path!("ws").and(tollgate_warp::ws()).map(|ws: LimitedWs| {
+        ws.on_upgrade(|mut socket| async move {
+            // The first message makes the handler panic, with the socket (and its lease) in hand.
+            if let Some(Ok(message)) = socket.next().await {
+                panic!("handler failed on {message:?}");
+            }
+        })
+    });
+    let addr = start(&limit, route).await;
+    let mut first = open("127.0.1.13", addr, "/ws").await.unwrap();
+    assert_eq!(refused_status(open("127.0.1.13", addr, "/ws").await).0, 429);
+    first.send(Message::text("boom")).await.unwrap();
+    let _second = open_eventually("127.0.1.13", addr, "/ws").await;
+}

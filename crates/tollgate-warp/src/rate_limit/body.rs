@@ -198,3 +198,51 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::pin::pin;
+
+    use http_body_util::{BodyExt, StreamBody};
+    use tollgate::{ConcurrencyLimiter, Key};
+
+    use super::*;
+
+    fn chunks(
+        parts: &[&'static [u8]],
+    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>> {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            parts.iter().map(|p| Ok(Frame::data(Bytes::from_static(p)))).collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_of_exactly_the_largest_passes_one_byte_more_is_cut_off() {
+        let overflow = Overflow::new(6, HeaderOptions::default());
+        let body = RequestBody::new(chunks(&[b"abc", b"def"]), Some(Arc::clone(&overflow)));
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdef");
+        assert!(!overflow.hit());
+
+        let overflow = Overflow::new(6, HeaderOptions::default());
+        let body = RequestBody::new(chunks(&[b"abc", b"defg"]), Some(Arc::clone(&overflow)));
+        let err = body.collect().await.unwrap_err();
+        assert_eq!(err.downcast_ref::<BodyTooLarge>().map(BodyTooLarge::max), Some(6));
+        assert!(overflow.hit(), "the response future learns of it");
+
+        let unlimited = RequestBody::new(chunks(&[b"abc", b"defg"]), None);
+        assert_eq!(unlimited.collect().await.unwrap().to_bytes().len(), 7);
+    }
+
+    #[tokio::test]
+    async fn the_response_body_gives_its_lease_back_at_its_end() {
+        let limiter = ConcurrencyLimiter::new("in_flight").per_key(1);
+        let lease = limiter.try_acquire(Key::Global).unwrap();
+        let mut body = pin!(ResponseBody::inner(chunks(&[b"one", b"two"]), Some(lease)));
+        assert!(body.as_mut().frame().await.is_some());
+        assert_eq!(limiter.in_use(), 1, "held while the body streams");
+        assert!(body.as_mut().frame().await.is_some());
+        assert!(body.as_mut().frame().await.is_none());
+        assert_eq!(limiter.in_use(), 0, "released at the end, before the body is dropped");
+    }
+}
