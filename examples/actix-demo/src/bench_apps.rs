@@ -4,6 +4,10 @@
 
 use actix_governor::governor::middleware::NoOpMiddleware;
 use actix_governor::{GovernorConfigBuilder, PeerIpKeyExtractor};
+use actix_web::Error;
+use actix_web::body::BoxBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use tollgate::{HeaderOptions, KeyKind, Limit, Policy};
 use tollgate_actix::RateLimit;
 
@@ -34,4 +38,28 @@ pub(crate) fn governor_builder(allow: bool) -> GovernorConfigBuilder<PeerIpKeyEx
         builder.seconds_per_request(3600).burst_size(1);
     }
     builder
+}
+
+/// The floor of any rate-limit headers (for `App::wrap_fn`): a middleware that adds tollgate's
+/// three `X-RateLimit-*` headers, with fixed values of the bench's sizes, to every response and
+/// decides nothing.
+pub(crate) fn fixed_headers<S>(
+    req: ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<BoxBody>, Error>> + use<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error>,
+{
+    let response = srv.call(req);
+    async move {
+        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+        let mut response = response.await?;
+        let h = response.headers_mut();
+        h.insert(LIMIT, HeaderValue::from_static("100"));
+        h.insert(REMAINING, HeaderValue::from_static("99"));
+        h.insert(RESET, HeaderValue::from_static("1"));
+        Ok(response)
+    }
 }

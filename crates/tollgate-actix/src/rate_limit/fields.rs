@@ -70,34 +70,37 @@ pub(crate) fn header_name(name: &str) -> Option<HeaderName> {
     })
 }
 
-/// The numbers 0 to 9999, written one after another: `0123456789101112...9999` (38,890 bytes).
-static NUMBERS: LazyLock<&'static str> = LazyLock::new(|| {
+/// The header values of the numbers 0 to 9999, made once per process: slices of one static
+/// string (`0123456789101112...9999`, 38,890 bytes), so that a clone copies no bytes.
+static NUMBERS: LazyLock<Box<[HeaderValue]>> = LazyLock::new(|| {
     let all: String = (0..10_000u32).map(|n| n.to_string()).collect();
-    // Built once per process and kept for its life: the values below borrow it.
-    Box::leak(all.into_boxed_str())
+    // Built once per process and kept for its life: the values borrow it.
+    let all: &'static str = Box::leak(all.into_boxed_str());
+    let mut at = 0;
+    (0..10_000u32)
+        .map(|n| {
+            let len = n.checked_ilog10().map_or(1, |digits| digits as usize + 1);
+            let value = HeaderValue::from_static(all.get(at..at + len).unwrap_or("0"));
+            at += len;
+            value
+        })
+        .collect()
 });
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// The core's header value as actix's. The numbers the rate-limit headers mostly carry (up to
 /// 9999: limits, what remains, seconds to reset or retry) and the refusal bodies' content types
-/// come from static strings, with no allocation; any other value is copied.
+/// are made once, with no allocation per response; any other value is copied.
 #[inline]
 pub(crate) fn header_value(value: &[u8]) -> Option<HeaderValue> {
-    if let Some(n) = small_number(value) {
-        // Where `n` starts in NUMBERS: after the 10 one-digit, 90 two-digit and 900
-        // three-digit numbers before it.
-        let at = match n {
-            0..=9 => n,
-            10..=99 => 10 + (n - 10) * 2,
-            100..=999 => 190 + (n - 100) * 3,
-            _ => 2890 + (n - 1000) * 4,
-        };
-        if let Some(text) = NUMBERS.get(at..at + value.len()) {
-            return Some(HeaderValue::from_static(text));
-        }
+    if let Some(number) = small_number(value).and_then(|n| NUMBERS.get(n)) {
+        return Some(number.clone());
     }
     match value {
-        b"application/json" => Some(HeaderValue::from_static("application/json")),
-        b"application/problem+json" => Some(HeaderValue::from_static("application/problem+json")),
+        b"application/json" => Some(JSON),
+        b"application/problem+json" => Some(PROBLEM_JSON),
         _ => HeaderValue::from_bytes(value).ok(),
     }
 }

@@ -1,7 +1,7 @@
 //! The in-process count of the actix-web benchmark: `actix-bench-count CASE N` sends N requests
 //! through one case's app as a service (`actix_web::test`, no sockets) inside `measured`, for
 //! callgrind (`--toggle-collect='*measured*'`), and prints the heap allocations per request.
-//! Cases: bare, noop, tollgate, tollgate_no_headers, tollgate_refusal, governor,
+//! Cases: bare, noop, fixed_headers, tollgate, tollgate_no_headers, tollgate_refusal, governor,
 //! governor_headers, governor_refusal. Driven by `count.sh`.
 
 // A console tool.
@@ -13,7 +13,7 @@ mod apps;
 use actix_governor::Governor;
 use actix_web::dev::Service;
 use actix_web::{App, web};
-use apps::{ALLOW, BoxError, REFUSE, governor_builder, hello, tollgate};
+use apps::{ALLOW, BoxError, REFUSE, fixed_headers, governor_builder, hello, tollgate};
 use tollgate::HeaderOptions;
 
 #[global_allocator]
@@ -88,6 +88,7 @@ async fn count(case: &str, requests: usize) -> Result<(), BoxError> {
             count!(requests, App::new().wrap(Governor::new(&governor_builder(false).finish().ok_or("config")?)));
         }
         "noop" => count!(requests, App::new().wrap_fn(|req, srv| srv.call(req))),
+        "fixed_headers" => count!(requests, App::new().wrap_fn(fixed_headers)),
         _ => return Err(format!("unknown case {case}").into()),
     }
     Ok(())

@@ -14,9 +14,8 @@ mod apps;
 
 use actix_governor::Governor;
 use actix_web::dev::Service;
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpServer, web};
-use apps::{ALLOW, BoxError, REFUSE, governor_builder, hello, tollgate};
+use apps::{ALLOW, BoxError, REFUSE, fixed_headers, governor_builder, hello, tollgate};
 use tollgate::HeaderOptions;
 
 /// Serves `App::new().wrap(middleware).route("/", hello)` on `port` with one worker.
@@ -52,28 +51,11 @@ async fn http(port: u16) -> Result<(), BoxError> {
     serve!(port + 5, Governor::new(&gov_headers));
     serve!(port + 6, Governor::new(&gov_refuse));
     // The floor: three fixed headers written into every response, nothing decided.
-    let server = HttpServer::new(|| {
-        App::new()
-            .wrap_fn(|req, srv| {
-                let response = srv.call(req);
-                async move {
-                    const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-                    const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-                    const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-                    let mut response = response.await?;
-                    let h = response.headers_mut();
-                    h.insert(LIMIT, HeaderValue::from_static("100"));
-                    h.insert(REMAINING, HeaderValue::from_static("99"));
-                    h.insert(RESET, HeaderValue::from_static("1"));
-                    Ok(response)
-                }
-            })
-            .route("/", web::get().to(hello))
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", port + 7))?
-    .run();
+    let server = HttpServer::new(|| App::new().wrap_fn(fixed_headers).route("/", web::get().to(hello)))
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", port + 7))?
+        .run();
     actix_web::rt::spawn(server);
     // A middleware that does nothing.
     let server = HttpServer::new(|| App::new().wrap_fn(|req, srv| srv.call(req)).route("/", web::get().to(hello)))
