@@ -209,9 +209,7 @@ mod tests {
 
     use super::*;
 
-    fn chunks(
-        parts: &[&'static [u8]],
-    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>> {
+    fn chunks(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = BoxError> + Unpin + use<> {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> =
             parts.iter().map(|p| Ok(Frame::data(Bytes::from_static(p)))).collect();
         StreamBody::new(futures_util::stream::iter(frames))
