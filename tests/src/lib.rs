@@ -42,7 +42,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// The demo packages the suite runs against. Each has a binary of the same name; see the crate
 /// docs for what a demo must do to be added here.
-pub const DEMOS: &[&str] = &["axum-demo", "warp-demo"];
+pub const DEMOS: &[&str] = &["axum-demo", "warp-demo", "actix-demo"];
 
 /// The last byte of the loopback address `examples/demo-config.toml` trusts as a proxy
 /// (`127.0.0.250`): reserved for the scenario that plays a proxy.

@@ -14,23 +14,6 @@
 //! the trusted proxies of the engine's [`ClientIpResolver`](tollgate::ClientIpResolver): actix's
 //! `realip_remote_addr` is not used, as it believes forwarding headers from anyone.
 
-use std::sync::Arc;
-
-use tollgate::OwnedKey;
-
-/// The authenticated identity of a request, inserted by the application's auth middleware.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Identity(pub Arc<str>);
-
-/// The client's tier (e.g. `free`, `pro`), inserted by the application.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Tier(pub Arc<str>);
-
-/// A route name for route-keyed limits and per-route tables, reported by the application; without
-/// one the engine matches the URI's path against its own route patterns.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RouteName(pub Arc<str>);
-
-/// A key of the application's own, for limits keyed by [`tollgate::KeyKind::Custom`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CustomKey(pub OwnedKey);
+// The core's extension types, the same for every adapter: an auth layer shared by an axum and an
+// actix-web service inserts the same values.
+pub use tollgate::request::{CustomKey, Identity, RouteName, Tier};
