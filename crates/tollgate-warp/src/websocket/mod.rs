@@ -8,7 +8,7 @@
 //! is released when the socket is dropped (after a close, when the client vanishes, or when the
 //! handler panics), not at the `101`.
 //!
-//! **Message limits.** [`LimitedWebSocket`] wraps warp's [`WebSocket`](warp::ws::WebSocket) and
+//! **Message limits.** [`LimitedWebSocket`] wraps warp's [`WebSocket`] and
 //! runs every incoming message through the core's [`MessageGate`]: allowed messages come out
 //! unchanged, refused ones are dropped and answered with a JSON error frame, delayed, or end the
 //! connection with a close frame (1009 over the largest message, also when the socket itself
