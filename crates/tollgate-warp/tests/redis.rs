@@ -83,3 +83,37 @@ async fn two_instances_share_one_quota_and_one_count_of_sockets_through_redis() 
         Ok(_) => panic!("a third socket across the instances was admitted"),
     }
 }
+
+#[tokio::test]
+async fn a_store_outage_under_fail_closed_is_a_503_response_not_a_500() {
+    if !redis_support::redis_available() {
+        return;
+    }
+    let mut server = redis_support::RedisServer::start();
+    let config: Config = r#"
+[policies.closed]
+failure_mode = "closed"
+limits = [{ name = "per_ip", quota = "100/min", key = "ip" }]
+
+[[routes]]
+path = "/hello"
+policy = "closed"
+"#
+    .parse()
+    .unwrap();
+    let store = RedisStore::builder(server.url())
+        .prefix("tollgate-warp-outage")
+        .timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let limit = RateLimit::from_config_with(&config, &store).unwrap();
+    let addr = support::start(&limit, warp::path!("hello").map(|| "hello")).await;
+    assert_eq!(support::get_from("127.0.2.3", addr, "/hello", "").await.status, 200);
+
+    server.kill();
+    let r = support::get_from("127.0.2.3", addr, "/hello", "").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.body.contains("error"), "{r:?}");
+}
