@@ -247,3 +247,24 @@ async fn a_handler_that_panics_releases_the_lease() {
     first.send(Message::text("boom")).await.unwrap();
     let _second = open_eventually("127.0.1.13", addr, "/ws").await;
 }
+
+#[tokio::test]
+async fn a_ping_flood_closes_with_1008() {
+    let addr = server().await;
+    let mut socket = open("127.0.1.14", addr, "/ws").await.unwrap();
+    for _ in 0..40 {
+        socket.send(Message::Ping(vec![0].into())).await.unwrap();
+    }
+    // Pongs for the pings the cap let through, then the close frame.
+    for _ in 0..41 {
+        match next(&mut socket).await {
+            Message::Pong(_) => {}
+            Message::Close(Some(frame)) => {
+                assert_eq!(frame.code, CloseCode::Policy, "{frame:?}");
+                return;
+            }
+            other => panic!("expected pongs then close 1008, got {other:?}"),
+        }
+    }
+    panic!("no close frame after a flood of 40 pings");
+}
