@@ -208,6 +208,9 @@ impl<St: Store> RateLimit<St> {
     /// [`serve`](crate::serve) runs, or any hyper server does (with the peer's `SocketAddr` in
     /// the request extensions for IP keys). The filter's rejections (404, 405, ...) become
     /// warp's own responses, as under `warp::serve`; the limits' refusals are never rejections.
+    /// The filter's error is `warp::Rejection`, as for any filter that can reject (a path, a
+    /// method); one that never rejects (`warp::any().map(...)`, whose error is `Infallible`) is
+    /// passed as `filter.boxed()`.
     pub fn service<F>(
         &self,
         filter: F,
