@@ -211,6 +211,17 @@ impl<St: Store> RateLimit<St> {
     /// The filter's error is `warp::Rejection`, as for any filter that can reject (a path, a
     /// method); one that never rejects (`warp::any().map(...)`, whose error is `Infallible`) is
     /// passed as `filter.boxed()`.
+    ///
+    /// ```
+    /// use warp::Filter;
+    ///
+    /// let limit = tollgate_warp::RateLimit::from_config(&"".parse()?)?;
+    /// let routes = warp::path!("hello").map(|| "hello");
+    /// let service = limit.service(routes);
+    /// let never_rejects = limit.service(warp::any().map(|| "anything").boxed());
+    /// # let _ = (service, never_rejects);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn service<F>(
         &self,
         filter: F,
