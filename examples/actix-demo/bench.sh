@@ -8,13 +8,13 @@
 # With 2 or more CPUs to run on, the server runs on the first (one actix worker per server) and
 # wrk on the second with one thread (PIN=1, the default there): the server is the bottleneck, so
 # requests/s is the inverse of what one request costs it. PIN=0 runs both unpinned.
-# Usage: examples/actix-demo/bench.sh   (env: DURATION=2s ROUNDS=9 CONNECTIONS=32 PORT=4200 PIN=1 THREADS=2)
+# Usage: examples/actix-demo/bench.sh   (env: DURATION=2s ROUNDS=9 CONNECTIONS=32 PORT=4300 PIN=1 THREADS=2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-2s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
-PORT=${PORT:-4200}
+PORT=${PORT:-4300}
 ROUNDS=${ROUNDS:-9}
 read -r CPU_A CPU_B < <(python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(*(c + c)[:2])' 2>/dev/null || echo "")
 if [ -z "${PIN:-}" ]; then

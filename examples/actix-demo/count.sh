@@ -10,7 +10,7 @@ REQUESTS=${REQUESTS:-5000}
 cargo build --release -q -p actix-demo --bin actix-bench-count
 BIN=target/release/actix-bench-count
 CASES=("$@")
-[ ${#CASES[@]} -eq 0 ] && CASES=(bare noop tollgate tollgate_no_headers governor governor_headers tollgate_refusal governor_refusal)
+[ ${#CASES[@]} -eq 0 ] && CASES=(bare noop fixed_headers tollgate tollgate_no_headers governor governor_headers tollgate_refusal governor_refusal)
 printf "%-22s %12s %9s %12s\n" case instructions "vs bare" allocations
 bare=""
 for case in "${CASES[@]}"; do

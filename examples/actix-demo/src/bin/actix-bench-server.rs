@@ -73,7 +73,7 @@ async fn http(port: u16) -> Result<(), BoxError> {
 async fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("http") => http(args.next().and_then(|p| p.parse().ok()).unwrap_or(4200)).await,
+        Some("http") => http(args.next().and_then(|p| p.parse().ok()).unwrap_or(4300)).await,
         _ => Err("usage: actix-bench-server http [PORT]".into()),
     }
 }
