@@ -3,7 +3,9 @@
 //! [`RateLimit::identify`](crate::RateLimit::identify) (or
 //! [`identify_async`](crate::RateLimit::identify_async)), or by a tower layer around
 //! [`RateLimitService`](crate::RateLimitService). The warp filters inside read them back with
-//! `warp::ext::get::<Identity>()`.
+//! `warp::ext::get::<Identity>()`. The types are the core's (`tollgate::request`), the same for
+//! every adapter, re-exported here; the engine reads the request through the core's
+//! [`HttpView`](tollgate::request::HttpView), as every adapter on `http` 1.x does.
 //!
 //! - **Client IP**: the peer's [`SocketAddr`], which [`serve`](crate::serve) puts in the
 //!   extensions (read it in a filter with [`remote`]); resolved through the engine's trusted
@@ -21,22 +23,7 @@ use http::Extensions;
 use tollgate::OwnedKey;
 use warp::Filter;
 
-/// The authenticated identity of a request.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Identity(pub Arc<str>);
-
-/// The client's tier (e.g. `free`, `pro`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Tier(pub Arc<str>);
-
-/// A route name, used instead of matching the path against the engine's patterns: the request's
-/// route-keyed limits and its route entry are those of this name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RouteName(pub Arc<str>);
-
-/// A key of the application's own, for limits keyed by [`tollgate::KeyKind::Custom`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CustomKey(pub OwnedKey);
+pub use tollgate::request::{CustomKey, Identity, RouteName, Tier};
 
 /// What an identify hook found of a request: each value set is put in the request's extensions
 /// before the checks.
@@ -97,12 +84,6 @@ impl Identified {
             extensions.insert(custom);
         }
     }
-}
-
-/// The peer's socket address that [`serve`](crate::serve) put in the extensions.
-#[inline]
-pub(crate) fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
-    extensions.get::<SocketAddr>().copied()
 }
 
 /// The peer's address, for the filters of an application served by [`serve`](crate::serve):

@@ -44,7 +44,6 @@
 pub mod keys;
 pub mod rate_limit;
 mod serve;
-mod view;
 #[cfg(feature = "websocket")]
 pub mod websocket;
 

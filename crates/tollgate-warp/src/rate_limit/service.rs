@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::body::{Overflow, RequestBody, ResponseBody};
 use super::config::{Config, Identify};
 use super::future::{BoxPrepare, ResponseFuture};
-use crate::view::View;
+use tollgate::request::HttpView;
 
 /// A service with the limits of a [`RateLimit`](super::RateLimit) in front of it: see the
 /// [module docs](super). Made by [`RateLimit::service`](super::RateLimit::service) around a warp
@@ -101,7 +101,7 @@ where
             }
         }
         let engine = &self.config.engine;
-        let view = View::of(&request, || request.body().size_hint().exact());
+        let view = HttpView::<_>::of(&request, || request.body().size_hint().exact());
         let limits = engine.limits_for(&view);
         if !limits.decides_at_once() {
             return ResponseFuture::preparing(prepare(&self.config, request), self.take_ready_inner());
@@ -150,7 +150,7 @@ fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, reques
         }
         let exact = body.size_hint().exact();
         let checked = {
-            let view = View::of_parts(&parts, move || exact);
+            let view = HttpView::<_>::of_parts(&parts, move || exact);
             let limits = config.engine.limits_for(&view);
             if limits.decides_at_once() {
                 config.engine.check_now(limits, &view)
