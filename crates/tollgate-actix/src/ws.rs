@@ -12,7 +12,7 @@
 //!
 //! **Message limits.** [`handle`] is `actix_ws::handle` with the incoming messages limited:
 //! every message the client sends goes through the core's
-//! [`MessageGate`](tollgate::websocket::MessageGate) — messages and bytes per period, the largest
+//! [`MessageGate`] — messages and bytes per period, the largest
 //! message, per-kind limits chosen by a classifier, per connection and per client across its
 //! connections. Allowed messages come out of the stream unchanged; a refused one is dropped and
 //! answered with a JSON error frame (`{"error":"rate_limited","limit":"messages","retry_after":3}`)
