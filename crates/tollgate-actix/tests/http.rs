@@ -416,3 +416,44 @@ policy = "per_ip"
     }
     server.stop().await;
 }
+
+#[actix_web::test]
+async fn in_flight_lease_is_released_when_the_client_drops_a_streaming_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limit = RateLimit::with_limits(Limits::new().in_flight(ConcurrencyLimiter::new("streams").per_key(1)));
+    let server = serve!(1, move || {
+        App::new().wrap(limit.clone()).route(
+            "/stream",
+            web::get().to(|| async {
+                // An endless body, a chunk every 10 ms: it ends only when actix drops it.
+                let ticks = futures_util::stream::unfold((), |()| async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Some((Ok::<_, std::convert::Infallible>(Bytes::from_static(b"tick\n")), ()))
+                });
+                HttpResponse::Ok().streaming(ticks)
+            }),
+        )
+    });
+    let mut client = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    client.write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut head)).await.unwrap().unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    // The stream holds the client's one place.
+    assert_eq!(get(server.addr, "/stream", "").await.status, 429);
+    // The client vanishes mid-body: the place comes back once actix drops the body.
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut probe = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        probe.write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 12];
+        let n = tokio::time::timeout(Duration::from_secs(10), probe.read(&mut buf)).await.unwrap().unwrap();
+        if buf[..n].starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease of the dropped stream was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
