@@ -277,9 +277,7 @@ where
                 Some(Err(ProtocolError::Overflow)) => {
                     // A frame over the codec's cap never reaches the gate; it is answered with the
                     // gate's 1009 all the same, not cut off.
-                    let cap = this.continuation_cap();
-                    let frame = this.gate.too_large(cap.saturating_add(1), cap);
-                    let frame = CloseFrame::new(frame.code, &format!("message over the limit of {cap} bytes"));
+                    let frame = this.gate.refused_by_socket(this.continuation_cap());
                     this.close(&frame);
                     continue;
                 }

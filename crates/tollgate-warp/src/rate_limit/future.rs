@@ -118,7 +118,7 @@ where
 /// The 413 of a body over `max` bytes.
 #[inline(never)]
 fn too_large(options: &HeaderOptions, max: u64) -> Response<Full<Bytes>> {
-    render(&Refusal::error(options, http::StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(max)))
+    render(&Refusal::body_too_large(options, max))
 }
 
 /// An answer without a decision (a 500 when the response future is misused).

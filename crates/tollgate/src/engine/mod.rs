@@ -444,7 +444,7 @@ impl<St: Store> Engine<St> {
         if let (Some(max), Some(len)) = (limits.max_body, length)
             && len > max
         {
-            return Err(self.error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(max)));
+            return Err(Box::new(Refusal::body_too_large(&self.headers, max)));
         }
         let Some(policy) = &limits.body_bytes else { return Ok(None) };
         let Some(cost) = length.or(limits.max_body) else {

@@ -201,6 +201,13 @@ impl Refusal {
         Refusal { status, options: *options, cause: Cause::Error { error, limit } }
     }
 
+    /// The 413 of a body that turned out longer than the route's largest body (`max` bytes)
+    /// while it streamed, where no length was declared: the same answer as for a declared length
+    /// over it, for an adapter that replaces the application's response to a cut-off body.
+    pub fn body_too_large(options: &HeaderOptions, max: u64) -> Self {
+        Self::error(options, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(max))
+    }
+
     /// 429 over a rate, 413 for a body over its largest size, 411 when a body-bytes limit cannot
     /// tell a body's cost, 503 when a global cap is full or a store failed closed, 403 for a
     /// deny-listed key, 400 for a missing key, 500 when a check failed.

@@ -378,6 +378,15 @@ impl<C: Clock> MessageGate<C> {
         CloseFrame::message_too_big(len, max)
     }
 
+    /// The close frame (1009) for a message the socket refused as larger than its own cap `cap`
+    /// without saying how large it was (a codec that stops reading at its cap): as
+    /// [`MessageGate::too_large`], its reason naming the limit only.
+    pub fn refused_by_socket(&self, cap: usize) -> CloseFrame {
+        let max = self.limits.max_message_size.map_or(cap, |max| max.min(cap));
+        crate::observe::websocket_close(close_code::MESSAGE_TOO_BIG);
+        CloseFrame::new(close_code::MESSAGE_TOO_BIG, &format!("message over the limit of {max} bytes"))
+    }
+
     fn decide(&mut self, kind: MessageKind, len: usize, text: Option<&str>) -> Verdict {
         let now = self.clock.now();
         match kind {
