@@ -48,6 +48,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decision, LimitHeaders, ceil_secs};
 
+/// Where rendered header fields go: an `http` 1.x [`HeaderMap`] (tower, axum, warp, hyper), or an
+/// adapter's own header map (actix-web's), converting each field as it comes, with no map in
+/// between.
+///
+/// ```
+/// use http::{HeaderName, HeaderValue};
+/// use tollgate::headers::HeaderSink;
+///
+/// /// A map of another framework, here a list of text pairs.
+/// struct Pairs(Vec<(String, String)>);
+/// impl HeaderSink for Pairs {
+///     fn set(&mut self, name: HeaderName, value: HeaderValue) {
+///         self.0.retain(|(n, _)| n != name.as_str());
+///         self.0.push((name.as_str().to_owned(), value.to_str().unwrap_or_default().to_owned()));
+///     }
+/// }
+/// let mut pairs = Pairs(Vec::new());
+/// tollgate::HeaderOptions::default().render_numbers(10, 7, std::time::Duration::from_secs(1), &mut pairs);
+/// assert!(pairs.0.contains(&("x-ratelimit-remaining".into(), "7".into())));
+/// ```
+pub trait HeaderSink {
+    /// Sets the field `name` to `value`, replacing any value it had.
+    fn set(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl HeaderSink for HeaderMap {
+    #[inline]
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.insert(name, value);
+    }
+}
+
 /// What `X-RateLimit-Reset` carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -235,12 +267,12 @@ fn sf_string(s: &str, out: &mut String) {
 impl HeaderOptions {
     /// Writes the decision's headers (on allowed and refused decisions alike; nothing when no
     /// limit applied). Uses the system clock for [`ResetStyle::EpochSeconds`].
-    pub fn render(&self, decision: &Decision, headers: &mut HeaderMap) {
+    pub fn render(&self, decision: &Decision, headers: &mut (impl HeaderSink + ?Sized)) {
         self.render_with(decision, headers, SystemTime::now);
     }
 
     /// [`HeaderOptions::render`] with the current time given.
-    pub fn render_at(&self, decision: &Decision, headers: &mut HeaderMap, now: SystemTime) {
+    pub fn render_at(&self, decision: &Decision, headers: &mut (impl HeaderSink + ?Sized), now: SystemTime) {
         self.render_with(decision, headers, || now);
     }
 
@@ -255,14 +287,19 @@ impl HeaderOptions {
     /// Writes the headers an allowed response carries (everything [`HeaderOptions::render`]
     /// writes but `Retry-After`), from what a middleware kept of the decision.
     #[inline]
-    pub fn render_limit(&self, limit: &LimitHeaders, headers: &mut HeaderMap) {
+    pub fn render_limit(&self, limit: &LimitHeaders, headers: &mut (impl HeaderSink + ?Sized)) {
         self.render_limit_with(limit, headers, SystemTime::now);
     }
 
     /// Reads the clock only for [`ResetStyle::EpochSeconds`].
-    fn render_with(&self, decision: &Decision, headers: &mut HeaderMap, now: impl FnOnce() -> SystemTime) {
+    fn render_with(
+        &self,
+        decision: &Decision,
+        headers: &mut (impl HeaderSink + ?Sized),
+        now: impl FnOnce() -> SystemTime,
+    ) {
         if !decision.allowed {
-            headers.insert(RETRY_AFTER, constant(decision.retry_after_secs()));
+            headers.set(RETRY_AFTER, constant(decision.retry_after_secs()));
         }
         if let Some(limit) = decision.limit_headers() {
             self.render_limit_with(&limit, headers, now);
@@ -291,7 +328,13 @@ impl HeaderOptions {
     /// assert_eq!(headers["x-ratelimit-reset"], "1");
     /// ```
     #[inline]
-    pub fn render_numbers(&self, limit: u64, remaining: u64, reset_after: Duration, headers: &mut HeaderMap) {
+    pub fn render_numbers(
+        &self,
+        limit: u64,
+        remaining: u64,
+        reset_after: Duration,
+        headers: &mut (impl HeaderSink + ?Sized),
+    ) {
         self.render_numbers_with(limit, remaining, reset_after, headers, SystemTime::now);
     }
 
@@ -300,14 +343,14 @@ impl HeaderOptions {
         limit: u64,
         remaining: u64,
         reset_after: Duration,
-        headers: &mut HeaderMap,
+        headers: &mut (impl HeaderSink + ?Sized),
         now: impl FnOnce() -> SystemTime,
     ) {
         if !self.x_ratelimit {
             return;
         }
-        headers.insert(X_LIMIT, constant(limit));
-        headers.insert(X_REMAINING, num(remaining));
+        headers.set(X_LIMIT, constant(limit));
+        headers.set(X_REMAINING, num(remaining));
         let value = match self.reset {
             ResetStyle::Seconds => ceil_secs(reset_after),
             ResetStyle::EpochSeconds => {
@@ -316,10 +359,15 @@ impl HeaderOptions {
                 ceil_secs(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
             }
         };
-        headers.insert(X_RESET, constant(value));
+        headers.set(X_RESET, constant(value));
     }
 
-    fn render_limit_with(&self, limit: &LimitHeaders, headers: &mut HeaderMap, now: impl FnOnce() -> SystemTime) {
+    fn render_limit_with(
+        &self,
+        limit: &LimitHeaders,
+        headers: &mut (impl HeaderSink + ?Sized),
+        now: impl FnOnce() -> SystemTime,
+    ) {
         self.render_numbers_with(limit.limit, limit.remaining, limit.reset_after, headers, now);
         if self.ietf {
             let mut policy = String::with_capacity(48);
@@ -329,19 +377,19 @@ impl HeaderOptions {
             sf_string(limit.name, &mut state);
             let _ = write!(state, ";r={};t={}", limit.remaining, ceil_secs(limit.reset_after));
             if let Ok(v) = HeaderValue::try_from(policy) {
-                headers.insert(RATELIMIT_POLICY, v);
+                headers.set(RATELIMIT_POLICY, v);
             }
             if let Ok(v) = HeaderValue::try_from(state) {
-                headers.insert(RATELIMIT, v);
+                headers.set(RATELIMIT, v);
             }
         }
         if self.spring {
             let q = limit.quota;
             let per_sec = (u128::from(q.amount().get()) * 1_000_000_000).div_ceil(q.period().as_nanos().max(1));
-            headers.insert(SPRING_RATE, constant(u64::try_from(per_sec).unwrap_or(u64::MAX)));
-            headers.insert(SPRING_BURST, constant(u64::from(q.burst().get())));
-            headers.insert(SPRING_REQUESTED, num(1));
-            headers.insert(X_REMAINING, num(limit.remaining));
+            headers.set(SPRING_RATE, constant(u64::try_from(per_sec).unwrap_or(u64::MAX)));
+            headers.set(SPRING_BURST, constant(u64::from(q.burst().get())));
+            headers.set(SPRING_REQUESTED, num(1));
+            headers.set(X_REMAINING, num(limit.remaining));
         }
     }
 
@@ -417,10 +465,10 @@ impl HeaderOptions {
     }
 
     /// Writes the refusal's content type into `headers` and returns its body.
-    pub fn refusal(&self, decision: &Decision, headers: &mut HeaderMap) -> Vec<u8> {
+    pub fn refusal(&self, decision: &Decision, headers: &mut (impl HeaderSink + ?Sized)) -> Vec<u8> {
         self.render(decision, headers);
         let (ct, body) = self.refusal_body(decision);
-        headers.insert(CONTENT_TYPE, ct);
+        headers.set(CONTENT_TYPE, ct);
         body
     }
 }

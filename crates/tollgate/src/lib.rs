@@ -57,7 +57,7 @@ pub use concurrency::{
 pub use config::Config;
 pub use decision::{Admission, Admitted, Decision, LimitHeaders, LimitState, Reason};
 pub use error::Error;
-pub use headers::{BodyFormat, HeaderOptions, ResetStyle};
+pub use headers::{BodyFormat, HeaderOptions, HeaderSink, ResetStyle};
 pub use key::{Key, OwnedKey};
 pub use limiter::{DirectLimiter, KeyedLimiter, NotUntil};
 pub use policy::{FailureMode, KeyFields, KeyKind, Limit, MissingKey, Policy, PolicyBuilder, RequestKeys};

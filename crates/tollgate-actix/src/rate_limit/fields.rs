@@ -1,52 +1,22 @@
 //! The core's header fields (`http` 1.x names and values) written into actix's header map
 //! (`http` 0.2 types): the one conversion the adapter makes of the plan.
 
-use std::cell::RefCell;
 use std::sync::LazyLock;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tollgate::HeaderSink;
 
-thread_local! {
-    /// The map the core renders a response's fields into, reused: emptied by each conversion, it
-    /// keeps its memory, so a response's fields cost no map of their own.
-    static FIELDS: RefCell<http::HeaderMap> = RefCell::new(http::HeaderMap::new());
-}
+/// actix's header map as the core's [`HeaderSink`]: each field the core renders is converted and
+/// set as it comes, with no `http` 1.x map in between.
+pub(crate) struct Fields<'a>(pub(crate) &'a mut HeaderMap);
 
-/// Runs `render` on an empty `http` 1.x map, then moves each field it wrote into `into` (`insert`
-/// replaces a field of the same name, else each value is appended); returns what `render`
-/// returned.
-#[inline]
-pub(crate) fn write<R>(into: &mut HeaderMap, insert: bool, render: impl FnOnce(&mut http::HeaderMap) -> R) -> R {
-    FIELDS.with(|fields| match fields.try_borrow_mut() {
-        Ok(mut fields) => convert(&mut fields, into, insert, render),
-        // Re-entered from within `render` (it never is): a map of its own.
-        Err(_) => convert(&mut http::HeaderMap::new(), into, insert, render),
-    })
-}
-
-#[inline]
-fn convert<R>(
-    fields: &mut http::HeaderMap,
-    into: &mut HeaderMap,
-    insert: bool,
-    render: impl FnOnce(&mut http::HeaderMap) -> R,
-) -> R {
-    fields.clear();
-    let answer = render(fields);
-    let mut last = None;
-    for (name, value) in fields.drain() {
-        // `drain` names a field once, before its first value.
-        if let Some(name) = name {
-            last = header_name(name.as_str());
-        }
-        let (Some(name), Some(value)) = (&last, header_value(value.as_bytes())) else { continue };
-        if insert {
-            into.insert(name.clone(), value);
-        } else {
-            into.append(name.clone(), value);
+impl HeaderSink for Fields<'_> {
+    #[inline]
+    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        if let (Some(name), Some(value)) = (header_name(name.as_str()), header_value(value.as_bytes())) {
+            self.0.insert(name, value);
         }
     }
-    answer
 }
 
 /// The core's header name as actix's: the names the core writes from constants, with no
@@ -132,19 +102,15 @@ mod tests {
     }
 
     #[test]
-    fn fields_keep_every_value_when_appended() {
+    fn fields_are_set_in_actix_map_as_the_core_renders_them() {
         let mut into = HeaderMap::new();
-        write(&mut into, false, |fields| {
-            fields.append("x-ratelimit-limit", http::HeaderValue::from_static("10"));
-            fields.append("ratelimit-policy", http::HeaderValue::from_static("a"));
-            fields.append("ratelimit-policy", http::HeaderValue::from_static("b"));
-        });
+        into.insert(header::RETRY_AFTER, HeaderValue::from_static("99"));
+        let mut fields = Fields(&mut into);
+        fields.set(http::HeaderName::from_static("x-ratelimit-limit"), http::HeaderValue::from_static("10"));
+        fields.set(http::header::RETRY_AFTER, http::HeaderValue::from_static("3"));
+        fields.set(http::HeaderName::from_static("x-custom"), http::HeaderValue::from_static("a b"));
         assert_eq!(into.get("x-ratelimit-limit").unwrap(), "10");
-        let all: Vec<_> = into.get_all("ratelimit-policy").map(|v| v.to_str().unwrap().to_owned()).collect();
-        assert_eq!(all, ["a", "b"]);
-        // The reused map starts empty.
-        let mut again = HeaderMap::new();
-        write(&mut again, true, |_| {});
-        assert!(again.is_empty());
+        assert_eq!(into.get("retry-after").unwrap(), "3", "a field the core sets replaces the old value");
+        assert_eq!(into.get("x-custom").unwrap(), "a b");
     }
 }

@@ -77,13 +77,13 @@ where
         };
         pass_on(&mut request, &response, max_body);
         if wait.is_zero() {
-            return ResponseFuture::inner(self.service.call(request), response, engine.header_options().writes_limit());
+            return ResponseFuture::inner(self.service.call(request), response);
         }
-        let (service, writes) = (Rc::clone(&self.service), engine.header_options().writes_limit());
+        let service = Rc::clone(&self.service);
         ResponseFuture::boxed(Box::pin(async move {
             tokio::time::sleep(wait).await;
             let inner = service.call(request).await?;
-            Ok(finish(inner, response, writes))
+            Ok(finish(inner, response))
         }))
     }
 }
@@ -114,7 +114,7 @@ where
         tokio::time::sleep(wait).await;
     }
     let inner = service.call(request).await?;
-    Ok(finish(inner, response, config.engine.header_options().writes_limit()))
+    Ok(finish(inner, response))
 }
 
 /// Gives the handler what the plan leaves it: the WebSocket lease in the extensions, and the
@@ -133,15 +133,10 @@ fn pass_on(request: &mut ServiceRequest, response: &ResponsePlan, max_body: Opti
 /// Applies the engine's plan to the inner service's response: its rate-limit headers, and the
 /// in-flight lease moved into the body.
 #[inline(always)]
-fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan, writes: bool) -> LimitedResponse<B> {
+fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan) -> LimitedResponse<B> {
     let status = http::StatusCode::from_u16(response.status().as_u16()).unwrap_or(http::StatusCode::OK);
-    // The plan's `apply` into a reused `http` 1.x map, then actix's: `apply_fields` without a map
-    // of its own per response. With no header style on allowed responses, nothing to convert.
-    let lease = if writes {
-        fields::write(response.headers_mut(), true, |fields| plan.apply(status, fields))
-    } else {
-        plan.apply(status, &mut http::HeaderMap::new())
-    };
+    // The core writes its fields straight into actix's map, each converted as it comes.
+    let lease = plan.apply(status, &mut fields::Fields(response.headers_mut()));
     response.map_body(|_, body| EitherBody::left(ResponseBody::new(body, lease)))
 }
 
@@ -159,7 +154,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Refused { response: Option<ServiceResponse<BoxBody>> },
-        Inner { #[pin] future: F, plan: ResponsePlan, writes: bool },
+        Inner { #[pin] future: F, plan: ResponsePlan },
         Boxed { future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>> },
     }
 }
@@ -180,8 +175,8 @@ impl<F, B> ResponseFuture<F, B> {
         Self { state: State::Refused { response: Some(response) } }
     }
 
-    fn inner(future: F, plan: ResponsePlan, writes: bool) -> Self {
-        Self { state: State::Inner { future, plan, writes } }
+    fn inner(future: F, plan: ResponsePlan) -> Self {
+        Self { state: State::Inner { future, plan } }
     }
 
     fn boxed(future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>>) -> Self {
@@ -202,9 +197,9 @@ where
                 // Polled again after completion: an error rather than a panic.
                 None => Poll::Ready(Err(actix_web::error::ErrorInternalServerError("polled after completion"))),
             },
-            StateProj::Inner { future, plan, writes } => {
+            StateProj::Inner { future, plan } => {
                 let response = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(finish(response, std::mem::take(plan), *writes)))
+                Poll::Ready(Ok(finish(response, std::mem::take(plan))))
             }
             StateProj::Boxed { future } => future.as_mut().poll(cx),
         }

@@ -199,7 +199,7 @@ impl<St: Store> Config<St> {
     pub(crate) fn respond(&self, refusal: &Refusal) -> HttpResponse {
         let status = StatusCode::from_u16(refusal.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = HttpResponse::new(status);
-        let body = fields::write(response.headers_mut(), false, |fields| refusal.render_into(fields));
+        let body = refusal.render_into(&mut fields::Fields(response.headers_mut()));
         let response = response.set_body(BoxBody::new(body));
         match (&self.refusal, refusal.decision()) {
             (Some(hook), Some(decision)) => hook(decision, response),

@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::concurrency::ConnectionLease;
 use crate::decision::{Admitted, Decision, LimitHeaders};
-use crate::headers::HeaderOptions;
+use crate::headers::{HeaderOptions, HeaderSink};
 use crate::websocket::UpgradeLease;
 
 /// An admitted request's plan: wait [`Admit::wait`], count the body against
@@ -62,8 +62,10 @@ impl ResponsePlan {
     /// releases a WebSocket lease the handler did not take (with a warning when the upgrade
     /// succeeded: the connection is then not counted), and returns the in-flight lease, for the
     /// response body to hold until it is finished or dropped.
+    ///
+    /// `headers` is the response's `http` 1.x map, or any [`HeaderSink`] (an adapter's own map).
     #[inline(always)]
-    pub fn apply(self, status: StatusCode, headers: &mut HeaderMap) -> Option<ConnectionLease> {
+    pub fn apply(self, status: StatusCode, headers: &mut (impl HeaderSink + ?Sized)) -> Option<ConnectionLease> {
         self.shown.render(headers);
         match self.leases {
             None => None,
@@ -115,7 +117,7 @@ impl Shown {
 
     /// Writes the headers into a response's.
     #[inline]
-    fn render(self, into: &mut HeaderMap) {
+    fn render(self, into: &mut (impl HeaderSink + ?Sized)) {
         match self {
             Shown::Nothing => {}
             Shown::Numbers { headers, limit, remaining, reset_after } => {
@@ -225,13 +227,14 @@ impl Refusal {
     }
 
     /// Writes the header fields (`Content-Type`, `Retry-After`, the rate-limit headers) into
-    /// `headers` and returns the body, JSON or problem+json.
-    pub fn render_into(&self, headers: &mut HeaderMap) -> Bytes {
+    /// `headers` — the response's `http` 1.x map, or any [`HeaderSink`] — and returns the body,
+    /// JSON or problem+json.
+    pub fn render_into(&self, headers: &mut (impl HeaderSink + ?Sized)) -> Bytes {
         match &self.cause {
             Cause::Decision(decision) => Bytes::from(self.options.refusal(decision, headers)),
             Cause::Error { error, limit } => {
                 let (content_type, body) = self.options.error_body(self.status, error, *limit);
-                headers.insert(CONTENT_TYPE, content_type);
+                headers.set(CONTENT_TYPE, content_type);
                 Bytes::from(body)
             }
         }
