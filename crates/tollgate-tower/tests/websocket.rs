@@ -527,3 +527,19 @@ async fn a_socket_with_boxed_errors_is_limited_too() {
     // "b" is dropped with an error frame (sent into the stand-in), "c" likewise; then the end.
     assert!(socket.next().await.is_none());
 }
+
+#[tokio::test]
+async fn an_upgrade_on_a_route_without_websocket_limits_gets_the_cores_500() {
+    let app = Router::new().route("/ws", get(echo)).layer(RateLimitLayer::with_limits(Limits::new()));
+    let addr = common::serve(app).await;
+    match connect(addr).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 500);
+            assert_eq!(response.headers()["content-type"], "application/json");
+            let body = response.body().as_deref().unwrap_or_default();
+            assert_eq!(body, br#"{"error":"websocket_limits_missing"}"#);
+        }
+        Err(other) => panic!("expected a 500, got {other}"),
+        Ok(_) => panic!("a socket opened without limits"),
+    }
+}

@@ -115,6 +115,27 @@ fn routes_match_patterns_most_specific_first_and_head_takes_get() {
 }
 
 #[test]
+fn every_spelling_a_router_serves_takes_its_route_limits() {
+    let engine = Engine::new(Limits::new())
+        .route("/login", Limits::new().policy(per("login", "1/min", KeyKind::ip())))
+        .route("/items/{id}", Limits::new().policy(per("items", "1/min", KeyKind::Route)));
+    let at = |path| engine.match_path(path).map(str::to_owned);
+    // Percent-encoded bytes are what actix-web's router decodes; a trailing `/` what warp serves.
+    for path in ["/login", "/%6Cogin", "/l%6F%67in", "/login/", "/%6cogin/"] {
+        assert_eq!(at(path).as_deref(), Some("/login"), "{path}");
+    }
+    assert_eq!(at("/items/a%2Fb").as_deref(), Some("/items/{id}"), "an encoded / stays in its segment");
+    assert_eq!(at("/items/a/b"), None);
+    assert_eq!(at("/login%2F"), None);
+    assert_eq!(at("/%FF%FE"), None, "bytes that are not text are matched as written");
+    assert_eq!(at("/log%"), None);
+    assert_eq!(status(&engine, &Req::get("/login")), 200);
+    assert_eq!(status(&engine, &Req::get("/%6Cogin")), 429, "the same route, the same count");
+    assert_eq!(status(&engine, &Req::get("/login/").from("192.0.2.9")), 200);
+    assert_eq!(status(&engine, &Req::get("/l%6Fgin/").from("192.0.2.9")), 429);
+}
+
+#[test]
 fn a_route_the_adapter_reports_wins_over_the_path() {
     let engine = Engine::new(Limits::new())
         .route("/users/{id}", Limits::new().policy(per("users", "1/min", KeyKind::ip())))
@@ -231,6 +252,20 @@ fn websocket_upgrades_hand_their_lease_to_the_socket_or_release_it() {
     assert_eq!(connections.in_use(), 1);
     drop(socket_lease);
     assert_eq!(connections.in_use(), 0);
+
+    // An upgraded connection is no request in flight: with an in-flight limit on the route too,
+    // the 101 gives its in-flight place back at once.
+    let in_flight = ConcurrencyLimiter::new("in_flight").per_key(1);
+    let both = Engine::new(
+        Limits::new()
+            .in_flight(in_flight.clone())
+            .websocket(WebSocketLimits::new(ConcurrencyLimiter::new("ws2").per_key(5), MessageLimits::new())),
+    );
+    let upgraded = both.check_now(both.limits_for(&request), &request).unwrap();
+    let _socket = upgraded.response.upgrade().and_then(|u| u.take());
+    assert!(upgraded.response.apply(StatusCode::SWITCHING_PROTOCOLS, &mut HeaderMap::new()).is_none());
+    assert_eq!(in_flight.in_use(), 0);
+    assert!(both.check_now(both.limits_for(&request), &request).is_ok(), "a second socket");
 
     // A handler that never takes it: released when the response is finished.
     let admit = engine.check_now(limits, &request).unwrap();

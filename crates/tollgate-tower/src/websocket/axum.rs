@@ -5,7 +5,6 @@ use std::future::Future;
 
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use tollgate::ConnectionLease;
@@ -39,7 +38,7 @@ impl<S: Send + Sync> FromRequestParts<S> for LimitedUpgrade {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Some(slot) = parts.extensions.get::<UpgradeLease>().cloned() else {
             tracing::error!("LimitedUpgrade used on a route without WebSocket limits");
-            return Err((StatusCode::INTERNAL_SERVER_ERROR, "WebSocket limits are not configured").into_response());
+            return Err(missing_limits());
         };
         let mut upgrade =
             WebSocketUpgrade::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
@@ -52,6 +51,16 @@ impl<S: Send + Sync> FromRequestParts<S> for LimitedUpgrade {
         }
         Ok(Self { upgrade, lease: slot.take(), gate })
     }
+}
+
+/// The core's 500 for an upgrade whose route has no WebSocket limits, in the default body style
+/// (no layer, so no configured style, is at hand).
+fn missing_limits() -> Response {
+    let refusal = tollgate::engine::Refusal::websocket_limits_missing(&tollgate::HeaderOptions::default());
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.body_mut() = axum::body::Body::from(refusal.render_into(response.headers_mut()));
+    *response.status_mut() = refusal.status();
+    response
 }
 
 /// The largest payload of a control frame (RFC 6455 §5.5).

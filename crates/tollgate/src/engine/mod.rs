@@ -299,10 +299,34 @@ impl<St: Store> Engine<St> {
     }
 
     /// The route a request is on: the route the adapter reports, else the most specific of the
-    /// routes' patterns its path matches.
+    /// routes' patterns its path matches (see [`Engine::match_path`]).
     #[inline]
     pub fn route_of<'a, R: RequestView + ?Sized>(&'a self, request: &'a R) -> Option<&'a str> {
-        request.matched_route().or_else(|| self.patterns.at(request.path()).ok().map(|m| &**m.value))
+        request.matched_route().or_else(|| self.match_path(request.path()))
+    }
+
+    /// The most specific route pattern `path` matches, read as every router reads it, so that no
+    /// spelling of a path a router serves escapes its route's limits: percent-encoded bytes are
+    /// decoded (`/%6Cogin` is `/login`, as actix-web routes it; an encoded `/` stays one segment)
+    /// and one trailing `/` is dropped when the path matches no pattern with it (`/login/` is
+    /// `/login`, as warp serves it).
+    #[inline]
+    pub fn match_path(&self, path: &str) -> Option<&str> {
+        let found = |path: &str| self.patterns.at(path).ok().map(|m| &**m.value);
+        if !path.as_bytes().contains(&b'%') && !path.ends_with('/') {
+            return found(path);
+        }
+        self.match_spelled(path, found)
+    }
+
+    /// [`Engine::match_path`] of a path with percent-encoding or a trailing `/`: out of line.
+    #[inline(never)]
+    fn match_spelled<'a>(&'a self, path: &str, found: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+        let decoded = percent_decoded(path);
+        found(&decoded).or_else(|| {
+            let trimmed = decoded.strip_suffix('/').filter(|p| !p.is_empty())?;
+            found(trimmed)
+        })
     }
 
     /// The keys the checks of `limits` read of `request`, and nothing else: each is a lookup the
@@ -512,6 +536,38 @@ impl<St: Store> Engine<St> {
     fn concurrency_refusal(&self, denied: &ConcurrencyDenied) -> Box<Refusal> {
         Box::new(Refusal::of(&self.headers, denied.decision(), denied.status()))
     }
+}
+
+/// `path` with its percent-encoded bytes decoded, except those that would change its segments or
+/// its encoding (`%2F` `/`, `%25` `%`), as actix-web's router decodes it; as it is when it has
+/// nothing to decode or decodes to bytes that are not text.
+fn percent_decoded(path: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (Some(h), Some(l)) if bytes[i] == b'%' => {
+                u8::try_from(h * 16 + l).ok().filter(|b| !matches!(b, b'/' | b'%'))
+            }
+            _ => None,
+        };
+        match decoded {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_or(std::borrow::Cow::Borrowed(path), std::borrow::Cow::Owned)
 }
 
 /// A policy's answer on the way to the plan: what an admitted request leaves for the response,

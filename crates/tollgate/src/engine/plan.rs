@@ -143,8 +143,12 @@ impl Leases {
     }
 
     /// The in-flight lease for the response body; warns when an upgrade's lease was not taken.
+    /// An upgraded connection (101) is no request in flight: its in-flight place is given back at
+    /// once (the WebSocket lease counts the connection from then on), whatever its framework
+    /// makes of the upgraded response's body.
     fn hand_over(self, status: StatusCode) -> Option<ConnectionLease> {
         let Leases { lease, upgrade } = self;
+        let lease = lease.filter(|_| status != StatusCode::SWITCHING_PROTOCOLS);
         if let Some(upgrade) = &upgrade
             && upgrade.release_untaken()
             && status == StatusCode::SWITCHING_PROTOCOLS
@@ -208,6 +212,13 @@ impl Refusal {
     /// over it, for an adapter that replaces the application's response to a cut-off body.
     pub fn body_too_large(options: &HeaderOptions, max: u64) -> Self {
         Self::error(options, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(max))
+    }
+
+    /// The 500 of a WebSocket upgrade whose route has no WebSocket limits (the handler asked for
+    /// the connection's lease, but no middleware applied the engine, or the route's limits have no
+    /// WebSocket part): `{"error":"websocket_limits_missing"}`, the same on every adapter.
+    pub fn websocket_limits_missing(options: &HeaderOptions) -> Self {
+        Self::error(options, StatusCode::INTERNAL_SERVER_ERROR, "websocket_limits_missing", None)
     }
 
     /// 429 over a rate, 413 for a body over its largest size, 411 when a body-bytes limit cannot
