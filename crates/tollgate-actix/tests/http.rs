@@ -180,6 +180,46 @@ async fn a_chunked_body_is_cut_off_past_the_largest_body() {
     server.stop().await;
 }
 
+/// A chunked body that turns out longer than the largest body gets the core's JSON 413, the same
+/// answer as a declared length over it, whatever the handler makes of the cut-off payload: a
+/// lenient handler that stops at the first read error (and would otherwise answer 200 with half
+/// the body), and a strict one (the `Bytes` extractor, which actix would answer in plain text).
+/// The in-flight place is given back: the next request from the same client passes.
+#[actix_web::test]
+async fn a_streamed_body_over_the_largest_gets_the_cores_413_whatever_the_handler_does() {
+    use futures_util::StreamExt;
+    let limit =
+        RateLimit::with_limits(Limits::new().max_body(64).in_flight(ConcurrencyLimiter::new("uploads").per_key(1)));
+    let server = serve!(1, move || {
+        App::new()
+            .wrap(limit.clone())
+            .route(
+                "/lenient",
+                web::post().to(|mut payload: web::Payload| async move {
+                    let mut body = Vec::new();
+                    while let Some(Ok(chunk)) = payload.next().await {
+                        body.extend_from_slice(&chunk);
+                    }
+                    // Polled again past the error: still an error, never a clean end.
+                    let again = payload.next().await;
+                    assert!(matches!(again, None | Some(Err(_))), "data past the cut-off: {again:?}");
+                    HttpResponse::Ok().body(body)
+                }),
+            )
+            .route("/strict", web::post().to(|body: Bytes| async move { HttpResponse::Ok().body(body) }))
+    });
+    let chunk = [b'z'; 40];
+    for path in ["/lenient", "/strict"] {
+        let big = post_chunked(server.addr, path, &[&chunk, &chunk]).await;
+        assert_eq!(big.status, 413, "{path}: {big:?}");
+        assert_eq!(big.header("content-type").as_deref(), Some("application/json"), "{path}: {big:?}");
+        assert_eq!(big.text(), r#"{"error":"payload_too_large","limit":64}"#, "{path}");
+        let small = post_chunked(server.addr, path, &[&chunk]).await;
+        assert_eq!((small.status, small.body.len()), (200, 40), "{path}: {small:?}");
+    }
+    server.stop().await;
+}
+
 #[actix_web::test]
 async fn in_flight_lease_is_held_until_the_response_body_is_finished() {
     let limit = RateLimit::with_limits(Limits::new().in_flight(ConcurrencyLimiter::new("uploads").per_key(1)));

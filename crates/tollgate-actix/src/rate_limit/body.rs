@@ -1,8 +1,10 @@
 //! The bodies: the response body holding the in-flight lease, and the request payload counted
 //! against the route's largest body while it streams.
 
+use std::cell::Cell;
 use std::fmt;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, MessageBody};
@@ -10,7 +12,8 @@ use actix_web::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
 use pin_project_lite::pin_project;
-use tollgate::ConnectionLease;
+use tollgate::engine::Refusal;
+use tollgate::{ConnectionLease, HeaderOptions};
 
 pin_project! {
     /// The body of an admitted request's response: the inner service's body, holding the request's
@@ -71,20 +74,43 @@ impl<B: MessageBody> MessageBody for ResponseBody<B> {
     }
 }
 
+/// The route's largest body for one request's payload, shared by the payload, which marks it
+/// overflowed, and the response future, which then answers the core's 413 in place of whatever
+/// the handler made of the cut-off body (an `Rc`: both live on the request's worker).
+#[derive(Debug)]
+pub(crate) struct BodyLimit {
+    max: u64,
+    over: Cell<bool>,
+    options: HeaderOptions,
+}
+
+impl BodyLimit {
+    pub(crate) fn new(max: u64, options: &HeaderOptions) -> Rc<Self> {
+        Rc::new(Self { max, over: Cell::new(false), options: *options })
+    }
+
+    /// The core's 413 once the body turned out longer than the largest body: the same answer as
+    /// for a declared length over it.
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        self.over.get().then(|| Refusal::body_too_large(&self.options, self.max))
+    }
+}
+
 pin_project! {
-    /// A request payload cut off past the route's largest body: the handler reading it gets
-    /// `PayloadError::Overflow`, which actix answers with 413.
+    /// A request payload cut off past the route's largest body: from then on every read is
+    /// `PayloadError::Overflow` — never a clean end that a handler skipping errors would take for
+    /// the whole body — and the response is the core's 413, whatever the handler answers.
     pub(crate) struct LimitedPayload<S> {
         #[pin]
         inner: S,
         remaining: u64,
-        over: bool,
+        limit: Rc<BodyLimit>,
     }
 }
 
 impl<S> LimitedPayload<S> {
-    pub(crate) fn new(inner: S, max: u64) -> Self {
-        Self { inner, remaining: max, over: false }
+    pub(crate) fn new(inner: S, limit: Rc<BodyLimit>) -> Self {
+        Self { inner, remaining: limit.max, limit }
     }
 }
 
@@ -93,14 +119,14 @@ impl<S: Stream<Item = Result<Bytes, PayloadError>>> Stream for LimitedPayload<S>
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.project();
-        if *this.over {
-            return Poll::Ready(None);
+        if this.limit.over.get() {
+            return Poll::Ready(Some(Err(PayloadError::Overflow)));
         }
         match this.inner.poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 let len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
                 if len > *this.remaining {
-                    *this.over = true;
+                    this.limit.over.set(true);
                     tracing::debug!("request body over the route's largest body");
                     return Poll::Ready(Some(Err(PayloadError::Overflow)));
                 }
@@ -112,6 +138,6 @@ impl<S: Stream<Item = Result<Bytes, PayloadError>>> Stream for LimitedPayload<S>
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
+        if self.limit.over.get() { (0, None) } else { self.inner.size_hint() }
     }
 }

@@ -1,10 +1,24 @@
 //! The core's header fields (`http` 1.x names and values) written into actix's header map
-//! (`http` 0.2 types): the one conversion the adapter makes of the plan.
+//! (`http` 0.2 types): the one conversion the adapter makes of the plan, and of a refusal.
 
 use std::sync::LazyLock;
 
+use actix_web::HttpResponse;
+use actix_web::body::BoxBody;
+use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tollgate::HeaderSink;
+use tollgate::engine::Refusal;
+
+/// The core's refusal as actix's response: its status, and the header fields and body the core
+/// renders for it. Every refusal the adapter sends goes through here. Out of the allow path.
+#[inline(never)]
+pub(crate) fn response(refusal: &Refusal) -> HttpResponse {
+    let status = StatusCode::from_u16(refusal.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::new(status);
+    let body = refusal.render_into(&mut Fields(response.headers_mut()));
+    response.set_body(BoxBody::new(body))
+}
 
 /// actix's header map as the core's [`HeaderSink`]: each field the core renders is converted and
 /// set as it comes, with no `http` 1.x map in between.

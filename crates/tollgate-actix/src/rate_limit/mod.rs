@@ -10,7 +10,12 @@
 //! WebSocket connections, put in the request extensions as an
 //! [`UpgradeLease`](tollgate::websocket::UpgradeLease) for the handler (see `crate::ws`, feature
 //! `ws`). A body without `Content-Length` is counted while it streams: past the largest body
-//! the handler's payload ends with `PayloadError::Overflow`, which actix answers with 413.
+//! every later read of the handler's payload is `PayloadError::Overflow` (never a clean end, so
+//! a handler cannot take a cut-off body for the whole of it), and whatever the handler answers
+//! is replaced by the core's 413 — the same JSON answer as for a `Content-Length` over the
+//! largest body — and the request's in-flight place is given back. A handler should stop
+//! reading at the first error (`while let Some(Ok(chunk))`, or `?`): one that skips errors and
+//! reads on never sees the payload end.
 //!
 //! A refusal is a normal response — `Ok(ServiceResponse)` with the right side of an
 //! [`EitherBody`](actix_web::body::EitherBody), never an `Err` — and the inner service is not
@@ -50,7 +55,7 @@
 //! ```
 
 mod body;
-mod fields;
+pub(crate) mod fields;
 mod service;
 mod transform;
 

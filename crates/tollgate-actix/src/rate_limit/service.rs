@@ -12,10 +12,10 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, forward_
 use actix_web::{Error, HttpMessage};
 use futures_util::future::LocalBoxFuture;
 use pin_project_lite::pin_project;
-use tollgate::engine::{Admit, ResponsePlan};
-use tollgate::{MemoryStore, Store};
+use tollgate::engine::{Admit, Refusal, ResponsePlan};
+use tollgate::{HeaderOptions, MemoryStore, Store};
 
-use super::body::{LimitedPayload, ResponseBody};
+use super::body::{BodyLimit, LimitedPayload, ResponseBody};
 use super::fields;
 use super::transform::Config;
 use crate::view::{CopiedKeys, View};
@@ -75,15 +75,15 @@ where
                 return ResponseFuture::refused(refused);
             }
         };
-        pass_on(&mut request, &response, max_body);
+        let body = pass_on(&mut request, &response, max_body, engine.header_options());
         if wait.is_zero() {
-            return ResponseFuture::inner(self.service.call(request), response);
+            return ResponseFuture::inner(self.service.call(request), response, body);
         }
         let service = Rc::clone(&self.service);
         ResponseFuture::boxed(Box::pin(async move {
             tokio::time::sleep(wait).await;
             let inner = service.call(request).await?;
-            Ok(finish(inner, response))
+            Ok(finish(inner, response, body.as_deref()))
         }))
     }
 }
@@ -109,40 +109,63 @@ where
         Ok(admit) => admit,
         Err(refusal) => return Ok(request.into_response(config.respond(&refusal)).map_into_right_body()),
     };
-    pass_on(&mut request, &response, max_body);
+    let body = pass_on(&mut request, &response, max_body, config.engine.header_options());
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
     let inner = service.call(request).await?;
-    Ok(finish(inner, response))
+    Ok(finish(inner, response, body.as_deref()))
 }
 
 /// Gives the handler what the plan leaves it: the WebSocket lease in the extensions, and the
-/// payload counted against the route's largest body while it streams.
+/// payload counted against the route's largest body while it streams — with the limit the
+/// response is finished against (`options`: how its 413 is rendered).
 #[inline(always)]
-fn pass_on(request: &mut ServiceRequest, response: &ResponsePlan, max_body: Option<u64>) {
+fn pass_on(
+    request: &mut ServiceRequest,
+    response: &ResponsePlan,
+    max_body: Option<u64>,
+    options: &HeaderOptions,
+) -> Option<Rc<BodyLimit>> {
     if let Some(upgrade) = response.upgrade() {
         request.extensions_mut().insert(upgrade.clone());
     }
-    if let Some(max) = max_body {
-        let payload = request.take_payload();
-        request.set_payload(Payload::Stream { payload: Box::pin(LimitedPayload::new(payload, max)) });
-    }
+    let max = max_body?;
+    let limit = BodyLimit::new(max, options);
+    let payload = request.take_payload();
+    request.set_payload(Payload::Stream { payload: Box::pin(LimitedPayload::new(payload, Rc::clone(&limit))) });
+    Some(limit)
 }
 
 /// Applies the engine's plan to the inner service's response: its rate-limit headers, and the
-/// in-flight lease moved into the body.
+/// in-flight lease moved into the body. When the request's body turned out longer than the
+/// route's largest body, the response is the core's 413 instead.
 #[inline(always)]
-fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan) -> LimitedResponse<B> {
+fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan, body: Option<&BodyLimit>) -> LimitedResponse<B> {
+    if let Some(refusal) = body.and_then(BodyLimit::refusal) {
+        return cut_off(response, plan, &refusal);
+    }
     let status = http::StatusCode::from_u16(response.status().as_u16()).unwrap_or(http::StatusCode::OK);
     // The core writes its fields straight into actix's map, each converted as it comes.
     let lease = plan.apply(status, &mut fields::Fields(response.headers_mut()));
     response.map_body(|_, body| EitherBody::left(ResponseBody::new(body, lease)))
 }
 
+/// The core's 413 in place of the handler's response to a body cut off while it streamed (a
+/// lenient handler's 200 on half the body, or actix's plain-text 413). The plan is finished
+/// with the refusal's status so that its leases are given back now: no body holds them.
+#[cold]
+#[inline(never)]
+fn cut_off<B>(response: ServiceResponse<B>, plan: ResponsePlan, refusal: &Refusal) -> LimitedResponse<B> {
+    // The rate-limit headers go nowhere: a 413 carries none, as for a declared length.
+    drop(plan.apply(refusal.status(), &mut http::HeaderMap::new()));
+    response.into_response(fields::response(refusal)).map_into_right_body()
+}
+
 pin_project! {
     /// The response future of [`RateLimitMiddleware`]: a refusal, or the inner service's response
-    /// with the rate-limit headers added. It holds any concurrency lease until the response body
+    /// with the rate-limit headers added (the core's 413 in its place when the request's body was
+    /// cut off past the route's largest body while it streamed). It holds any concurrency lease until the response body
     /// takes it over, so dropping the future releases it.
     pub struct ResponseFuture<F, B> {
         #[pin]
@@ -154,7 +177,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Refused { response: Option<ServiceResponse<BoxBody>> },
-        Inner { #[pin] future: F, plan: ResponsePlan },
+        Inner { #[pin] future: F, plan: ResponsePlan, body: Option<Rc<BodyLimit>> },
         Boxed { future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>> },
     }
 }
@@ -175,8 +198,8 @@ impl<F, B> ResponseFuture<F, B> {
         Self { state: State::Refused { response: Some(response) } }
     }
 
-    fn inner(future: F, plan: ResponsePlan) -> Self {
-        Self { state: State::Inner { future, plan } }
+    fn inner(future: F, plan: ResponsePlan, body: Option<Rc<BodyLimit>>) -> Self {
+        Self { state: State::Inner { future, plan, body } }
     }
 
     fn boxed(future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>>) -> Self {
@@ -197,9 +220,9 @@ where
                 // Polled again after completion: an error rather than a panic.
                 None => Poll::Ready(Err(actix_web::error::ErrorInternalServerError("polled after completion"))),
             },
-            StateProj::Inner { future, plan } => {
+            StateProj::Inner { future, plan, body } => {
                 let response = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(finish(response, std::mem::take(plan))))
+                Poll::Ready(Ok(finish(response, std::mem::take(plan), body.as_deref())))
             }
             StateProj::Boxed { future } => future.as_mut().poll(cx),
         }

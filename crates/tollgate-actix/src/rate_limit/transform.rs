@@ -5,9 +5,9 @@ use std::future::{Ready, ready};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::Method;
 use actix_web::{Error, HttpResponse};
 use tollgate::config::{Config as LimitsConfig, RouteLimits};
 use tollgate::engine::{Engine, Limits, Refusal};
@@ -197,10 +197,7 @@ impl<St: Store> Config<St> {
     /// the allow path.
     #[inline(never)]
     pub(crate) fn respond(&self, refusal: &Refusal) -> HttpResponse {
-        let status = StatusCode::from_u16(refusal.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = HttpResponse::new(status);
-        let body = refusal.render_into(&mut fields::Fields(response.headers_mut()));
-        let response = response.set_body(BoxBody::new(body));
+        let response = fields::response(refusal);
         match (&self.refusal, refusal.decision()) {
             (Some(hook), Some(decision)) => hook(decision, response),
             _ => response,
