@@ -70,9 +70,22 @@ pub use tollgate::websocket::UpgradeLease;
 
 use crate::error::Error;
 
-/// The largest fragmented message put together when the route sets no largest message (the
-/// default of actix-ws's own `AggregatedMessageStream`).
-pub const DEFAULT_MAX_CONTINUATION: usize = 1024 * 1024;
+/// The largest fragmented message put together when the route sets no largest message:
+/// tungstenite's default `max_message_size`, 64 MiB, which warp and axum apply, so that a route
+/// without one takes the same messages on every adapter (actix-ws's own
+/// `AggregatedMessageStream` stops at 1 MiB). Frames adding up past it are closed with 1009
+/// naming it.
+pub const DEFAULT_MAX_CONTINUATION: usize = 64 << 20;
+
+/// The largest frame the codec takes when the route sets no largest message: tungstenite's
+/// default `max_frame_size`, 16 MiB, as on warp and axum (actix-ws's codec alone stops at
+/// 64 KiB). A larger frame is answered with close 1009 naming this cap.
+pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// The frame cap of an actix-ws `MessageStream` left as it comes (its codec's default), assumed
+/// for a stream given to [`LimitedMessageStream::new`] until
+/// [`LimitedMessageStream::with_frame_cap`] says otherwise.
+const ACTIX_WS_MAX_FRAME: usize = 64 * 1024;
 
 /// The largest payload of a control frame (RFC 6455 §5.5): the socket's frame cap is never
 /// below it, so a ping under the protocol's limit is never refused as too large.
@@ -81,7 +94,9 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 /// `actix_ws::handle` with the connection's lease and message limits: the response to return, the
 /// session to send with, and the limited stream of the client's messages, which holds the
 /// connection's lease until it is dropped. With a largest message size, the codec's frame cap is
-/// set to it, so a larger frame is never buffered (and is answered with close 1009).
+/// set to it, so a larger frame is never buffered (and is answered with close 1009); without
+/// one, frames up to [`DEFAULT_MAX_FRAME`] and messages up to [`DEFAULT_MAX_CONTINUATION`] are
+/// taken, tungstenite's defaults, as on the other adapters.
 ///
 /// Fails with [`Error::NoWebSocketLimits`] (500) when the route has no WebSocket limits (the
 /// middleware is missing), and as `actix_ws::handle` does when the request is not an upgrade.
@@ -95,11 +110,12 @@ pub fn handle(
         tracing::error!("tollgate_actix::ws::handle used on a route without WebSocket limits");
         return Err(Error::NoWebSocketLimits.into());
     };
-    let (response, session, mut stream) = actix_ws::handle(req, body)?;
-    if let Some(max) = upgrade.message_limits().max_message_size {
-        stream = stream.max_frame_size(max.max(MAX_CONTROL_PAYLOAD));
-    }
-    let limited = LimitedMessageStream::new(stream, session.clone(), upgrade.gate()).with_lease(upgrade.take());
+    let (response, session, stream) = actix_ws::handle(req, body)?;
+    let frame_cap =
+        upgrade.message_limits().max_message_size.map_or(DEFAULT_MAX_FRAME, |max| max.max(MAX_CONTROL_PAYLOAD));
+    let limited = LimitedMessageStream::new(stream.max_frame_size(frame_cap), session.clone(), upgrade.gate())
+        .with_frame_cap(frame_cap)
+        .with_lease(upgrade.take());
     Ok((response, session, limited))
 }
 
@@ -115,6 +131,8 @@ pub struct LimitedMessageStream<S = MessageStream, C: Clock = MonotonicClock> {
     session: Session,
     gate: MessageGate<C>,
     lease: Option<ConnectionLease>,
+    /// The inner stream's frame cap: what a close 1009 for a frame its codec refused names.
+    frame_cap: usize,
     /// A fragmented message being put together: text or binary, and its frames so far.
     fragments: Option<(MessageKind, BytesMut)>,
     sending: Option<Sending>,
@@ -135,13 +153,16 @@ impl<S, C: Clock> fmt::Debug for LimitedMessageStream<S, C> {
 
 impl<S, C: Clock> LimitedMessageStream<S, C> {
     /// Limits the messages of `inner` with `gate` (e.g. [`UpgradeLease::gate`], or a gate of your
-    /// own on a manual clock), sending error and close frames through `session`.
+    /// own on a manual clock), sending error and close frames through `session`. The frame cap
+    /// of `inner` is taken to be actix-ws's default (64 KiB): when it is set otherwise (e.g.
+    /// `MessageStream::max_frame_size`), say so with [`LimitedMessageStream::with_frame_cap`].
     pub fn new(inner: S, session: Session, gate: MessageGate<C>) -> Self {
         Self {
             inner,
             session,
             gate,
             lease: None,
+            frame_cap: ACTIX_WS_MAX_FRAME,
             fragments: None,
             sending: None,
             delayed: None,
@@ -155,6 +176,15 @@ impl<S, C: Clock> LimitedMessageStream<S, C> {
     #[must_use]
     pub fn with_lease(mut self, lease: Option<ConnectionLease>) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// The frame cap of the inner stream (e.g. the size given to `MessageStream::max_frame_size`):
+    /// a frame its codec refuses is answered with close 1009 naming this cap (or the gate's largest
+    /// message when that is smaller).
+    #[must_use]
+    pub fn with_frame_cap(mut self, cap: usize) -> Self {
+        self.frame_cap = cap;
         self
     }
 
@@ -276,8 +306,8 @@ where
                 Some(Ok(message)) => message,
                 Some(Err(ProtocolError::Overflow)) => {
                     // A frame over the codec's cap never reaches the gate; it is answered with the
-                    // gate's 1009 all the same, not cut off.
-                    let frame = this.gate.refused_by_socket(this.continuation_cap());
+                    // gate's 1009 all the same, not cut off, naming the cap that refused it.
+                    let frame = this.gate.refused_by_socket(this.frame_cap);
                     this.close(&frame);
                     continue;
                 }

@@ -235,6 +235,29 @@ async fn a_message_over_the_largest_closes_1009_also_in_continuation_frames() {
     s.served.stop().await;
 }
 
+/// Without a largest message, the socket takes what tungstenite takes by default (64 MiB messages,
+/// 16 MiB frames), as on warp and axum: a 100 KiB message, over actix-ws's own 64 KiB frame cap,
+/// is echoed, and so is a 2 MiB message in three frames, over actix-ws's 1 MiB of continuations.
+#[actix_web::test]
+async fn without_a_largest_message_the_caps_are_tungstenites() {
+    let s = server(ConcurrencyLimiter::new("ws").per_key(5), MessageLimits::new(), None);
+    // What came back, shortened: the message's length, or the close frame.
+    let back = |message: Message| match message {
+        Message::Text(text) => Ok(text.len()),
+        other => Err(format!("{other:?}")),
+    };
+    let mut c = connect(s.addr()).await.unwrap();
+    c.send(Message::text("m".repeat(100 * 1024))).await.unwrap();
+    assert_eq!(back(next(&mut c).await), Ok(100 * 1024));
+    let part = 700 * 1024;
+    let frame = |opcode, fin| Message::Frame(Frame::message(vec![b'f'; part], opcode, fin));
+    c.send(frame(OpCode::Data(Data::Text), false)).await.unwrap();
+    c.send(frame(OpCode::Data(Data::Continue), false)).await.unwrap();
+    c.send(frame(OpCode::Data(Data::Continue), true)).await.unwrap();
+    assert_eq!(back(next(&mut c).await), Ok(3 * part));
+    s.served.stop().await;
+}
+
 #[actix_web::test]
 async fn a_ping_flood_closes_1008() {
     let limits = MessageLimits::new().control(Some("2/min".parse().unwrap()));
