@@ -1,11 +1,14 @@
 //! The crate's error type.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
+use tollgate::HeaderOptions;
+use tollgate::engine::Refusal;
+
+use crate::rate_limit::fields;
 
 /// What can go wrong in the adapter (configuration errors are the core's
-/// [`tollgate::Error`]). As a `ResponseError`, each answers with a JSON body.
+/// [`tollgate::Error`]). As a `ResponseError`, each answers with the core's JSON body.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -23,12 +26,14 @@ impl ResponseError for Error {
         }
     }
 
+    /// The core's answer, rendered as by every adapter: for [`Error::NoWebSocketLimits`],
+    /// [`Refusal::websocket_limits_missing`] (`{"error":"websocket_limits_missing"}`) in the
+    /// default body style: the request carries no lease, and so nothing of the middleware's
+    /// configured style.
     fn error_response(&self) -> HttpResponse {
-        let body = match self {
-            Error::NoWebSocketLimits => r#"{"error":"websocket_limits_missing"}"#,
+        let refusal = match self {
+            Error::NoWebSocketLimits => Refusal::websocket_limits_missing(&HeaderOptions::default()),
         };
-        HttpResponse::build(self.status_code())
-            .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-            .body(body)
+        fields::response(&refusal)
     }
 }

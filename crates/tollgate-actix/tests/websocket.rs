@@ -299,5 +299,10 @@ async fn without_websocket_limits_the_handler_answers_500() {
     let served = serve!(1, || App::new().route("/ws", web::get().to(echo)));
     let (status, _) = refused(connect(served.addr).await);
     assert_eq!(status, 500);
+    // The core's answer, the same on every adapter.
+    let reply = common::get(served.addr, "/ws", "").await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(reply.text(), r#"{"error":"websocket_limits_missing"}"#);
     served.stop().await;
 }
