@@ -97,9 +97,11 @@ impl BodyLimit {
 }
 
 pin_project! {
-    /// A request payload cut off past the route's largest body: from then on every read is
-    /// `PayloadError::Overflow` — never a clean end that a handler skipping errors would take for
-    /// the whole body — and the response is the core's 413, whatever the handler answers.
+    /// A request payload cut off past the route's largest body: the read that passes it is
+    /// `PayloadError::Overflow`, the payload ends after it, and the response is the core's 413
+    /// whatever the handler answers — also from a handler that skips read errors and takes the
+    /// end for the whole body (an error on every later read would spin a handler that skips
+    /// errors without stopping, e.g. `filter_map(Result::ok)`, on the worker forever).
     pub(crate) struct LimitedPayload<S> {
         #[pin]
         inner: S,
@@ -120,7 +122,7 @@ impl<S: Stream<Item = Result<Bytes, PayloadError>>> Stream for LimitedPayload<S>
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.project();
         if this.limit.over.get() {
-            return Poll::Ready(Some(Err(PayloadError::Overflow)));
+            return Poll::Ready(None);
         }
         match this.inner.poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {

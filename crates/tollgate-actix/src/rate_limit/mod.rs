@@ -9,13 +9,11 @@
 //! leases — in-flight requests, held until the response body is finished or dropped, and
 //! WebSocket connections, put in the request extensions as an
 //! [`UpgradeLease`](tollgate::websocket::UpgradeLease) for the handler (see `crate::ws`, feature
-//! `ws`). A body without `Content-Length` is counted while it streams: past the largest body
-//! every later read of the handler's payload is `PayloadError::Overflow` (never a clean end, so
-//! a handler cannot take a cut-off body for the whole of it), and whatever the handler answers
-//! is replaced by the core's 413 — the same JSON answer as for a `Content-Length` over the
-//! largest body — and the request's in-flight place is given back. A handler should stop
-//! reading at the first error (`while let Some(Ok(chunk))`, or `?`): one that skips errors and
-//! reads on never sees the payload end.
+//! `ws`). A body without `Content-Length` is counted while it streams: the read that passes the
+//! largest body is `PayloadError::Overflow` and the payload ends after it; whatever the handler
+//! answers — also a handler that skips the error and takes the end for the whole body — is
+//! replaced by the core's 413, the same JSON answer as for a `Content-Length` over the largest
+//! body, and the request's in-flight place is given back.
 //!
 //! A refusal is a normal response — `Ok(ServiceResponse)` with the right side of an
 //! [`EitherBody`](actix_web::body::EitherBody), never an `Err` — and the inner service is not
