@@ -20,6 +20,9 @@ use support::{connect_from, get_from, start};
 
 type Client = WebSocketStream<TcpStream>;
 
+/// The header lines of a WebSocket upgrade request, for the bare client.
+const UPGRADE: &str = "upgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
 const CONFIG: &str = r#"
 [[websocket]]
 path = "/ws"
@@ -128,8 +131,7 @@ async fn upgrades_over_the_connection_rate_get_429_with_headers_before_the_hands
     let addr = server().await;
     let _a = open("127.0.1.3", addr, "/rate").await.unwrap();
     let _b = open("127.0.1.3", addr, "/rate").await.unwrap();
-    let raw = "upgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-    let refused = get_from("127.0.1.3", addr, "/rate", raw).await;
+    let refused = get_from("127.0.1.3", addr, "/rate", UPGRADE).await;
     assert_eq!(refused.status, 429, "{refused:?}");
     assert_eq!(refused.header("x-ratelimit-limit"), Some("2"));
     assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
@@ -226,7 +228,31 @@ async fn ws_without_websocket_limits_is_a_500_not_an_unlimited_socket() {
     let limit = RateLimit::from_config(&"".parse().unwrap()).unwrap();
     let route = tollgate_warp::ws().map(|ws: LimitedWs| ws.on_upgrade(|_socket| async {}));
     let addr = start(&limit, route).await;
-    assert_eq!(refused_status(open("127.0.1.12", addr, "/").await).0, 500);
+    let refused = get_from("127.0.1.12", addr, "/", UPGRADE).await;
+    assert_eq!(refused.status, 500, "{refused:?}");
+    assert!(refused.header("sec-websocket-accept").is_none(), "no socket");
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    assert_eq!(refused.body, r#"{"error":"websocket_limits_missing"}"#, "the core's answer, as on every adapter");
+}
+
+#[tokio::test]
+async fn a_ws_in_an_or_branch_a_later_filter_rejected_leaves_the_lease_to_the_next_branch() {
+    let config = "[[websocket]]\npath = \"/chat\"\nconcurrent_per_key = 1\n\n\
+                  [[websocket]]\npath = \"/news\"\nconcurrent_per_key = 1\n";
+    let limit = RateLimit::from_config(&config.parse().unwrap()).unwrap();
+    let hold =
+        |ws: LimitedWs| ws.on_upgrade(|mut socket| async move { while let Some(Ok(_)) = socket.next().await {} });
+    // On `/news`, the first branch's `ws()` runs, then `path("chat")` rejects it: the second
+    // branch's must still find the lease (and warp's handshake) to count and serve the socket.
+    let routes =
+        tollgate_warp::ws().and(warp::path("chat")).map(hold).or(tollgate_warp::ws().and(warp::path("news")).map(hold));
+    let addr = start(&limit, routes).await;
+    let mut first = open("127.0.1.15", addr, "/news").await.unwrap();
+    first.send(Message::Ping(vec![1].into())).await.unwrap();
+    assert!(matches!(next(&mut first).await, Message::Pong(_)), "the first socket is served");
+    assert_eq!(refused_status(open("127.0.1.15", addr, "/news").await).0, 429, "the open socket is counted");
+    let _chat = open("127.0.1.15", addr, "/chat").await.unwrap();
+    assert_eq!(refused_status(open("127.0.1.15", addr, "/chat").await).0, 429);
 }
 
 #[tokio::test]

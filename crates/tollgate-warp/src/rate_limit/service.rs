@@ -9,6 +9,7 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tollgate::engine::{Admit, ResponsePlan};
+use tollgate::websocket::UpgradeLease;
 use tollgate::{MemoryStore, Store};
 use tower_service::Service;
 
@@ -112,7 +113,7 @@ where
             Err(refusal) => return ResponseFuture::refused(self.config.respond(&refusal)),
         };
         if let Some(upgrade) = response.upgrade() {
-            request.extensions_mut().insert(upgrade.clone());
+            hand_upgrade(request.extensions_mut(), upgrade);
         }
         let overflow = max_body.map(|max| Overflow::new(max, *engine.header_options()));
         let request = request.map(|body| RequestBody::new(body, overflow.clone()));
@@ -163,7 +164,7 @@ fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, reques
             Err(refusal) => return Prepared::Refuse(config.respond(&refusal)),
         };
         if let Some(upgrade) = response.upgrade() {
-            parts.extensions.insert(upgrade.clone());
+            hand_upgrade(&mut parts.extensions, upgrade);
         }
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -172,4 +173,12 @@ fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, reques
         let body = RequestBody::new(body, overflow.clone());
         Prepared::Go { request: Request::from_parts(parts, body), response, overflow }
     })
+}
+
+/// Puts the WebSocket lease where `tollgate_warp::ws()` finds it, with the slot its `or` branches
+/// pass the handshake on in.
+fn hand_upgrade(extensions: &mut http::Extensions, upgrade: &UpgradeLease) {
+    extensions.insert(upgrade.clone());
+    #[cfg(feature = "websocket")]
+    extensions.insert(crate::websocket::Handshake::default());
 }

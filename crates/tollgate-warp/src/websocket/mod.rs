@@ -38,8 +38,11 @@ pub use tollgate::websocket::UpgradeLease;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tollgate::ConnectionLease;
+use bytes::Bytes;
+use tollgate::HeaderOptions;
+use tollgate::engine::Refusal;
 use tollgate::websocket::MessageGate;
 use warp::Filter;
 use warp::Reply;
@@ -51,16 +54,25 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 /// warp's `ws()` for a route with WebSocket limits: extracts a [`LimitedWs`], whose
 /// [`on_upgrade`](LimitedWs::on_upgrade) hands the handler a [`LimitedWebSocket`] holding the
 /// connection's lease. Rejects as `warp::ws()` does when the request is not an upgrade.
+///
+/// Unlike `warp::ws()`, it may run in several `or` branches of one request
+/// (`ws().and(path("chat")).or(ws().and(path("news")))`): a branch a later filter rejects leaves
+/// both the lease and the connection's upgrade to the branch that upgrades.
 pub fn ws() -> impl Filter<Extract = (LimitedWs,), Error = warp::Rejection> + Copy {
-    warp::ws().and(warp::ext::optional::<UpgradeLease>()).map(LimitedWs::new)
+    warp::ws().and(warp::ext::optional::<UpgradeLease>()).and(warp::ext::optional::<Handshake>()).map(LimitedWs::new)
 }
 
 /// An upgrade request the limits admitted: warp's [`Ws`] with the connection's lease and message
 /// gate. With a largest message size, the socket's own message and frame caps are set to it, so
 /// it never buffers a larger message; one is answered with close 1009.
 pub struct LimitedWs {
-    ws: Ws,
-    granted: Option<(Option<ConnectionLease>, MessageGate)>,
+    // `Some` until `on_upgrade`; given back to the request's `Handshake` when dropped before.
+    ws: Option<Ws>,
+    // The lease stays in its shared slot until `on_upgrade`: a filter evaluated in an `or` branch
+    // that a later filter rejects drops its `LimitedWs`, and the branch that upgrades must still
+    // find the lease to count its socket.
+    granted: Option<(UpgradeLease, MessageGate)>,
+    handshake: Option<Handshake>,
 }
 
 impl fmt::Debug for LimitedWs {
@@ -70,40 +82,85 @@ impl fmt::Debug for LimitedWs {
 }
 
 impl LimitedWs {
-    fn new(mut ws: Ws, lease: Option<UpgradeLease>) -> Self {
-        let Some(slot) = lease else { return Self { ws, granted: None } };
+    fn new(ws: Ws, lease: Option<UpgradeLease>, handshake: Option<Handshake>) -> Self {
+        // warp's `ws()` takes hyper's upgrade out of the request: after an earlier branch's, the
+        // `Ws` it makes has none (its `101` would come with no socket), so that branch's is used.
+        let mut ws = handshake.as_ref().and_then(Handshake::take).unwrap_or(ws);
+        let Some(slot) = lease else { return Self { ws: Some(ws), granted: None, handshake } };
         let gate = slot.gate();
         if let Some(max) = gate.limits().max_message_size {
             // Its frame cap applies to pings, pongs and closes too, which the protocol lets carry
             // 125 bytes whatever the limit.
             ws = ws.max_message_size(max).max_frame_size(max.max(MAX_CONTROL_PAYLOAD));
         }
-        Self { ws, granted: Some((slot.take(), gate)) }
+        Self { ws: Some(ws), granted: Some((slot, gate)), handshake }
     }
 
-    /// Finishes the upgrade and runs `callback` with the limited socket. Answers 500 (and logs
-    /// why) when the route has no WebSocket limits: the service is missing or the route is not
-    /// configured.
-    pub fn on_upgrade<F, Fut>(self, callback: F) -> warp::reply::Response
+    /// Finishes the upgrade and runs `callback` with the limited socket, which takes the
+    /// connection's lease here (before the `101`, so the service does not release it as
+    /// untaken). Answers the core's 500 (`{"error":"websocket_limits_missing"}`, and logs why)
+    /// when the route has no WebSocket limits — the service is missing or the route is not
+    /// configured — or when the lease was already taken (by another upgrade of the same
+    /// request): never an uncounted socket.
+    pub fn on_upgrade<F, Fut>(mut self, callback: F) -> warp::reply::Response
     where
         F: FnOnce(LimitedWebSocket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Self { ws, granted } = self;
-        let Some((lease, gate)) = granted else {
+        let Some((slot, gate)) = self.granted.take() else {
             tracing::error!("tollgate_warp::ws() used on a route without WebSocket limits");
-            let body = r#"{"error":"websocket_limits_not_configured"}"#;
-            let reply = warp::reply::with_header(body, http::header::CONTENT_TYPE, "application/json");
-            return warp::reply::with_status(reply, http::StatusCode::INTERNAL_SERVER_ERROR).into_response();
+            return limits_missing();
         };
-        ws.on_upgrade(move |socket: WebSocket| callback(LimitedWebSocket::with_gate(socket, gate).with_lease(lease)))
-            .into_response()
+        let Some(lease) = slot.take() else {
+            tracing::error!("the WebSocket connection lease was already taken: one upgrade per request");
+            return limits_missing();
+        };
+        // Always there: only this method takes it, and it consumes `self`.
+        let Some(ws) = self.ws.take() else { return limits_missing() };
+        ws.on_upgrade(move |socket: WebSocket| {
+            callback(LimitedWebSocket::with_gate(socket, gate).with_lease(Some(lease)))
+        })
+        .into_response()
     }
 
     /// Changes warp's upgrade settings (e.g. `max_write_buffer_size`).
     #[must_use]
     pub fn map_ws(mut self, f: impl FnOnce(Ws) -> Ws) -> Self {
-        self.ws = f(self.ws);
+        self.ws = self.ws.take().map(f);
         self
     }
+}
+
+impl Drop for LimitedWs {
+    fn drop(&mut self) {
+        if let (Some(ws), Some(handshake)) = (self.ws.take(), &self.handshake) {
+            handshake.give_back(ws);
+        }
+    }
+}
+
+/// A request's WebSocket handshake (warp's [`Ws`], with hyper's upgrade) between the `or`
+/// branches that evaluate [`ws()`]: one whose `LimitedWs` is dropped without upgrading leaves it
+/// here for the next. The service puts one in each upgrade request it gives an [`UpgradeLease`].
+#[derive(Clone, Default)]
+pub(crate) struct Handshake(Arc<Mutex<Option<Ws>>>);
+
+impl Handshake {
+    fn take(&self) -> Option<Ws> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn give_back(&self, ws: Ws) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(ws);
+    }
+}
+
+/// The core's 500 for an upgrade without a lease to count it, in the default body style (the
+/// filter has no engine at hand, so no configured style).
+fn limits_missing() -> warp::reply::Response {
+    let refusal = Refusal::websocket_limits_missing(&HeaderOptions::default());
+    let mut response = http::Response::new(Bytes::new());
+    *response.body_mut() = refusal.render_into(response.headers_mut());
+    *response.status_mut() = refusal.status();
+    response.into_response()
 }
