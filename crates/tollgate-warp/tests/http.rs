@@ -469,3 +469,28 @@ async fn serve_with_shutdown_stops_accepting_and_returns() {
     assert!(finished.is_ok());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
 }
+
+#[tokio::test]
+async fn a_trailing_slash_warp_serves_spends_the_routes_quota() {
+    let limit = RateLimit::from_config(&config(
+        r#"
+[policies.once]
+limits = [{ name = "per_ip", quota = "1/min", key = "ip" }]
+
+[[routes]]
+path = "/login"
+policy = "once"
+"#,
+    ))
+    .unwrap();
+    let addr = start(&limit, warp::path!("login").map(|| "login")).await;
+    // warp's `path!("login")` serves `/login/` too: it must not be a second, unlimited door.
+    let first = get_from("127.0.0.30", addr, "/login/", "").await;
+    assert_eq!((first.status, first.body.as_str()), (200, "login"), "{first:?}");
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(get_from("127.0.0.30", addr, "/login", "").await.status, 429);
+    assert_eq!(get_from("127.0.0.30", addr, "/login/", "").await.status, 429);
+    // And the other way round, for another client.
+    assert_eq!(get_from("127.0.0.31", addr, "/login", "").await.status, 200);
+    assert_eq!(get_from("127.0.0.31", addr, "/login/", "").await.status, 429);
+}

@@ -128,14 +128,23 @@ impl<St: Store> RateLimit<St> {
     /// syntax](tollgate::engine#route-patterns)), matched on the request's path before any filter
     /// runs (or a [`RouteName`](crate::RouteName) in the extensions). The pattern a request
     /// matched is its [`KeyKind::Route`] key.
+    ///
+    /// A pattern names the paths the filter serves: a `warp::path("x")` that does not end the
+    /// path (no `path::end()`, unlike `path!("x")`) also serves `/x/...`, which `/x` does not
+    /// match, so its limits need the pattern `/x/{*rest}` (with `/x` for the path itself). The
+    /// core matches the other spellings warp serves as their route: a path is matched
+    /// percent-decoded (`/%6Cogin` is `/login`), and without its one trailing slash when nothing
+    /// matches it with the slash (`/login/`, which `path!("login")` serves, spends `/login`'s
+    /// quota).
     #[must_use]
     pub fn route(self, path: &str, limits: Limits<St>) -> Self {
         self.route_methods(path, [], limits)
     }
 
     /// As [`RateLimit::route`], for requests with one of `methods` only (all when empty). A HEAD
-    /// request takes the limits of its path's GET when no entry names HEAD, as warp's `get()`
-    /// filter lets it through.
+    /// request that no entry names takes the limits of its path's GET: warp's `get()` rejects
+    /// HEAD, but a filter without a method filter serves HEAD with the GET route's handler, so a
+    /// HEAD cannot run a handler unlimited.
     #[must_use]
     pub fn route_methods(self, path: &str, methods: impl IntoIterator<Item = Method>, limits: Limits<St>) -> Self {
         self.edit_engine(|e| e.route_methods(path, methods, limits))
