@@ -12,7 +12,8 @@
 //!
 //! Adding a demo: give it a binary named like its package that serves the routes of
 //! `examples/demo-config.toml` on `TOLLGATE_ADDR` with the peer address as the client address,
-//! and reads `TOLLGATE_CONFIG` when set; then add its package name to [`DEMOS`].
+//! reads `TOLLGATE_CONFIG` when set, and prints `listening on http://ADDR` on stdout once it
+//! listens; then add its package name to [`DEMOS`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -253,6 +254,7 @@ pub struct Demo {
     mode: Mode,
     addr: SocketAddr,
     child: Child,
+    stdout: Captured,
     stderr: Captured,
 }
 
@@ -272,15 +274,16 @@ impl Demo {
                 .env_remove("TOLLGATE_CONFIG")
                 .env_remove("REDIS_URL")
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             if mode == Mode::ConfigFile {
                 command.env("TOLLGATE_CONFIG", config_path());
             }
             let mut child =
                 command.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({}): {e}", binary.display()));
+            let stdout = capture(child.stdout.take());
             let stderr = capture(child.stderr.take());
-            let mut demo = Demo { name, mode, addr, child, stderr };
+            let mut demo = Demo { name, mode, addr, child, stdout, stderr };
             match demo.wait_listening().await {
                 Ok(()) => return demo,
                 // Another process took the free port between our look and the demo's bind.
@@ -290,13 +293,19 @@ impl Demo {
         }
     }
 
+    /// Ready when the demo says it listens on its address (the start-up line every demo prints)
+    /// and a connection to it succeeds: a connection alone could reach another demo that took
+    /// the same free port first, while this one failed to bind it.
     async fn wait_listening(&mut self) -> Result<(), String> {
         let started = Instant::now();
+        let said = format!("listening on http://{}", self.addr);
         loop {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
                 return Err(format!("exited ({status}) before accepting connections on {}", self.addr));
             }
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(self.addr)).await {
+            if self.stdout.text().contains(&said)
+                && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(self.addr)).await
+            {
                 return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
