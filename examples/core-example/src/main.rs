@@ -1,4 +1,4 @@
-//! Run with: cargo run -p core-demo
+//! Run with: cargo run -p core-example
 //!
 //! A client sends 15 requests at once, then one every 100 ms, against a `per_ip` limit of 5 per
 //! second with a burst of 10; each decision is printed with the headers a server would send.
