@@ -31,6 +31,6 @@ mod stream;
 #[cfg(feature = "axum")]
 pub use self::axum::LimitedUpgrade;
 pub use message::WsMessage;
-pub use stream::LimitedWebSocket;
+pub use stream::{LimitedWebSocket, WsMessages};
 
 pub use tollgate::websocket::UpgradeLease;

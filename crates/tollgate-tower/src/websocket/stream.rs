@@ -1,183 +1,51 @@
-//! The message-limiting socket wrapper.
+//! The message-limiting socket wrapper: the core's [`LimitedSocket`], reading messages through
+//! [`WsMessage`].
 
-use std::fmt;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::any::Any;
 
-use futures_util::{Sink, Stream};
-use pin_project_lite::pin_project;
-use tokio::time::Sleep;
-use tollgate::websocket::{MessageGate, MessageLimits, Verdict};
-use tollgate::{Clock, ConnectionLease, MonotonicClock};
+use tollgate::MonotonicClock;
+use tollgate::websocket::{CloseFrame, LimitedSocket, MessageKind, SocketMessages};
 
 use super::message::WsMessage;
 
-pin_project! {
-    /// A WebSocket whose incoming messages pass a [`MessageGate`] (see the
-    /// [module docs](crate::websocket)). It is a `Stream` of the messages let through and a `Sink`
-    /// for the application's own messages, like the socket it wraps; it holds the connection's
-    /// concurrency lease until it is dropped.
-    ///
-    /// A refused message is dropped and answered with a JSON error frame, held (the delay
-    /// action), or answered with a close frame after which the stream ends.
-    pub struct LimitedWebSocket<W, M, C: Clock = MonotonicClock> {
-        #[pin]
-        inner: W,
-        gate: MessageGate<C>,
-        outgoing: Option<M>,
-        flushing: bool,
-        closing: bool,
-        done: bool,
-        delayed: Option<(Pin<Box<Sleep>>, M)>,
-        lease: Option<ConnectionLease>,
-    }
-}
+/// A WebSocket whose incoming messages pass a [`MessageGate`](tollgate::websocket::MessageGate)
+/// (see the [module docs](crate::websocket)): the core's [`LimitedSocket`] around any socket
+/// whose messages are [`WsMessage`]s (axum's, tokio-tungstenite's). It is a `Stream` of the
+/// messages let through and a `Sink` for the application's own messages, like the socket it
+/// wraps; it holds the connection's concurrency lease until it is dropped. A refused message is
+/// dropped and answered with a JSON error frame, held (the delay action), or answered with a
+/// close frame after which the stream ends.
+pub type LimitedWebSocket<W, M, C = MonotonicClock> = LimitedSocket<W, M, WsMessages, C>;
 
-impl<W, M, C: Clock> fmt::Debug for LimitedWebSocket<W, M, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LimitedWebSocket")
-            .field("gate", &self.gate)
-            .field("closing", &self.closing)
-            .field("lease", &self.lease)
-            .finish_non_exhaustive()
-    }
-}
+/// Reads and builds [`WsMessage`]s for the core's [`LimitedSocket`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WsMessages;
 
-impl<W, M> LimitedWebSocket<W, M> {
-    /// Wraps `inner`, limiting its incoming messages by `limits`.
-    pub fn new(inner: W, limits: Arc<MessageLimits>) -> Self {
-        Self::with_gate(inner, MessageGate::new(limits))
-    }
-}
-
-impl<W, M, C: Clock> LimitedWebSocket<W, M, C> {
-    /// Wraps `inner` with a gate of your own (e.g. on a manual clock).
-    pub fn with_gate(inner: W, gate: MessageGate<C>) -> Self {
-        Self { inner, gate, outgoing: None, flushing: false, closing: false, done: false, delayed: None, lease: None }
+impl<M: WsMessage> SocketMessages<M> for WsMessages {
+    #[inline]
+    fn kind(message: &M) -> MessageKind {
+        message.kind()
     }
 
-    /// Holds `lease` (a concurrency place) for as long as this socket lives.
-    #[must_use]
-    pub fn with_lease(mut self, lease: Option<ConnectionLease>) -> Self {
-        self.lease = lease;
-        self
+    #[inline]
+    fn len(message: &M) -> usize {
+        message.payload_len()
     }
 
-    /// The wrapped socket.
-    pub fn get_ref(&self) -> &W {
-        &self.inner
+    #[inline]
+    fn text(message: &M) -> Option<&str> {
+        message.as_text()
     }
 
-    /// The wrapped socket, mutably (messages sent through it bypass nothing: only incoming
-    /// messages are limited).
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
+    fn text_message(text: String) -> M {
+        M::text(text)
     }
 
-    /// The wrapped socket and the lease.
-    pub fn into_parts(self) -> (W, Option<ConnectionLease>) {
-        (self.inner, self.lease)
-    }
-}
-
-impl<W, M, E, C> Stream for LimitedWebSocket<W, M, C>
-where
-    W: Stream<Item = Result<M, E>> + Sink<M, Error = E>,
-    M: WsMessage,
-    E: 'static,
-    C: Clock,
-{
-    type Item = Result<M, E>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut this = self.project();
-        loop {
-            if *this.done {
-                return Poll::Ready(None);
-            }
-            // First deliver what the gate wants sent (an error or close frame).
-            if this.outgoing.is_some() {
-                if let Err(e) = ready!(this.inner.as_mut().poll_ready(cx)) {
-                    *this.outgoing = None;
-                    *this.done = *this.closing;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                if let Some(message) = this.outgoing.take()
-                    && let Err(e) = this.inner.as_mut().start_send(message)
-                {
-                    *this.done = *this.closing;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                *this.flushing = true;
-            }
-            if *this.flushing {
-                let flushed = ready!(this.inner.as_mut().poll_flush(cx));
-                *this.flushing = false;
-                if *this.closing {
-                    *this.done = true;
-                }
-                if let Err(e) = flushed {
-                    return Poll::Ready(Some(Err(e)));
-                }
-                continue;
-            }
-            if let Some((sleep, _)) = this.delayed.as_mut() {
-                ready!(sleep.as_mut().poll(cx));
-                if let Some((_, message)) = this.delayed.take() {
-                    return Poll::Ready(Some(Ok(message)));
-                }
-            }
-            let message = match ready!(this.inner.as_mut().poll_next(cx)) {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => {
-                    // A message over the socket's own size cap never reaches the gate; it is
-                    // answered with the gate's 1009 all the same, not cut off with a reset.
-                    let Some((len, cap)) = M::too_large(&e) else { return Poll::Ready(Some(Err(e))) };
-                    tracing::debug!(len, cap, "closing WebSocket over a message the socket refused as too large");
-                    *this.outgoing = Some(M::close(&this.gate.too_large(len, cap)));
-                    *this.closing = true;
-                    continue;
-                }
-                None => return Poll::Ready(None),
-            };
-            match this.gate.check(message.kind(), message.payload_len(), message.as_text()) {
-                Verdict::Allow => return Poll::Ready(Some(Ok(message))),
-                Verdict::Delay(wait) => *this.delayed = Some((Box::pin(tokio::time::sleep(wait)), message)),
-                Verdict::Drop(refusal) => {
-                    tracing::debug!(limit = %refusal.limit, "WebSocket message dropped");
-                    *this.outgoing = Some(M::text(refusal.error_frame()));
-                }
-                Verdict::Close(frame) => {
-                    tracing::debug!(code = frame.code, reason = %frame.reason, "closing WebSocket over a limit");
-                    *this.outgoing = Some(M::close(&frame));
-                    *this.closing = true;
-                }
-            }
-        }
-    }
-}
-
-impl<W, M, C> Sink<M> for LimitedWebSocket<W, M, C>
-where
-    W: Sink<M>,
-    C: Clock,
-{
-    type Error = W::Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.project().inner.poll_ready(cx)
+    fn close_message(frame: &CloseFrame) -> M {
+        M::close(frame)
     }
 
-    fn start_send(self: Pin<&mut Self>, item: M) -> Result<(), Self::Error> {
-        self.project().inner.start_send(item)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.project().inner.poll_close(cx)
+    fn too_large(error: &dyn Any) -> Option<(usize, usize)> {
+        M::too_large(error)
     }
 }

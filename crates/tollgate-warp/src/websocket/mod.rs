@@ -33,7 +33,7 @@
 
 mod stream;
 
-pub use stream::LimitedWebSocket;
+pub use stream::{LimitedWebSocket, WarpMessages};
 pub use tollgate::websocket::UpgradeLease;
 
 use std::fmt;

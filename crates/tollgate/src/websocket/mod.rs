@@ -45,11 +45,15 @@
 mod classifier;
 mod gate;
 mod per_key;
+#[cfg(feature = "socket")]
+mod socket;
 mod upgrade;
 
 pub use classifier::{Classifier, JsonFieldClassifier};
 pub use gate::{DEFAULT_CONTROL_QUOTA, KindLimit, MessageAction, MessageGate, MessageLimits};
 pub use per_key::PerKeyLimits;
+#[cfg(feature = "socket")]
+pub use socket::{LimitedSocket, SocketMessages};
 pub use upgrade::UpgradeLease;
 
 use std::time::Duration;
