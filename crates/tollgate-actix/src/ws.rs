@@ -87,10 +87,6 @@ pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 /// [`LimitedMessageStream::with_frame_cap`] says otherwise.
 const ACTIX_WS_MAX_FRAME: usize = 64 * 1024;
 
-/// The largest payload of a control frame (RFC 6455 §5.5): the socket's frame cap is never
-/// below it, so a ping under the protocol's limit is never refused as too large.
-const MAX_CONTROL_PAYLOAD: usize = 125;
-
 /// `actix_ws::handle` with the connection's lease and message limits: the response to return, the
 /// session to send with, and the limited stream of the client's messages, which holds the
 /// connection's lease until it is dropped. With a largest message size, the codec's frame cap is
@@ -111,8 +107,7 @@ pub fn handle(
         return Err(Error::NoWebSocketLimits.into());
     };
     let (response, session, stream) = actix_ws::handle(req, body)?;
-    let frame_cap =
-        upgrade.message_limits().max_message_size.map_or(DEFAULT_MAX_FRAME, |max| max.max(MAX_CONTROL_PAYLOAD));
+    let frame_cap = upgrade.message_limits().frame_cap().unwrap_or(DEFAULT_MAX_FRAME);
     let limited = LimitedMessageStream::new(stream.max_frame_size(frame_cap), session.clone(), upgrade.gate())
         .with_frame_cap(frame_cap)
         .with_lease(upgrade.take());

@@ -43,11 +43,10 @@ impl<S: Send + Sync> FromRequestParts<S> for LimitedUpgrade {
         let mut upgrade =
             WebSocketUpgrade::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
         let gate = slot.gate();
-        if let Some(max) = gate.limits().max_message_size {
+        if let (Some(max), Some(frame)) = (gate.limits().max_message_size, gate.limits().frame_cap()) {
             // The socket then never buffers more than the limit; a larger message is refused by
-            // it and answered with close 1009 by the wrapper. Its frame cap applies to pings,
-            // pongs and closes too, which the protocol lets carry 125 bytes whatever the limit.
-            upgrade = upgrade.max_message_size(max).max_frame_size(max.max(MAX_CONTROL_PAYLOAD));
+            // it and answered with close 1009 by the wrapper.
+            upgrade = upgrade.max_message_size(max).max_frame_size(frame);
         }
         Ok(Self { upgrade, lease: slot.take(), gate })
     }
@@ -62,9 +61,6 @@ fn missing_limits() -> Response {
     *response.status_mut() = refusal.status();
     response
 }
-
-/// The largest payload of a control frame (RFC 6455 §5.5).
-const MAX_CONTROL_PAYLOAD: usize = 125;
 
 impl LimitedUpgrade {
     /// Finishes the upgrade and runs `callback` with the limited socket.

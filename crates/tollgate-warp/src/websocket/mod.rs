@@ -48,9 +48,6 @@ use warp::Filter;
 use warp::Reply;
 use warp::ws::{WebSocket, Ws};
 
-/// The largest payload of a control frame (RFC 6455 §5.5).
-const MAX_CONTROL_PAYLOAD: usize = 125;
-
 /// warp's `ws()` for a route with WebSocket limits: extracts a [`LimitedWs`], whose
 /// [`on_upgrade`](LimitedWs::on_upgrade) hands the handler a [`LimitedWebSocket`] holding the
 /// connection's lease. Rejects as `warp::ws()` does when the request is not an upgrade.
@@ -88,10 +85,8 @@ impl LimitedWs {
         let mut ws = handshake.as_ref().and_then(Handshake::take).unwrap_or(ws);
         let Some(slot) = lease else { return Self { ws: Some(ws), granted: None, handshake } };
         let gate = slot.gate();
-        if let Some(max) = gate.limits().max_message_size {
-            // Its frame cap applies to pings, pongs and closes too, which the protocol lets carry
-            // 125 bytes whatever the limit.
-            ws = ws.max_message_size(max).max_frame_size(max.max(MAX_CONTROL_PAYLOAD));
+        if let (Some(max), Some(frame)) = (gate.limits().max_message_size, gate.limits().frame_cap()) {
+            ws = ws.max_message_size(max).max_frame_size(frame);
         }
         Self { ws: Some(ws), granted: Some((slot, gate)), handshake }
     }

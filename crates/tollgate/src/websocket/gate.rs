@@ -135,6 +135,14 @@ impl MessageLimits {
         self
     }
 
+    /// The frame cap a socket should apply for these limits: the largest message, but never
+    /// below [`MAX_CONTROL_PAYLOAD`](super::MAX_CONTROL_PAYLOAD), as a socket's frame cap applies
+    /// to pings, pongs and closes too, which the protocol lets carry 125 bytes whatever the
+    /// limit. `None` without a largest message (the socket's own default then).
+    pub fn frame_cap(&self) -> Option<usize> {
+        self.max_message_size.map(|max| max.max(super::MAX_CONTROL_PAYLOAD))
+    }
+
     /// Limits the messages of `kind` (as named by the classifier).
     #[must_use]
     pub fn kind(mut self, kind: impl Into<String>, quota: Quota) -> Self {

@@ -73,8 +73,11 @@ pub mod close_code {
     pub const RATE_LIMITED: u16 = 4429;
 }
 
-/// The most bytes a close frame's reason may hold (125 bytes of payload minus the 2-byte code).
-pub const MAX_CLOSE_REASON: usize = 123;
+/// The largest payload of a control frame (ping, pong, close; RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// The most bytes a close frame's reason may hold (the control payload minus the 2-byte code).
+pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 
 /// What kind of frame a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
