@@ -162,11 +162,17 @@ fn allowed_plans_carry_headers_and_refusals_render_them() {
     assert_eq!(headers["x-ratelimit-limit"], "2");
     assert_eq!(headers["x-ratelimit-remaining"], "1");
 
-    // The same fields as names and bytes, for adapters on other header types.
+    // The same fields into another framework's map, through a `HeaderSink` of its own.
+    struct Pairs(Vec<(String, Vec<u8>)>);
+    impl tollgate::HeaderSink for Pairs {
+        fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+            self.0.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+        }
+    }
     let admit = engine.check_now(limits, &request).unwrap();
-    let mut fields = Vec::new();
-    let _ = admit.response.apply_fields(StatusCode::OK, |name, value| fields.push((name.to_owned(), value.to_vec())));
-    assert!(fields.contains(&("x-ratelimit-remaining".to_owned(), b"0".to_vec())), "{fields:?}");
+    let mut fields = Pairs(Vec::new());
+    let _ = admit.response.apply(StatusCode::OK, &mut fields);
+    assert!(fields.0.contains(&("x-ratelimit-remaining".to_owned(), b"0".to_vec())), "{:?}", fields.0);
 
     let refusal = engine.check_now(limits, &request).unwrap_err();
     assert_eq!(refusal.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -72,17 +72,6 @@ impl ResponsePlan {
             Some(leases) => leases.hand_over(status),
         }
     }
-
-    /// [`ResponsePlan::apply`] for an adapter whose header types are not `http` 1.x's: each
-    /// header field comes to `field` as its name and value bytes.
-    pub fn apply_fields(self, status: StatusCode, mut field: impl FnMut(&str, &[u8])) -> Option<ConnectionLease> {
-        let mut headers = HeaderMap::new();
-        let lease = self.apply(status, &mut headers);
-        for (name, value) in &headers {
-            field(name.as_str(), value.as_bytes());
-        }
-        lease
-    }
 }
 
 /// What an allowed response's rate-limit headers show, kept from the check: as little as the
