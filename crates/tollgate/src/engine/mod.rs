@@ -402,7 +402,7 @@ impl<St: Store> Engine<St> {
     fn bytes_verdict(&self, answer: Answer) -> Result<Admitted, Box<Refusal>> {
         match answer {
             Some(Err(Error::InvalidCost { capacity, .. })) => {
-                Err(self.error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Some(capacity)))
+                Err(Box::new(Refusal::body_too_large(&self.headers, capacity)))
             }
             other => self.verdict(other),
         }
