@@ -577,16 +577,30 @@ type Answer = Option<Result<Admission<Box<Refusal>>, Error>>;
 /// The limiters a route's leases come from, each with the key it counts by.
 type LeasePlan<'l, 'k> = (Option<(&'l ConcurrencyLimiter, Key<'k>)>, Option<(&'l WebSocketLimits, Key<'k>)>);
 
-/// The request policy's and the body-bytes policy's admissions together: the headers of the
-/// request policy when there is one, and the longer wait.
+/// The request policy's and the body-bytes policy's admissions together: the longer wait, and
+/// the headers of the binding limit — the one with the least headroom left (remaining over
+/// limit), as a policy reports the tightest of its own limits — so that a client reading
+/// `X-RateLimit-Remaining` sees what runs out first, whether requests or bytes. A tie keeps
+/// the request policy's.
+#[inline]
 fn both(request: Option<Admitted>, bytes: Admitted) -> Admitted {
-    match request {
-        Some(mut r) => {
-            r.wait = r.wait.max(bytes.wait);
-            r
-        }
-        None => bytes,
+    let Some(mut admitted) = request else { return bytes };
+    admitted.wait = admitted.wait.max(bytes.wait);
+    if let Some(tight) = bytes.headers
+        && admitted.headers.is_none_or(|loose| less_headroom(&tight, &loose))
+    {
+        admitted.headers = Some(tight);
     }
+    admitted
+}
+
+/// Whether `a` has less of its capacity left than `b`: `a.remaining / a.limit <
+/// b.remaining / b.limit`, compared exactly (cross-multiplied, in `u128`), a limit of 0 having
+/// none left.
+fn less_headroom(a: &crate::decision::LimitHeaders, b: &crate::decision::LimitHeaders) -> bool {
+    let share = |h: &crate::decision::LimitHeaders| if h.limit == 0 { (0, 1) } else { (h.remaining, h.limit) };
+    let ((a_left, a_limit), (b_left, b_limit)) = (share(a), share(b));
+    u128::from(a_left) * u128::from(b_limit) < u128::from(b_left) * u128::from(a_limit)
 }
 
 /// The upgraded socket's share of a WebSocket connection lease: the lease, the route's message
@@ -599,4 +613,87 @@ fn upgrade_lease(ws: &WebSocketLimits, lease: ConnectionLease, key: Key<'_>) -> 
 /// `MissingKey::Shared`), so leaving it out cannot dodge the limit.
 fn lease_key<'a>(kind: &KeyKind, keys: &RequestKeys<'a>) -> Key<'a> {
     kind.resolve(keys).unwrap_or(Key::Text("\u{0}missing"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::net::IpAddr;
+
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::Limit;
+    use crate::request::RequestHeaders;
+
+    /// A `POST /echo` declaring a body of `length` bytes.
+    struct Post {
+        headers: HeaderMap,
+    }
+
+    impl Post {
+        fn of(length: u64) -> Self {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_LENGTH, length.into());
+            Post { headers }
+        }
+    }
+
+    impl RequestView for Post {
+        fn method(&self) -> &str {
+            "POST"
+        }
+        fn path(&self) -> &str {
+            "/echo"
+        }
+        fn peer_ip(&self) -> Option<IpAddr> {
+            "192.0.2.1".parse().ok()
+        }
+        fn headers(&self) -> &(dyn RequestHeaders + Sync) {
+            &self.headers
+        }
+        fn is_http1(&self) -> bool {
+            true
+        }
+    }
+
+    /// The `X-RateLimit-Limit` and `X-RateLimit-Remaining` an admitted `request` gets.
+    fn shown(engine: &Engine, request: &Post) -> (String, String) {
+        let admit = engine.check_now(engine.limits_for(request), request).expect("admitted");
+        let mut headers = HeaderMap::new();
+        let _no_lease = admit.response.apply(StatusCode::OK, &mut headers);
+        let text = |name: &str| headers[name].to_str().unwrap().to_owned();
+        (text("x-ratelimit-limit"), text("x-ratelimit-remaining"))
+    }
+
+    #[test]
+    fn a_route_with_requests_and_body_bytes_shows_the_limit_with_least_headroom() {
+        let per_ip = |name: &str, quota: &str| {
+            Policy::builder(name).limit(Limit::new(name, quota.parse().unwrap()).key(KeyKind::ip())).build().unwrap()
+        };
+        let engine = Engine::new(Limits::new())
+            .route("/echo", Limits::new().policy(per_ip("requests", "20/min")).body_bytes(per_ip("bytes", "1000/min")));
+        // 100 bytes: 9/10 of the bytes left, 19/20 of the requests: the bytes bind.
+        assert_eq!(shown(&engine, &Post::of(100)), ("1000".into(), "900".into()));
+        // No body, no bytes spent: the requests, the only limit that applied.
+        assert_eq!(shown(&engine, &Post::of(0)), ("20".into(), "18".into()));
+        assert_eq!(shown(&engine, &Post::of(0)), ("20".into(), "17".into()));
+        // 1 byte: 899/1000 of the bytes, 16/20 of the requests: the requests bind.
+        assert_eq!(shown(&engine, &Post::of(1)), ("20".into(), "16".into()));
+        // 600 bytes: 299/1000 of the bytes, 15/20 of the requests: the bytes again.
+        assert_eq!(shown(&engine, &Post::of(600)), ("1000".into(), "299".into()));
+    }
+
+    #[test]
+    fn headroom_compares_shares_not_amounts() {
+        let headers = |limit, remaining| {
+            let snapshot = crate::Snapshot { limit, remaining, ..crate::Snapshot::EMPTY };
+            crate::decision::LimitHeaders::of("l", "1/s".parse().unwrap(), &snapshot)
+        };
+        assert!(less_headroom(&headers(1_000_000, 899_999), &headers(10, 9)), "0.899999 < 0.9");
+        assert!(!less_headroom(&headers(10, 9), &headers(1_000_000, 900_000)), "a tie is not less");
+        assert!(less_headroom(&headers(0, 0), &headers(10, 1)), "a limit of 0 has nothing left");
+        assert!(!less_headroom(&headers(u64::MAX, u64::MAX), &headers(u64::MAX, u64::MAX - 1)), "no overflow");
+    }
 }
