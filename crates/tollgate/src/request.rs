@@ -134,6 +134,16 @@ pub trait RequestView {
         None
     }
 
+    /// Whether the adapter counts a body of unknown length while it streams, charging each part
+    /// as the application reads it through the plan's
+    /// [`Admit::body_bytes`](crate::engine::Admit::body_bytes): the engine then neither refuses
+    /// such a request 411 nor charges it the route's largest body up front. `false` unless the
+    /// adapter says so.
+    #[inline]
+    fn counts_body(&self) -> bool {
+        false
+    }
+
     /// The authenticated identity an auth layer attached to the request.
     #[inline]
     fn identity(&self) -> Option<&str> {
@@ -154,6 +164,36 @@ pub trait RequestView {
 }
 
 impl<'a> RequestKeys<'a> {
+    /// What the checks of `fields` read of these keys, owned: for a check made after the
+    /// request's view is gone (a body's bytes charged as it streams). Of the headers, only the
+    /// values of `headers` are kept — the ones the limits are keyed by.
+    pub(crate) fn to_owned_keys<'h>(
+        self,
+        fields: KeyFields,
+        headers: impl IntoIterator<Item = &'h HeaderName>,
+    ) -> OwnedRequestKeys {
+        let mut kept = HeaderMap::new();
+        if let Some(from) = self.headers.filter(|_| fields.headers) {
+            for name in headers {
+                from.each(name, &mut |value| {
+                    // Every header type an adapter reads from holds valid header values.
+                    if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                        kept.append(name.clone(), value);
+                    }
+                });
+            }
+        }
+        let text = |on: bool, value: Option<&str>| value.filter(|_| on).map(Box::from);
+        OwnedRequestKeys {
+            ip: self.ip.filter(|_| fields.ip),
+            identity: text(fields.identity, self.identity),
+            route: text(fields.route, self.route),
+            headers: kept,
+            tier: text(fields.tier, self.tier),
+            custom: self.custom.filter(|_| fields.custom).map(|k| k.to_owned_key()),
+        }
+    }
+
     /// The keys of `request` that `fields` names, and nothing else (each is a lookup the adapter
     /// need not pay for when no limit reads it): the client address through `resolver`'s trusted
     /// proxies, and the identity, tier, custom key and headers the view gives. `route` finds the
@@ -173,6 +213,31 @@ impl<'a> RequestKeys<'a> {
             headers: Some(headers),
             tier: if fields.tier { request.tier() } else { None },
             custom: if fields.custom { request.custom_key() } else { None },
+        }
+    }
+}
+
+/// [`RequestKeys`] that own what they hold (see [`RequestKeys::to_owned_keys`]).
+#[derive(Debug)]
+pub(crate) struct OwnedRequestKeys {
+    ip: Option<IpAddr>,
+    identity: Option<Box<str>>,
+    route: Option<Box<str>>,
+    headers: HeaderMap,
+    tier: Option<Box<str>>,
+    custom: Option<OwnedKey>,
+}
+
+impl OwnedRequestKeys {
+    /// The keys, borrowed.
+    pub(crate) fn as_keys(&self) -> RequestKeys<'_> {
+        RequestKeys {
+            ip: self.ip,
+            identity: self.identity.as_deref(),
+            route: self.route.as_deref(),
+            headers: Some(&self.headers),
+            tier: self.tier.as_deref(),
+            custom: self.custom.as_ref().map(OwnedKey::as_key),
         }
     }
 }
@@ -225,6 +290,7 @@ pub struct HttpView<'a, F, X = ()> {
     headers: &'a HeaderMap,
     extensions: &'a http::Extensions,
     exact: F,
+    counts_body: bool,
     framework: std::marker::PhantomData<fn() -> X>,
 }
 
@@ -245,6 +311,7 @@ impl<'a, F: Fn() -> Option<u64>, X: HttpExtensions> HttpView<'a, F, X> {
             headers: request.headers(),
             extensions: request.extensions(),
             exact,
+            counts_body: false,
             framework: std::marker::PhantomData,
         }
     }
@@ -259,8 +326,18 @@ impl<'a, F: Fn() -> Option<u64>, X: HttpExtensions> HttpView<'a, F, X> {
             headers: &parts.headers,
             extensions: &parts.extensions,
             exact,
+            counts_body: false,
             framework: std::marker::PhantomData,
         }
+    }
+
+    /// Tells the engine that the adapter counts the body while it streams
+    /// ([`RequestView::counts_body`]): it does so for every request it gets this view of.
+    #[inline(always)]
+    #[must_use]
+    pub fn counting_body(mut self) -> Self {
+        self.counts_body = true;
+        self
     }
 }
 
@@ -298,6 +375,11 @@ impl<F: Fn() -> Option<u64>, X: HttpExtensions> RequestView for HttpView<'_, F, 
     #[inline]
     fn exact_body_len(&self) -> Option<u64> {
         (self.exact)()
+    }
+
+    #[inline]
+    fn counts_body(&self) -> bool {
+        self.counts_body
     }
 
     #[inline]

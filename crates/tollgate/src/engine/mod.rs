@@ -10,8 +10,10 @@
 //!    specific of the engine's patterns the URI's path matches — see [the pattern
 //!    syntax](#route-patterns).
 //! 2. **Checks**, in order: the body's size (413 when its length is over the largest body; 411
-//!    when a body-bytes limit cannot tell its cost), the request [`Policy`] (cost 1,
-//!    all of its limits or none), the body bytes per period (429), and the concurrency leases —
+//!    when a body-bytes limit cannot tell its cost and the adapter does not count the body as it
+//!    streams), the request [`Policy`] (cost 1, all of its limits or none), the body bytes per
+//!    period (429; charged as the body streams when its length is unknown and the adapter
+//!    counts it, see [`BodyCharge`]), and the concurrency leases —
 //!    in-flight requests and WebSocket connections. A refusal spends nothing from the checks
 //!    after it; the checks before it are not given back (a request the concurrency limit
 //!    refuses has spent one from the request policy), as stores have no refund. With the delay
@@ -19,7 +21,8 @@
 //!    [`Engine::check_now`] runs them at once when the route's stores decide without I/O
 //!    ([`Limits::decides_at_once`]: the in-memory store), with nothing boxed; [`Engine::check`]
 //!    runs them for stores with I/O (Redis).
-//! 3. **Plan.** [`Admit`]: how long to wait, the largest body to count while it streams, and a
+//! 3. **Plan.** [`Admit`]: how long to wait, the largest body to count while it streams (and
+//!    the body-bytes charge to make as it does), and a
 //!    [`ResponsePlan`] that writes the rate-limit headers into the response and hands the
 //!    in-flight lease to the response body (and a WebSocket [`UpgradeLease`] to the upgrade
 //!    handler). Or a [`Refusal`]: status, header fields and body, rendered by the core's
@@ -70,9 +73,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod body;
 mod limits;
 mod plan;
 
+pub use body::{BodyCharge, ChargeFuture};
 pub use limits::{Limits, WebSocketLimits};
 pub use plan::{Admit, Refusal, ResponsePlan};
 
@@ -352,13 +357,18 @@ impl<St: Store> Engine<St> {
         if let Some(policy) = &limits.policy {
             allowed = Some(self.verdict(policy.try_admit_now(&keys, 1, headers, refuse))?);
         }
-        if let Some((policy, cost)) = body {
-            let bytes = self.bytes_verdict(policy.try_admit_now(&keys, cost, headers, refuse))?;
-            allowed = Some(both(allowed, bytes));
+        let mut body_bytes = None;
+        match body {
+            None => {}
+            Some(BodyBytes::Now(policy, cost)) => {
+                let bytes = self.bytes_verdict(policy.try_admit_now(&keys, cost, headers, refuse))?;
+                allowed = Some(both(allowed, bytes));
+            }
+            Some(BodyBytes::WhileStreaming(policy)) => body_bytes = Some(BodyCharge::new(policy, &keys, self.headers)),
         }
         let leases = self.leases(limits, &keys)?;
         let (response, wait) = ResponsePlan::new(self.headers, allowed, leases);
-        Ok(Admit { wait, max_body: limits.max_body, response })
+        Ok(Admit { wait, max_body: limits.max_body, body_bytes, response })
     }
 
     /// [`Engine::check_now`] for stores with I/O (and any other): the policies are checked
@@ -376,13 +386,18 @@ impl<St: Store> Engine<St> {
         if let Some(policy) = &limits.policy {
             allowed = Some(self.verdict(Some(policy.admit(&keys, 1, headers, refuse).await))?);
         }
-        if let Some((policy, cost)) = body {
-            let bytes = self.bytes_verdict(Some(policy.admit(&keys, cost, headers, refuse).await))?;
-            allowed = Some(both(allowed, bytes));
+        let mut body_bytes = None;
+        match body {
+            None => {}
+            Some(BodyBytes::Now(policy, cost)) => {
+                let bytes = self.bytes_verdict(Some(policy.admit(&keys, cost, headers, refuse).await))?;
+                allowed = Some(both(allowed, bytes));
+            }
+            Some(BodyBytes::WhileStreaming(policy)) => body_bytes = Some(BodyCharge::new(policy, &keys, self.headers)),
         }
         let leases = self.acquire_leases(limits, &keys).await?;
         let (response, wait) = ResponsePlan::new(self.headers, allowed, leases);
-        Ok(Admit { wait, max_body: limits.max_body, response })
+        Ok(Admit { wait, max_body: limits.max_body, body_bytes, response })
     }
 
     /// What an admitted request leaves for the response, or its refusal. `None` is a store that
@@ -441,7 +456,7 @@ impl<St: Store> Engine<St> {
         &self,
         limits: &'l Limits<St>,
         request: &R,
-    ) -> Result<Option<(&'l Policy<St>, u32)>, Box<Refusal>> {
+    ) -> Result<Option<BodyBytes<'l, St>>, Box<Refusal>> {
         if limits.max_body.is_none() && limits.body_bytes.is_none() {
             return Ok(None);
         }
@@ -449,15 +464,16 @@ impl<St: Store> Engine<St> {
     }
 
     /// 413 from the body's length over the route's largest body; else the body-bytes policy and
-    /// the body's cost when the route has one (411 when the length is unknown and there is no
-    /// largest body to charge). The length is the `Content-Length`; else what the body says of
-    /// itself ([`RequestView::exact_body_len`]); else 0 for an HTTP/1 request without
-    /// `Transfer-Encoding`, which has no body (RFC 9112 §6.3: most GETs).
+    /// the body's cost when the route has one. The length is the `Content-Length`; else what the
+    /// body says of itself ([`RequestView::exact_body_len`]); else 0 for an HTTP/1 request
+    /// without `Transfer-Encoding`, which has no body (RFC 9112 §6.3: most GETs). Of unknown
+    /// length, the body is charged as it streams where the adapter counts it
+    /// ([`RequestView::counts_body`]), else the route's largest body, else it gets 411.
     fn body_limits<'l, R: RequestView + ?Sized>(
         &self,
         limits: &'l Limits<St>,
         request: &R,
-    ) -> Result<Option<(&'l Policy<St>, u32)>, Box<Refusal>> {
+    ) -> Result<Option<BodyBytes<'l, St>>, Box<Refusal>> {
         let headers = request.headers();
         let declared = headers
             .first(&CONTENT_LENGTH)
@@ -471,10 +487,14 @@ impl<St: Store> Engine<St> {
             return Err(Box::new(Refusal::body_too_large(&self.headers, max)));
         }
         let Some(policy) = &limits.body_bytes else { return Ok(None) };
+        if length.is_none() && request.counts_body() {
+            // What the body turns out to be, not a guess: nothing for an HTTP/2 GET.
+            return Ok(Some(BodyBytes::WhileStreaming(policy)));
+        }
         let Some(cost) = length.or(limits.max_body) else {
             return Err(self.error(StatusCode::LENGTH_REQUIRED, "length_required", None));
         };
-        Ok((cost > 0).then(|| (policy, u32::try_from(cost).unwrap_or(u32::MAX))))
+        Ok((cost > 0).then(|| BodyBytes::Now(policy, u32::try_from(cost).unwrap_or(u32::MAX))))
     }
 
     /// The limiters a route's leases come from, each with the key it counts by
@@ -568,6 +588,13 @@ fn percent_decoded(path: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     String::from_utf8(out).map_or(std::borrow::Cow::Borrowed(path), std::borrow::Cow::Owned)
+}
+
+/// How a request's body bytes are charged: its length now, or each part as the adapter reads it
+/// ([`BodyCharge`]).
+enum BodyBytes<'l, St: Store> {
+    Now(&'l Policy<St>, u32),
+    WhileStreaming(&'l Policy<St>),
 }
 
 /// A policy's answer on the way to the plan: what an admitted request leaves for the response,

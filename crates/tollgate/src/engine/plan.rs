@@ -6,14 +6,15 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
 
+use super::body::BodyCharge;
 use crate::concurrency::ConnectionLease;
 use crate::decision::{Admitted, Decision, LimitHeaders};
 use crate::headers::{HeaderOptions, HeaderSink};
 use crate::websocket::UpgradeLease;
 
 /// An admitted request's plan: wait [`Admit::wait`], count the body against
-/// [`Admit::max_body`] while it streams, then call the application and finish its response with
-/// [`Admit::response`].
+/// [`Admit::max_body`] while it streams (charging [`Admit::body_bytes`]), then call the
+/// application and finish its response with [`Admit::response`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Admit {
@@ -22,6 +23,11 @@ pub struct Admit {
     /// The largest body the route takes: a body that turns out longer while it streams is cut
     /// off with an error the application answers with 413. `None`: any length.
     pub max_body: Option<u64>,
+    /// The route's body-bytes charge still to make, for an adapter that counts the body while
+    /// it streams ([`RequestView::counts_body`](crate::request::RequestView::counts_body)) when
+    /// the body's length was unknown: charge each part as the application reads it. `None`:
+    /// nothing to charge while it streams (no body-bytes limit, or the length was charged).
+    pub body_bytes: Option<BodyCharge>,
     /// What the response needs: its rate-limit headers and the leases the request holds.
     pub response: ResponsePlan,
 }
