@@ -435,8 +435,10 @@ impl RedisStore {
     }
 
     /// The two-phase check of a batch whose keys lie in several cluster slots. Phase 1 peeks every
-    /// slot (no writes): any refusal ends the decision with nothing consumed. Phase 2 commits every
-    /// slot; if one refuses (it lost a race since phase 1) the others are refunded. So no quota is
+    /// slot (no writes), each finding when the request could go: any refusal ends the decision
+    /// with nothing consumed. Phase 2 commits every slot at the latest of those times (a limit
+    /// with no room by then refuses); if one refuses (or lost a race since phase 1) the others
+    /// are refunded. So no quota is
     /// ever exceeded, and a refused batch consumes nothing once the refunds land; until then, for
     /// one round trip, concurrent checks may see that capacity as taken (they err on refusing).
     async fn check_across_slots(
@@ -460,7 +462,11 @@ impl RedisStore {
         if !all {
             return Ok(false);
         }
-        let commits: Vec<Call> = groups.iter().map(|g| self.call(Mode::Commit, now, checks, keys, g, None)).collect();
+        // Every slot counts the request at the time it goes: the latest any slot found, from
+        // its own clock reading (a cluster's nodes each read their own TIME).
+        let go = Snapshot { wait: out.iter().map(|s| s.wait).max().unwrap_or_default(), ..Snapshot::EMPTY };
+        let commits: Vec<Call> =
+            groups.iter().map(|g| self.call(Mode::Commit, now, checks, keys, g, Some(&vec![go; g.len()]))).collect();
         let replies = join_all(commits.iter().zip(groups).map(|(c, g)| self.run(c, g.len()))).await;
         let mut failure = None;
         let mut taken = Vec::new();
@@ -597,7 +603,10 @@ mod tests {
                 let checks = [check(&a, 2, max_wait)];
                 let keys = [check_keys(&store.inner.prefix, &a.segment, key)];
                 let now = store.now_arg();
-                let commit = store.run(&store.call(Mode::Commit, &now, &checks, &keys, &[0], None), 1).await.unwrap();
+                // As the cross-slot path does: peek for the time it goes, commit at that time.
+                let peek = store.run(&store.call(Mode::Peek, &now, &checks, &keys, &[0], None), 1).await.unwrap();
+                let go = Some(peek.snapshots.as_slice());
+                let commit = store.run(&store.call(Mode::Commit, &now, &checks, &keys, &[0], go), 1).await.unwrap();
                 assert!(commit.all, "{case}: {:?}", commit.snapshots);
                 assert_eq!(commit.snapshots[0].wait.is_zero(), max_wait.is_zero(), "{case}");
                 let refund = store.call(Mode::Refund, &commit.now, &checks, &keys, &[0], Some(&commit.snapshots));

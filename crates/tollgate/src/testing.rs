@@ -126,6 +126,7 @@ pub async fn conformance<S: Store>(mut make: impl FnMut(ManualClock) -> S) {
         burst_then_refuse(&mut make, algorithm, run).await;
         random_sequence(&mut make, algorithm, run).await;
         all_or_nothing(&mut make, algorithm, run).await;
+        delays_across_limits(&mut make, algorithm, run).await;
         penalty_block(&mut make, algorithm, run).await;
         hostile_keys(&mut make, algorithm, run).await;
     }
@@ -185,6 +186,31 @@ async fn all_or_nothing<S: Store>(make: &mut impl FnMut(ManualClock) -> S, algor
     // The refused checks took nothing from the loose limit: 8 of 10 remain.
     let (_, out) = p.check(&[&loose], &[(Key::Global, ql, 1, Duration::ZERO)], "loose alone").await;
     assert_eq!(out[0].remaining, 7, "{}: refused batches must not consume the loose limit", p.scenario);
+}
+
+/// Several limits of one client key, some that delay and one that rejects: the store must find
+/// the same time for the request to go as the reference, and count it there in every limit.
+/// (One client key: in a Redis Cluster every limit of a batch is then in one slot.)
+async fn delays_across_limits<S: Store>(make: &mut impl FnMut(ManualClock) -> S, algorithm: Algorithm, run: u64) {
+    let p = Pair::new(make, format!("conf-{run}-delays-{}", algorithm.name()));
+    let tested = p.register("tested", algorithm);
+    let rejecting = p.register("rejecting", Algorithm::Gcra);
+    let log = p.register("log", Algorithm::SlidingLog);
+    let (qa, qb, qc) = (quota("3/s"), quota("10/s burst 2"), quota("5/2s"));
+    let keys = [Key::Text("client-a"), Key::Int(42)];
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+    let (mut delayed, mut refused) = (0, 0);
+    for step in 0..300 {
+        p.advance_ms(rng.next(3) * rng.next(150));
+        let key = keys[rng.next(2) as usize];
+        let cost = 1 + rng.next(2) as u32;
+        let wait_a = Duration::from_millis(rng.next(3) * 400);
+        let batch = [(key, qa, cost, wait_a), (key, qb, 1, Duration::ZERO), (key, qc, 1, Duration::from_millis(900))];
+        let (all, out) = p.check(&[&tested, &rejecting, &log], &batch, &format!("step {step}")).await;
+        delayed += usize::from(all && !out[0].wait.is_zero());
+        refused += usize::from(!all);
+    }
+    assert!(delayed > 10 && refused > 10, "{}: {delayed} delayed, {refused} refused", p.scenario);
 }
 
 async fn penalty_block<S: Store>(make: &mut impl FnMut(ManualClock) -> S, algorithm: Algorithm, run: u64) {

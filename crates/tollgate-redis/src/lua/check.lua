@@ -9,14 +9,18 @@
 -- arithmetic runs on times relative to B, the current whole second: they stay far below 2^53
 -- because the Rust side refuses quotas whose periods exceed 2^51 ns (about 26 days).
 --
--- ARGV[1] mode: c = check (peek all, then commit all; one check commits at once),
---               p = peek only, m = commit only, r = refund, b = block
+-- ARGV[1] mode: c = check (find when the request goes, then commit all at that time; one check
+--                   commits at once),
+--               p = peek only (find when it goes, commit nothing),
+--               m = commit only, each check at now + its wait slot, exactly (the second phase
+--                   across cluster slots, with the wait the first phase found),
+--               r = refund, b = block
 -- ARGV[2] now: '' for the server's TIME, or nanoseconds as a decimal string (test clocks)
 -- ARGV[3] the least TTL to set, in milliseconds (0 in production; long with a test clock, whose
 --         time does not move with Redis's)
 -- ARGV[4] the number of checks N; then per check 7 arguments:
 --         algorithm (g, f, w, l), period, emission interval, amount, burst, cost, max wait
---         (mode r: the committed snapshot's wait in place of max wait;
+--         (mode r: the committed snapshot's wait in place of max wait; mode m: the wait to go at;
 --          mode b: one "check" whose cost slot holds the block's seconds and max-wait slot its
 --          sub-second nanoseconds)
 -- KEYS: per check, its state key then its block key.
@@ -199,29 +203,30 @@ function makers.g()
     end
   end
 
-  function gcra.apply(st, q, c, max_wait, peek)
+  -- `at` (>= now): the time the check goes at the earliest (another limit may delay it).
+  function gcra.apply(st, q, c, at, max_wait, peek)
     local t = q.T
     local cap = t * q.burst
-    local base = now
-    if st.tat and st.tat > now then
+    local base = at
+    if st.tat and st.tat > at then
       base = st.tat
     end
     local new_tat = base + t * c
-    local allow_at = new_tat - cap
-    if allow_at <= now or allow_at - now <= max_wait then
-      local wait = 0
-      if allow_at > now then
-        wait = allow_at - now
-      end
+    local allow_at = math.max(new_tat - cap, at)
+    if allow_at - now <= max_wait then
       local remaining = idiv(math.max(now + cap - new_tat, 0), t)
       if not peek then
         st.tat = new_tat
         st.dirty = true
       end
-      return snap(1, 0, q.burst, remaining, new_tat - now, 0, wait)
+      return snap(1, 0, q.burst, remaining, new_tat - now, 0, allow_at - now)
     end
-    local remaining = idiv(math.max(now + cap - base, 0), t)
-    return snap(0, 0, q.burst, remaining, base - now, allow_at - now, 0)
+    local held = now
+    if st.tat and st.tat > now then
+      held = st.tat
+    end
+    local remaining = idiv(math.max(now + cap - held, 0), t)
+    return snap(0, 0, q.burst, remaining, held - now, allow_at - now, 0)
   end
 
   function gcra.refund(st, q, c, _)
@@ -285,7 +290,7 @@ function makers.f()
     st.dirty = true
   end
 
-  function fixed.apply(st, q, c, max_wait, peek)
+  function fixed.apply(st, q, c, at, max_wait, peek)
     local P, n = q.P, q.n
     fixed_roll(st, P)
     local to_end = st.e - now
@@ -293,7 +298,10 @@ function makers.f()
     if st.x > 0 then
       reset = to_end + P
     end
-    if st.c + c <= n then
+    -- A check told to go later than the next window cannot be counted here: refused.
+    local next_fits = st.x + c <= n and at < st.e + P
+    local go_next = math.max(at, st.e) - now
+    if at < st.e and st.c + c <= n and at - now <= max_wait then
       local pending = 0
       if peek then
         pending = c
@@ -301,19 +309,19 @@ function makers.f()
         st.c = st.c + c
         st.dirty = true
       end
-      return snap(1, 0, n, n - st.c - pending, reset, 0, 0)
-    elseif st.x + c <= n and to_end <= max_wait then
+      return snap(1, 0, n, n - st.c - pending, reset, 0, at - now)
+    elseif next_fits and go_next <= max_wait then
       if not peek then
         st.x = st.x + c
         st.dirty = true
       end
-      return snap(1, 0, n, 0, to_end + P, 0, to_end)
+      return snap(1, 0, n, 0, to_end + P, 0, go_next)
     end
-    local retry = to_end + P
-    if st.x + c <= n then
-      retry = to_end
+    local retry = math.max(to_end + P, at - now)
+    if next_fits then
+      retry = go_next
     end
-    return snap(0, 0, n, math.max(n - st.c, 0), reset, retry, 0)
+    return snap(0, 0, n, math.max(n - st.c, 0), reset, math.max(retry, 1), 0)
   end
 
   -- `now` is the commit's time, read inside the commit's script: the refund, a round trip
@@ -323,10 +331,8 @@ function makers.f()
   function fixed.refund(st, q, c, wait)
     local P = q.P
     fixed_roll(st, P)
-    local counted = window_start(now, P) + P
-    if wait > 0 then
-      counted = counted + P
-    end
+    -- The end of the window of the time it went.
+    local counted = window_start(now + wait, P) + P
     if counted == st.e then
       st.c = math.max(st.c - c, 0)
     elseif counted == st.e + P then
@@ -403,29 +409,33 @@ function makers.w()
     st.dirty = true
   end
 
-  function window.apply(st, q, c, max_wait, peek)
+  function window.apply(st, q, c, not_before, max_wait, peek)
     local P, n = q.P, q.n
     window_roll(st, P)
     local e_now = math.min(math.max(now - st.s, 0), P - 1)
     local used = weighted(st.p, e_now, P) + st.c
+    local e_at = math.max(math.max(not_before, now) - st.s, 0)
     local at = nil
-    if st.c + c <= n then
-      local e = math.max(elapsed_for_room(st.p, n - st.c - c, P), e_now)
+    if st.c + c <= n and e_at < P then
+      local e = math.max(elapsed_for_room(st.p, n - st.c - c, P), e_now, e_at)
       if e < P then
         at = st.s + e
       end
     end
     local in_next = false
+    local feasible = true
     if at == nil then
       in_next = true
       local e = P
       if st.x + c <= n then
         e = elapsed_for_room(st.c, n - (st.x + c), P)
       end
-      at = st.s + P + e
+      -- No room before the next window ends, or told to go later: refused (sliding_window.rs).
+      feasible = e < P and e_at < 2 * P
+      at = math.max(st.s + P + e, st.s + e_at)
     end
     local wait = math.max(at - now, 0)
-    local allowed = wait <= max_wait and not (in_next and st.x + c > n)
+    local allowed = wait <= max_wait and feasible
     if allowed and not peek then
       if in_next then
         st.x = st.x + c
@@ -522,19 +532,21 @@ function makers.l()
     end
   end
 
-  local function log_earliest(st, P, n, c)
+  -- The earliest time >= at at which c more fits (sliding_log.rs: LogState::earliest).
+  local function log_earliest(st, P, n, c, at)
     local sum = st.sum
-    if sum + c <= n then
-      return now
-    end
     for i = 1, #st.entries do
       local e = st.entries[i]
+      local gone = e.ts + P
+      if gone > at and sum + c <= n then
+        return at
+      end
       sum = sum - e.c
       if sum + c <= n then
-        return math.max(e.ts + P, now)
+        return math.max(gone, at)
       end
     end
-    return now
+    return at
   end
 
   local function log_insert(st, ts, c)
@@ -556,10 +568,10 @@ function makers.l()
     st.dirty = true
   end
 
-  function log.apply(st, q, c, max_wait, peek)
+  function log.apply(st, q, c, not_before, max_wait, peek)
     local P, n = q.P, q.n
     log_prune(st, P)
-    local at = log_earliest(st, P, n, c)
+    local at = log_earliest(st, P, n, c, math.max(not_before, now))
     local wait = at - now
     local last = ZERO
     if st.entries[#st.entries] then
@@ -680,7 +692,8 @@ local function capacity(ch)
   return ch.q.n
 end
 
-local function apply(ch, peek)
+-- Checks `ch` going no earlier than `at`, waiting at most `max_wait` past now.
+local function apply(ch, at, max_wait, peek)
   local b = redis.call('GET', ch.block)
   if b then
     local u = rel(b)
@@ -688,15 +701,17 @@ local function apply(ch, peek)
       return snap(0, 1, capacity(ch), 0, u - now, u - now, 0)
     end
   end
-  return ch.alg.apply(ch.st, ch.q, ch.c, ch.w, peek)
+  return ch.alg.apply(ch.st, ch.q, ch.c, at, max_wait, peek)
 end
 
 local out = {}
 local all = 1
 
-local function commit_all()
+-- Commits check i at at_of(i), exactly; all or none.
+local function commit_all(at_of)
   for i = 1, count do
-    local s = apply(checks[i], false)
+    local at = at_of(i)
+    local s = apply(checks[i], at, at - now, false)
     out[i] = s
     if s[1] == 0 then
       -- Lost to another check of this batch on the same key: undo what was taken.
@@ -709,26 +724,102 @@ local function commit_all()
   return 1
 end
 
+-- As store/memory.rs `settle`: the earliest time every check but `skip` has room, within
+-- `bound` of now, peeking from the latest time any of them gave until none moves it; nil, with
+-- the refusal in `out`, when one has no room within `bound` or 8 rounds did not settle.
+local function settle(skip, bound)
+  local at = now
+  for _ = 1, 8 do
+    local nxt, ok = at, true
+    for i = 1, count do
+      if i ~= skip then
+        local s = apply(checks[i], at, bound, true)
+        out[i] = s
+        if s[1] == 0 then
+          ok = false
+        end
+        if now + s[7] > nxt then
+          nxt = now + s[7]
+        end
+      end
+    end
+    if not ok then
+      return nil
+    end
+    if nxt == at then
+      return at
+    end
+    at = nxt
+  end
+  local i = 1
+  if skip == 1 then
+    i = 2
+  end
+  local s = out[i]
+  out[i] = snap(0, s[2], s[3], s[4], s[5], at - now, 0)
+  return nil
+end
+
+-- As store/memory.rs `go_time`: when the request goes, each limit waiting no longer than its
+-- own max wait for the room it needs itself; nil, with the refusal in `out`, otherwise.
+local function go_time()
+  local bound = 0
+  for i = 1, count do
+    if checks[i].w > bound then
+      bound = checks[i].w
+    end
+  end
+  local at = settle(nil, bound)
+  if not at then
+    return nil
+  end
+  local wait = at - now
+  if wait == 0 then
+    return at
+  end
+  for i = 1, count do
+    if wait > checks[i].w then
+      local others = settle(i, bound)
+      if not others then
+        return nil
+      end
+      if others < at then
+        local s = apply(checks[i], now, checks[i].w, true)
+        if s[1] == 1 then
+          s = snap(0, s[2], s[3], s[4], s[5], wait, 0)
+        end
+        out[i] = s
+        return nil
+      end
+    end
+  end
+  return at
+end
+
 if mode == 'r' then
   for i = 1, count do
     local ch = checks[i]
     ch.alg.refund(ch.st, ch.q, ch.c, ch.w)
     out[i] = snap(1, 0, capacity(ch), 0, 0, 0, 0)
   end
-elseif mode == 'm' or (mode == 'c' and count == 1) then
-  all = commit_all()
+elseif mode == 'c' and count == 1 then
+  out[1] = apply(checks[1], now, checks[1].w, false)
+  all = out[1][1]
+elseif mode == 'm' then
+  all = commit_all(function(i)
+    return now + checks[i].w
+  end)
   for i = #out + 1, count do
-    out[i] = apply(checks[i], true)
+    out[i] = apply(checks[i], now + checks[i].w, checks[i].w, true)
   end
 else
-  for i = 1, count do
-    out[i] = apply(checks[i], true)
-    if out[i][1] == 0 then
-      all = 0
-    end
-  end
-  if all == 1 and mode == 'c' then
-    all = commit_all()
+  local at = go_time()
+  if not at then
+    all = 0
+  elseif mode == 'c' then
+    all = commit_all(function()
+      return at
+    end)
   end
 end
 

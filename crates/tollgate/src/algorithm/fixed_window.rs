@@ -34,13 +34,25 @@ impl FixedState {
 impl Meter for FixedWindow {
     type State = Mutex<FixedState>;
 
-    fn apply(state: &Mutex<FixedState>, quota: &Quota, now: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot {
+    fn apply(
+        state: &Mutex<FixedState>,
+        quota: &Quota,
+        now: u64,
+        at: u64,
+        cost: u32,
+        max_wait: u64,
+        mode: Mode,
+    ) -> Snapshot {
         let period = quota.period_nanos();
         let n = u64::from(quota.amount().get());
         let c = u64::from(cost);
         let mut s = lock(state);
         s.roll(now, period);
+        let at = at.max(now);
         let to_end = s.end.saturating_sub(now);
+        // A check told to go later than the next window cannot be counted here: refused.
+        let next_fits = s.next + c <= n && at < s.end.saturating_add(period);
+        let go_next = at.max(s.end) - now;
         let reset_after = if s.next > 0 { to_end.saturating_add(period) } else { to_end };
         let mut snap = Snapshot {
             allowed: true,
@@ -51,21 +63,23 @@ impl Meter for FixedWindow {
             retry_after: d(0),
             wait: d(0),
         };
-        if s.count + c <= n {
+        if at < s.end && s.count + c <= n && at - now <= max_wait {
             if mode == Mode::Commit {
                 s.count += c;
             }
             snap.remaining = n - s.count - if mode == Mode::Peek { c } else { 0 };
-        } else if s.next + c <= n && to_end <= max_wait {
+            snap.wait = d(at - now);
+        } else if next_fits && go_next <= max_wait {
             if mode == Mode::Commit {
                 s.next += c;
             }
-            snap.wait = d(to_end);
+            snap.wait = d(go_next);
             snap.reset_after = d(to_end.saturating_add(period));
         } else {
             snap.allowed = false;
             snap.remaining = n.saturating_sub(s.count);
-            snap.retry_after = d(if s.next + c <= n { to_end } else { to_end.saturating_add(period) });
+            let retry = if next_fits { go_next } else { to_end.saturating_add(period).max(at - now) };
+            snap.retry_after = d(retry.max(1));
         }
         snap
     }
@@ -78,7 +92,7 @@ impl Meter for FixedWindow {
         let mut s = lock(state);
         s.roll(now, quota.period_nanos());
         let c = u64::from(cost);
-        if snapshot.wait.is_zero() {
+        if now.saturating_add(super::nanos(snapshot.wait)) < s.end {
             s.count = s.count.saturating_sub(c);
         } else {
             s.next = s.next.saturating_sub(c);

@@ -3,6 +3,10 @@
 //! With `T` the time to replenish one unit and capacity `b` (the burst), a check of cost `c` at
 //! `now` passes when `max(tat, now) + c·T <= now + b·T`, and then sets `tat` to the left side.
 //! The key is idle (a full bucket) once `tat <= now`.
+//!
+//! A check may be told to proceed no earlier than a time `at >= now` (a request that another limit
+//! of its policy delays): it is then decided as if it arrived at `at`, so the bucket sees it when
+//! it really goes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,18 +22,23 @@ pub(crate) struct Gcra;
 /// overflow the timestamps, and is taken as this one. Quotas read from text are refused above it.
 pub(crate) const MAX_BUCKET_NANOS: u64 = u64::MAX / 4;
 
-/// The arithmetic of one decision, shared by the meter and the tests' reference checks.
+/// The arithmetic of one decision, shared by the meter, the WebSocket gate and the tests'
+/// reference checks: `cost` at `now`, proceeding no earlier than `at` (`now` unless another limit
+/// delays the request), waiting at most `max_wait` past `now`.
 #[inline]
-pub(crate) fn decide(tat: u64, quota: &Quota, now: u64, cost: u32, max_wait: u64) -> (Snapshot, Option<u64>) {
+pub(crate) fn decide(tat: u64, quota: &Quota, now: u64, at: u64, cost: u32, max_wait: u64) -> (Snapshot, Option<u64>) {
     let t = quota.emission_interval_nanos();
     let burst = u64::from(quota.burst().get());
     let cap = t.saturating_mul(burst).min(MAX_BUCKET_NANOS);
-    let base = tat.max(now);
+    let at = at.max(now);
+    let base = tat.max(at);
     let new_tat = base.saturating_add(t.saturating_mul(u64::from(cost)));
-    let allow_at = new_tat.saturating_sub(cap);
+    // When it may go: once the bucket has room, and not before `at`. Then `tat <= allow_at` or
+    // `base == at`, so `new_tat` is what a check arriving at `allow_at` would leave.
+    let allow_at = new_tat.saturating_sub(cap).max(at);
     let limit = burst;
-    if allow_at <= now || allow_at - now <= max_wait {
-        let wait = allow_at.saturating_sub(now);
+    if allow_at - now <= max_wait {
+        let wait = allow_at - now;
         let remaining = (now.saturating_add(cap).saturating_sub(new_tat)) / t;
         let snap = Snapshot {
             allowed: true,
@@ -42,13 +51,13 @@ pub(crate) fn decide(tat: u64, quota: &Quota, now: u64, cost: u32, max_wait: u64
         };
         (snap, Some(new_tat))
     } else {
-        let remaining = (now.saturating_add(cap).saturating_sub(base)) / t;
+        let remaining = (now.saturating_add(cap).saturating_sub(tat.max(now))) / t;
         let snap = Snapshot {
             allowed: false,
             blocked: false,
             limit,
             remaining,
-            reset_after: d(base - now),
+            reset_after: d(tat.max(now) - now),
             retry_after: d(allow_at - now),
             wait: d(0),
         };
@@ -60,10 +69,10 @@ impl Meter for Gcra {
     type State = AtomicU64;
 
     #[inline]
-    fn apply(state: &AtomicU64, quota: &Quota, now: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot {
+    fn apply(state: &AtomicU64, quota: &Quota, now: u64, at: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot {
         let mut tat = state.load(Ordering::Acquire);
         loop {
-            let (snap, new_tat) = decide(tat, quota, now, cost, max_wait);
+            let (snap, new_tat) = decide(tat, quota, now, at, cost, max_wait);
             let Some(new_tat) = new_tat else { return snap };
             if mode == Mode::Peek {
                 return snap;

@@ -60,12 +60,11 @@ pub enum OnExceed {
     /// wait before proceeding (as nginx `limit_req` without `nodelay`); refuse when that would be
     /// longer than `max_wait`.
     ///
-    /// In a policy of several limits, each limit reserves the request at its own earliest time
-    /// and the request goes after the longest of the waits. A limit that reserved it earlier
-    /// than it goes sees it up to `max_wait` early, so the requests it lets through can run
-    /// closer together than its quota allows, by at most `max_wait` (for example a client's
-    /// `1/s` limit with a global limit that delays: two of its requests 0.5 s apart). A policy
-    /// whose only limit delays keeps its quota exactly.
+    /// In a policy of several limits, the request goes at the earliest time every limit has room
+    /// for it, and every limit counts it at that time, so each keeps its quota exactly over any
+    /// interval of the times requests really proceed. A limit that rejects (no wait of its own)
+    /// still lets a request another limit delays through, as long as it has room at the time
+    /// the request goes; each limit refuses only a wait it would add beyond its own `max_wait`.
     Delay {
         /// The longest wait the caller accepts.
         max_wait: Duration,
@@ -123,9 +122,12 @@ pub(crate) enum Mode {
 pub(crate) trait Meter: Send + Sync + 'static {
     type State: Default + Send + Sync + 'static;
 
-    /// Checks `cost` at `now`, waiting at most `max_wait` nanoseconds (0: reject at once).
+    /// Checks `cost` at `now` for a check that proceeds no earlier than `at` (`at >= now`; `now`
+    /// unless another limit delays it), waiting at most `max_wait` nanoseconds past `now` (0:
+    /// reject at once). When allowed, it proceeds at `now + wait` and is counted at that time.
     /// Expects `cost <= capacity` (checked by the caller).
-    fn apply(state: &Self::State, quota: &Quota, now: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot;
+    #[allow(clippy::too_many_arguments)]
+    fn apply(state: &Self::State, quota: &Quota, now: u64, at: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot;
 
     /// Gives back a committed `apply` of `cost` that was allowed.
     fn refund(state: &Self::State, quota: &Quota, now: u64, cost: u32, snapshot: &Snapshot);

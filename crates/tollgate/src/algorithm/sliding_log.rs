@@ -32,19 +32,21 @@ impl LogState {
         }
     }
 
-    /// The earliest time `>= now` at which `cost` more fits, given the log as it is.
-    fn earliest(&self, now: u64, period: u64, n: u64, c: u64) -> u64 {
+    /// The earliest time `>= at` at which `cost` more fits, given the log as it is. Every entry
+    /// still in the log by then counts, later (delayed) ones included.
+    fn earliest(&self, at: u64, period: u64, n: u64, c: u64) -> u64 {
         let mut sum = self.sum;
-        if sum + c <= n {
-            return now;
-        }
         for &(ts, ec) in &self.entries {
+            let gone = ts.saturating_add(period);
+            if gone > at && sum + c <= n {
+                return at;
+            }
             sum -= ec;
             if sum + c <= n {
-                return ts.saturating_add(period).max(now);
+                return gone.max(at);
             }
         }
-        now // unreachable when c <= n: the empty log fits
+        at // the empty log fits
     }
 
     fn insert(&mut self, ts: u64, c: u64) {
@@ -57,13 +59,21 @@ impl LogState {
 impl Meter for SlidingLog {
     type State = Mutex<LogState>;
 
-    fn apply(state: &Mutex<LogState>, quota: &Quota, now: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot {
+    fn apply(
+        state: &Mutex<LogState>,
+        quota: &Quota,
+        now: u64,
+        at: u64,
+        cost: u32,
+        max_wait: u64,
+        mode: Mode,
+    ) -> Snapshot {
         let period = quota.period_nanos();
         let n = u64::from(quota.amount().get());
         let c = u64::from(cost);
         let mut s = lock(state);
         s.prune(now, period);
-        let at = s.earliest(now, period, n, c);
+        let at = s.earliest(at.max(now), period, n, c);
         let wait = at - now;
         let last = s.entries.back().map_or(0, |&(ts, _)| ts);
         if wait <= max_wait {

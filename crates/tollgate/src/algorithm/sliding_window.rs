@@ -60,7 +60,15 @@ impl WindowState {
 impl Meter for SlidingWindow {
     type State = Mutex<WindowState>;
 
-    fn apply(state: &Mutex<WindowState>, quota: &Quota, now: u64, cost: u32, max_wait: u64, mode: Mode) -> Snapshot {
+    fn apply(
+        state: &Mutex<WindowState>,
+        quota: &Quota,
+        now: u64,
+        at: u64,
+        cost: u32,
+        max_wait: u64,
+        mode: Mode,
+    ) -> Snapshot {
         let p = quota.period_nanos();
         let n = u64::from(quota.amount().get());
         let c = u64::from(cost);
@@ -68,24 +76,30 @@ impl Meter for SlidingWindow {
         s.roll(now, p);
         let e_now = now.saturating_sub(s.start).min(p - 1);
         let used = weighted(s.prev, e_now, p) + s.cur;
+        // Not before `at` (another limit of the policy delays the check), nor before now.
+        let e_at = at.max(now).saturating_sub(s.start);
         // Earliest time the check fits: this window, else the next one.
-        let at = if s.cur + c <= n {
-            let e = elapsed_for_room(s.prev, n - s.cur - c, p).max(e_now);
+        let at_cur = if s.cur + c <= n && e_at < p {
+            let e = elapsed_for_room(s.prev, n - s.cur - c, p).max(e_now).max(e_at);
             if e < p { Some(s.start.saturating_add(e)) } else { None }
         } else {
             None
         };
-        let (at, in_next) = match at {
-            Some(at) => (at, false),
+        let (at, in_next, feasible) = match at_cur {
+            Some(at) => (at, false, true),
             None => {
                 let room = n.saturating_sub(s.next + c);
-                let feasible = s.next + c <= n;
-                let e = if feasible { elapsed_for_room(s.cur, room, p) } else { p };
-                (s.start.saturating_add(p).saturating_add(e), true)
+                let e = if s.next + c <= n { elapsed_for_room(s.cur, room, p) } else { p };
+                // No room before the next window ends (`e == p`: the current window's count would
+                // still weigh on its last instant), or told to go later than that: this state
+                // cannot count it in the window it would go in, so it is refused.
+                let feasible = e < p && e_at < p.saturating_mul(2);
+                let at = s.start.saturating_add(p).saturating_add(e).max(s.start.saturating_add(e_at));
+                (at, true, feasible)
             }
         };
         let wait = at.saturating_sub(now);
-        let allowed = wait <= max_wait && !(in_next && s.next + c > n);
+        let allowed = wait <= max_wait && feasible;
         if allowed && mode == Mode::Commit {
             if in_next {
                 s.next += c;

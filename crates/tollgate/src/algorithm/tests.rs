@@ -47,7 +47,7 @@ proptest! {
             bucket.last = now;
             let need = t * u64::from(cost);
             let want = bucket.level >= need;
-            let snap = Gcra::apply(&state, &q, now, cost, 0, Mode::Commit);
+            let snap = Gcra::apply(&state, &q, now, now, cost, 0, Mode::Commit);
             prop_assert_eq!(snap.allowed, want);
             if want {
                 bucket.level -= need;
@@ -70,7 +70,7 @@ proptest! {
             if cost > amount { continue; }
             let c = counts.entry(now / p).or_default();
             let want = *c + u64::from(cost) <= u64::from(amount);
-            let snap = FixedWindow::apply(&state, &q, now, cost, 0, Mode::Commit);
+            let snap = FixedWindow::apply(&state, &q, now, now, cost, 0, Mode::Commit);
             prop_assert_eq!(snap.allowed, want);
             if want { *c += u64::from(cost); }
             prop_assert_eq!(snap.remaining, u64::from(amount) - *c);
@@ -89,7 +89,7 @@ proptest! {
             if cost > amount { continue; }
             let used: u64 = history.iter().filter(|(ts, _)| ts + p > now).map(|(_, c)| c).sum();
             let want = used + u64::from(cost) <= u64::from(amount);
-            let snap = SlidingLog::apply(&state, &q, now, cost, 0, Mode::Commit);
+            let snap = SlidingLog::apply(&state, &q, now, now, cost, 0, Mode::Commit);
             prop_assert_eq!(snap.allowed, want);
             if want { history.push((now, u64::from(cost))); }
         }
@@ -111,7 +111,7 @@ proptest! {
             let e = now - w * p;
             let weighted = (u128::from(prev) * u128::from(p - e)).div_ceil(u128::from(p)) as u64;
             let want = weighted + cur + u64::from(cost) <= u64::from(amount);
-            let snap = SlidingWindow::apply(&state, &q, now, cost, 0, Mode::Commit);
+            let snap = SlidingWindow::apply(&state, &q, now, now, cost, 0, Mode::Commit);
             prop_assert_eq!(snap.allowed, want, "prev {} cur {} e {}", prev, cur, e);
             if want { *counts.entry(w).or_default() += u64::from(cost); }
         }
@@ -132,11 +132,11 @@ proptest! {
             now += step;
             if cost > amount { continue; }
             let c = u64::from(cost);
-            let s = Gcra::apply(&gcra, &q, now, cost, max_wait, Mode::Commit);
+            let s = Gcra::apply(&gcra, &q, now, now, cost, max_wait, Mode::Commit);
             if s.allowed { prop_assert!(s.wait.as_nanos() <= u128::from(max_wait)); g_at.push((now + s.wait.as_nanos() as u64, c)); }
-            let s = SlidingLog::apply(&log, &q, now, cost, max_wait, Mode::Commit);
+            let s = SlidingLog::apply(&log, &q, now, now, cost, max_wait, Mode::Commit);
             if s.allowed { l_at.push((now + s.wait.as_nanos() as u64, c)); }
-            let s = FixedWindow::apply(&fixed, &q, now, cost, max_wait, Mode::Commit);
+            let s = FixedWindow::apply(&fixed, &q, now, now, cost, max_wait, Mode::Commit);
             if s.allowed { f_at.push((now + s.wait.as_nanos() as u64, c)); }
         }
         let t = q.emission_interval_nanos();
@@ -167,14 +167,14 @@ proptest! {
         for (step, cost) in ops {
             now += step;
             if cost > amount { continue; }
-            let peek = Gcra::apply(&a, &q, now, cost, 0, Mode::Peek);
-            let commit = Gcra::apply(&a, &q, now, cost, 0, Mode::Commit);
+            let peek = Gcra::apply(&a, &q, now, now, cost, 0, Mode::Peek);
+            let commit = Gcra::apply(&a, &q, now, now, cost, 0, Mode::Commit);
             prop_assert_eq!(peek.allowed, commit.allowed);
             prop_assert_eq!(peek.remaining, commit.remaining);
-            let before = Gcra::apply(&b, &q, now, 1, 0, Mode::Peek);
-            let s = Gcra::apply(&b, &q, now, cost, 0, Mode::Commit);
+            let before = Gcra::apply(&b, &q, now, now, 1, 0, Mode::Peek);
+            let s = Gcra::apply(&b, &q, now, now, cost, 0, Mode::Commit);
             if s.allowed { Gcra::refund(&b, &q, now, cost, &s); }
-            let after = Gcra::apply(&b, &q, now, 1, 0, Mode::Peek);
+            let after = Gcra::apply(&b, &q, now, now, 1, 0, Mode::Peek);
             prop_assert_eq!(before, after);
         }
     }
@@ -186,10 +186,10 @@ fn clocks_going_backwards_never_panic() {
     let g = AtomicU64::new(0);
     let (f, s, l) = (Mutex::default(), Mutex::default(), Mutex::default());
     for now in [u64::MAX, 10_000_000_000, 0, 5, u64::MAX - 1, 3_000_000_000, 0] {
-        let _ = Gcra::apply(&g, &q, now, 5, u64::MAX, Mode::Commit);
-        let _ = FixedWindow::apply(&f, &q, now, 5, u64::MAX, Mode::Commit);
-        let _ = SlidingWindow::apply(&s, &q, now, 5, u64::MAX, Mode::Commit);
-        let _ = SlidingLog::apply(&l, &q, now, 5, u64::MAX, Mode::Commit);
+        let _ = Gcra::apply(&g, &q, now, now, 5, u64::MAX, Mode::Commit);
+        let _ = FixedWindow::apply(&f, &q, now, now, 5, u64::MAX, Mode::Commit);
+        let _ = SlidingWindow::apply(&s, &q, now, now, 5, u64::MAX, Mode::Commit);
+        let _ = SlidingLog::apply(&l, &q, now, now, 5, u64::MAX, Mode::Commit);
     }
 }
 
@@ -208,10 +208,10 @@ fn gcra_with_an_overflowing_bucket_still_refuses() {
     // and, at 1 KiB a day, nothing more.
     let mut admitted = 0u64;
     for i in 0..2_000u64 {
-        if Gcra::apply(&state, &q, now + i, 1 << 20, 0, Mode::Commit).allowed {
+        if Gcra::apply(&state, &q, now + i, now + i, 1 << 20, 0, Mode::Commit).allowed {
             admitted += 1 << 20;
         }
     }
     assert!(admitted > 0 && admitted <= 1 << 30, "a bucket of 1 GiB admitted {admitted} bytes at once");
-    assert!(!Gcra::apply(&state, &q, now + 10_000, 1 << 20, 0, Mode::Commit).allowed);
+    assert!(!Gcra::apply(&state, &q, now + 10_000, now + 10_000, 1 << 20, 0, Mode::Commit).allowed);
 }

@@ -195,19 +195,14 @@ impl MemoryStore {
     pub fn check_now(&self, checks: &[Check<'_, MemoryLimit>], out: &mut [Snapshot]) -> bool {
         let now = self.inner.clock.now();
         if let [one] = checks {
-            out[0] = one.limit.apply(one, now, Mode::Commit);
+            out[0] = one.limit.apply(one, now, now, nanos(one.max_wait), Mode::Commit);
             return out[0].allowed;
         }
-        let mut all = true;
-        for (c, o) in checks.iter().zip(out.iter_mut()) {
-            *o = c.limit.apply(c, now, Mode::Peek);
-            all &= o.allowed;
-        }
-        if !all {
-            return false;
-        }
+        let Some(at) = go_time(checks, out, now) else { return false };
+        // Every limit counts the request at the time it goes, so each keeps its quota exactly.
+        let exact = at - now;
         for i in 0..checks.len() {
-            let s = checks[i].limit.apply(&checks[i], now, Mode::Commit);
+            let s = checks[i].limit.apply(&checks[i], now, at, exact, Mode::Commit);
             out[i] = s;
             if !s.allowed {
                 // Lost a race with a concurrent check after the peek: undo what was taken.
@@ -219,6 +214,78 @@ impl MemoryStore {
         }
         true
     }
+}
+
+/// How many times [`settle`] moves the time a request goes before it gives up on it.
+const ROUNDS: usize = 8;
+
+/// When a request of several limits goes: `now` when each has room now; with the delay action,
+/// the earliest time every limit has room for it, provided each limit waits no longer than its
+/// own `max_wait` for the room it needs itself (a limit that rejects still lets through a request
+/// that another limit holds back, when it has room by the time the request goes). `None`, with
+/// the refusal in `out`, otherwise.
+fn go_time(checks: &[Check<'_, MemoryLimit>], out: &mut [Snapshot], now: u64) -> Option<u64> {
+    let bound = checks.iter().map(|c| nanos(c.max_wait)).max().unwrap_or(0);
+    let at = settle(checks, None, out, now, bound)?;
+    let wait = at - now;
+    if wait == 0 {
+        return Some(now);
+    }
+    for (i, c) in checks.iter().enumerate() {
+        if wait <= nanos(c.max_wait) {
+            continue;
+        }
+        // Longer than this limit waits: fine if the others hold the request back as long anyway.
+        let others = settle(checks, Some(i), out, now, bound)?;
+        if others < at {
+            out[i] = c.limit.apply(c, now, now, nanos(c.max_wait), Mode::Peek);
+            if out[i].allowed {
+                // It has room now and only later ones make it wait: never the case for a limit
+                // that moved the time, but refuse plainly rather than admit past its bound.
+                out[i] = Snapshot { allowed: false, retry_after: d(wait), wait: Duration::ZERO, ..out[i] };
+            }
+            return None;
+        }
+    }
+    Some(at)
+}
+
+/// The earliest time, from `now`, at which each check but `skip` has room for its request,
+/// waiting no longer than `bound`: found by peeking at each limit from the latest time any of
+/// them gave, until none moves it (each move is to a time some limit frees room, so it settles in
+/// a round or two in practice). `None`, with the refusal in `out`, when one has no room within
+/// `bound`, or when [`ROUNDS`] rounds did not settle.
+fn settle(
+    checks: &[Check<'_, MemoryLimit>],
+    skip: Option<usize>,
+    out: &mut [Snapshot],
+    now: u64,
+    bound: u64,
+) -> Option<u64> {
+    let mut at = now;
+    for _ in 0..ROUNDS {
+        let (mut next, mut all) = (at, true);
+        for (i, (c, o)) in checks.iter().zip(out.iter_mut()).enumerate() {
+            if skip == Some(i) {
+                continue;
+            }
+            *o = c.limit.apply(c, now, at, bound, Mode::Peek);
+            all &= o.allowed;
+            next = next.max(now.saturating_add(nanos(o.wait)));
+        }
+        if !all {
+            return None;
+        }
+        if next == at {
+            return Some(at);
+        }
+        at = next;
+    }
+    // Unsettled: refuse, asking the caller back when the last round would have had it go.
+    if let Some(o) = out.iter_mut().enumerate().find(|(i, _)| skip != Some(*i)).map(|(_, o)| o) {
+        *o = Snapshot { allowed: false, retry_after: d(at - now), wait: Duration::ZERO, ..*o };
+    }
+    None
 }
 
 /// The in-memory state of one registered limit.
@@ -271,16 +338,18 @@ enum Tables {
     Log(Table<OwnedKey, Mutex<LogState>>),
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run<M: Meter>(
     table: &Table<OwnedKey, M::State>,
     key: Key<'_>,
     quota: &Quota,
     now: u64,
+    at: u64,
     cost: u32,
     max_wait: u64,
     mode: Mode,
 ) -> Result<Snapshot, Full> {
-    table.with(&key, now, M::is_idle, |s| M::apply(s, quota, now, cost, max_wait, mode))
+    table.with(&key, now, M::is_idle, |s| M::apply(s, quota, now, at, cost, max_wait, mode))
 }
 
 fn undo<M: Meter>(
@@ -313,14 +382,14 @@ impl MemoryLimit {
         }
     }
 
-    fn apply(&self, c: &Check<'_, MemoryLimit>, now: u64, mode: Mode) -> Snapshot {
+    /// Checks `c` at `now`, proceeding no earlier than `at`, waiting at most `max_wait` past `now`.
+    fn apply(&self, c: &Check<'_, MemoryLimit>, now: u64, at: u64, max_wait: u64, mode: Mode) -> Snapshot {
         if self.any_block.load(Ordering::Relaxed)
             && let Some(blocked) = self.blocked(c, now)
         {
             return blocked;
         }
-        let max_wait = nanos(c.max_wait);
-        let r = with_table!(&self.tables, |t, M| run::<M>(t, c.key, &c.quota, now, c.cost, max_wait, mode));
+        let r = with_table!(&self.tables, |t, M| run::<M>(t, c.key, &c.quota, now, at, c.cost, max_wait, mode));
         r.unwrap_or_else(|Full| self.full(c, now))
     }
 
@@ -342,7 +411,7 @@ impl MemoryLimit {
             return None;
         }
         let max_wait = nanos(max_wait);
-        run::<Gcra>(table, key, quota, now, cost, max_wait, Mode::Commit).ok()
+        run::<Gcra>(table, key, quota, now, now, cost, max_wait, Mode::Commit).ok()
     }
 
     /// The refusal of a key blocked by a penalty until after `now`.

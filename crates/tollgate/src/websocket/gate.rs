@@ -401,7 +401,7 @@ impl<C: Clock> MessageGate<C> {
             MessageKind::Close => return Verdict::Allow,
             MessageKind::Ping | MessageKind::Pong => {
                 let Some(quota) = self.limits.control else { return Verdict::Allow };
-                let (_, new_tat) = gcra::decide(self.control, &quota, now, 1, 0);
+                let (_, new_tat) = gcra::decide(self.control, &quota, now, now, 1, 0);
                 return match new_tat {
                     Some(tat) => {
                         self.control = tat;
@@ -452,18 +452,16 @@ impl<C: Clock> MessageGate<C> {
             _ => 0,
         };
         // All-or-nothing: decide every step of this connection first, then the key's (which
-        // spend only when all of them pass), then commit this connection's or none.
-        let mut new_tats = [0u64; 3];
+        // spend only when all of them pass, at the time the message goes), then commit this
+        // connection's at that time too, or none. Every step is GCRA, whose room comes at a time
+        // of its own whatever the others say, so the message goes at the latest of those times.
         let mut wait = Duration::ZERO;
         let mut refused: Option<Refusal> = None;
-        for (i, step) in steps.iter().enumerate() {
+        for step in steps.iter() {
             let Some(step) = step else { continue };
-            let (snap, new_tat) = gcra::decide(self.tat(step.slot), &step.quota, now, step.cost, max_wait);
+            let (snap, new_tat) = gcra::decide(self.tat(step.slot), &step.quota, now, now, step.cost, max_wait);
             match new_tat {
-                Some(t) => {
-                    new_tats[i] = t;
-                    wait = wait.max(snap.wait);
-                }
+                Some(_) => wait = wait.max(snap.wait),
                 None => {
                     if refused.as_ref().is_none_or(|r| snap.retry_after > r.retry_after) {
                         let limit = match step.slot {
@@ -481,7 +479,7 @@ impl<C: Clock> MessageGate<C> {
             && let Some(per_key) = per_key
         {
             let key = self.key.as_ref().map_or(MISSING_KEY, OwnedKey::as_key);
-            match per_key.check(key, &key_steps, max_wait) {
+            match per_key.check(key, &key_steps, wait, max_wait) {
                 Ok(key_wait) => wait = wait.max(key_wait),
                 Err(KeyRefusal::Over(step, retry_after)) => {
                     refused = Some(Refusal { limit: per_key.step_name(&step), retry_after });
@@ -506,9 +504,11 @@ impl<C: Clock> MessageGate<C> {
                 MessageAction::Drop | MessageAction::Delay { .. } => Verdict::Drop(refusal),
             };
         }
-        for (i, step) in steps.iter().enumerate() {
-            if let Some(step) = step {
-                *self.tat_mut(step.slot) = new_tats[i];
+        let go = now.saturating_add(crate::algorithm::nanos(wait));
+        for step in steps.iter().flatten() {
+            let (_, new_tat) = gcra::decide(self.tat(step.slot), &step.quota, now, go, step.cost, go - now);
+            if let Some(tat) = new_tat {
+                *self.tat_mut(step.slot) = tat;
             }
         }
         if wait.is_zero() { Verdict::Allow } else { Verdict::Delay(wait) }
@@ -811,5 +811,29 @@ mod tests {
         assert_eq!(text(&mut g, "a"), Verdict::Delay(Duration::from_secs(1)));
         assert_eq!(text(&mut g, "a"), Verdict::Delay(Duration::from_secs(2)));
         assert!(matches!(text(&mut g, "a"), Verdict::Drop(r) if r.retry_after == Duration::from_secs(3)));
+    }
+
+    /// A message its connection's limit holds back is counted by the key's limits when it goes
+    /// (issue 22, item 5): the key's other socket cannot slip a message in just before it.
+    #[test]
+    fn delayed_messages_count_against_the_key_when_they_go() {
+        let clock = ManualClock::at(1_000_000_000_000);
+        let limits = Arc::new(
+            MessageLimits::new()
+                .messages(q("1/s"))
+                .per_key_messages(q("10/s burst 1"))
+                .per_key_clock(clock.clone())
+                .on_exceed(MessageAction::Delay { max_wait: Duration::from_secs(2) }),
+        );
+        let alice = OwnedKey::from("alice");
+        let mut a1 = MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(alice.clone());
+        let mut a2 = MessageGate::with_clock(Arc::clone(&limits), clock.clone()).with_key(alice);
+        assert_eq!(text(&mut a1, "1"), Verdict::Allow);
+        // Its connection holds the second back a second; the key counts it then, not now.
+        assert_eq!(text(&mut a1, "2"), Verdict::Delay(Duration::from_secs(1)));
+        clock.advance(Duration::from_millis(950));
+        // The other socket's message goes 0.1 s after the held one, as the key's 10/s says (it
+        // went at 0.95 s, 0.05 s before it, when the key counted the held one on arrival).
+        assert_eq!(text(&mut a2, "3"), Verdict::Delay(Duration::from_millis(150)));
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 use super::gate::KindLimit;
-use crate::algorithm::gcra;
 use crate::algorithm::lock;
+use crate::algorithm::{gcra, nanos};
 use crate::clock::{Clock, MonotonicClock};
 use crate::key::{Key, OwnedKey};
 use crate::quota::Quota;
@@ -148,29 +148,36 @@ impl PerKeyLimits {
         }
     }
 
-    /// Decides the `steps` present for `key` now, all-or-nothing: `Ok(wait)` when every step
-    /// passed (each spent), else why not, spending nothing.
-    pub(super) fn check(&self, key: Key<'_>, steps: &[Option<KeyStep>], max_wait: u64) -> Result<Duration, KeyRefusal> {
-        let Some(first) = steps.iter().flatten().next().copied() else { return Ok(Duration::ZERO) };
+    /// Decides the `steps` present for `key` now, for a message that goes no sooner than `after`
+    /// from now (its connection's own limits may delay it), all-or-nothing: `Ok(wait)` when every
+    /// step has room within `max_wait` — each spent at the time the message goes, `wait` from
+    /// now — else why not, spending nothing.
+    pub(super) fn check(
+        &self,
+        key: Key<'_>,
+        steps: &[Option<KeyStep>],
+        after: Duration,
+        max_wait: u64,
+    ) -> Result<Duration, KeyRefusal> {
+        let Some(first) = steps.iter().flatten().next().copied() else { return Ok(after) };
+        // This state's own clock: it is shared by connections, each gate reading a clock of its own.
         let now = self.state.clock.now();
+        let at = now.saturating_add(nanos(after));
         let len = KINDS + self.kinds.len();
         let decided = self.state.table.with(&key, now, is_idle, |tats| {
             let mut tats = lock(tats);
             if tats.len() < len {
                 tats.resize(len, 0);
             }
-            let mut new_tats: SmallVec<[u64; 4]> = SmallVec::new();
-            let mut wait = Duration::ZERO;
+            // Every step is GCRA: each has room from a time of its own whatever `at` is, so the
+            // message goes at the latest of those and `at`, and each step counts it then.
+            let mut go = at;
             let mut refused: Option<(KeyStep, Duration)> = None;
             for step in steps.iter().flatten() {
-                let (snap, new_tat) = gcra::decide(tats[step.slot], &step.quota, now, step.cost, max_wait);
+                let (snap, new_tat) = gcra::decide(tats[step.slot], &step.quota, now, at, step.cost, max_wait);
                 match new_tat {
-                    Some(t) => {
-                        new_tats.push(t);
-                        wait = wait.max(snap.wait);
-                    }
+                    Some(_) => go = go.max(now.saturating_add(nanos(snap.wait))),
                     None => {
-                        new_tats.push(0);
                         if refused.is_none_or(|(_, r)| snap.retry_after > r) {
                             refused = Some((*step, snap.retry_after));
                         }
@@ -180,10 +187,13 @@ impl PerKeyLimits {
             if let Some((step, retry_after)) = refused {
                 return Err(KeyRefusal::Over(step, retry_after));
             }
-            for (step, tat) in steps.iter().flatten().zip(new_tats) {
-                tats[step.slot] = tat;
+            for step in steps.iter().flatten() {
+                let (_, new_tat) = gcra::decide(tats[step.slot], &step.quota, now, go, step.cost, go - now);
+                if let Some(tat) = new_tat {
+                    tats[step.slot] = tat;
+                }
             }
-            Ok(wait)
+            Ok(Duration::from_nanos(go - now))
         });
         // Full of keys none of which is idle: new keys wait, as in the in-memory store.
         decided.unwrap_or(Err(KeyRefusal::Full(first)))
