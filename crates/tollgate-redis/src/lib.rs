@@ -32,6 +32,13 @@
 //! clocks do not matter. Idle keys expire on their own (TTL: until the state is as good as new).
 //! Scripts are reloaded by themselves after a restart or `SCRIPT FLUSH` (`NOSCRIPT`).
 //!
+//! # Refusals answered locally
+//!
+//! A key Redis refused is refused by the instance itself until the retry-after Redis gave has
+//! passed, with the same headers, without a round trip: a flood from a few refused clients costs
+//! Redis next to nothing. On by default; see the [`near_cache`] module for which refusals are
+//! remembered and why that is exact, and [`RedisStoreBuilder::near_cache`] to turn it off.
+//!
 //! # Keys and Redis Cluster
 //!
 //! Keys are `<prefix>:{<digest of the client key>}:...`: the braces are the Redis Cluster hash
@@ -74,6 +81,7 @@ mod breaker;
 mod error;
 mod keys;
 pub mod lease;
+pub mod near_cache;
 mod script;
 mod store;
 
@@ -82,6 +90,7 @@ mod store;
 mod test_support;
 
 pub use error::Error;
+pub use near_cache::{DEFAULT_NEAR_CACHE_MAX_KEYS, NEAR_CACHE_HITS, NearCacheStats};
 pub use store::{
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_PREFIX,
     DEFAULT_TIMEOUT, RedisLimit, RedisStore, RedisStoreBuilder,

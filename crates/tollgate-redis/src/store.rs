@@ -15,6 +15,7 @@ use tollgate::{Algorithm, Check, Clock, Key, LimitSpec, Quota, Snapshot, Store, 
 use crate::breaker::Breaker;
 use crate::error::{Error, redact};
 use crate::keys::{CheckKeys, check_keys, limit_segment, valid_prefix};
+use crate::near_cache::{DEFAULT_NEAR_CACHE_MAX_KEYS, NearCache, NearCacheStats};
 use crate::script::{CHECK, Call, Mode, Reply, decode, validate};
 
 /// The default key prefix.
@@ -41,10 +42,16 @@ const TEST_CLOCK_TTL_FLOOR_MS: u64 = 3_600_000;
 /// atomically and all-or-nothing (see the crate docs for Redis Cluster). Decisions time out after
 /// [`RedisStoreBuilder::timeout`]; a circuit breaker then fails fast while Redis is down, and the
 /// policy's failure mode decides what such errors mean.
+///
+/// Refusals are remembered for their retry-after and answered by the instance itself, without a
+/// round trip (the near cache, on by default: see [`RedisStoreBuilder::near_cache`]).
 #[derive(Clone)]
 pub struct RedisStore {
     pub(crate) inner: Arc<Inner>,
     clock: Option<Arc<dyn Clock>>,
+    /// Per clock: a store made by [`RedisStore::with_clock`] gets a cache of its own, since the
+    /// cache's instants are read on the store's clock.
+    near: Option<Arc<NearCache>>,
 }
 
 pub(crate) struct Inner {
@@ -56,6 +63,8 @@ pub(crate) struct Inner {
     pub(crate) lease_ttl: Duration,
     pub(crate) instance: u64,
     pub(crate) lease_seq: std::sync::atomic::AtomicU64,
+    /// The near cache's bound, or `None` when it is off.
+    near_max_keys: Option<usize>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -67,6 +76,7 @@ impl fmt::Debug for RedisStore {
             .field("timeout", &self.inner.timeout)
             .field("breaker_open", &self.inner.breaker.is_open())
             .field("test_clock", &self.clock.is_some())
+            .field("near_cache_max_keys", &self.near.as_ref().map(|n| n.max_keys()))
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +119,8 @@ pub struct RedisStoreBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     lease_ttl: Duration,
+    near_cache: bool,
+    near_cache_max_keys: usize,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -126,6 +138,8 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("lease_ttl", &self.lease_ttl)
+            .field("near_cache", &self.near_cache)
+            .field("near_cache_max_keys", &self.near_cache_max_keys)
             .field("test_clock", &self.clock.is_some())
             .finish()
     }
@@ -141,6 +155,8 @@ impl RedisStoreBuilder {
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             lease_ttl: DEFAULT_LEASE_TTL,
+            near_cache: true,
+            near_cache_max_keys: DEFAULT_NEAR_CACHE_MAX_KEYS,
             clock: None,
         }
     }
@@ -187,6 +203,26 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether refusals are answered by the instance itself until their retry-after passes,
+    /// without a round trip to Redis (default `true`). Only refusals that hold for every later
+    /// check they answer are remembered (penalty blocks, and refusals of cost-1 checks that reject
+    /// at once); admissions always come from Redis. See the [`near_cache`](crate::near_cache)
+    /// module for the rule and its exactness. Turn it off to have every check ask Redis (e.g.
+    /// when keys are reset behind the store's back, by deleting them in Redis).
+    #[must_use]
+    pub fn near_cache(mut self, enabled: bool) -> Self {
+        self.near_cache = enabled;
+        self
+    }
+
+    /// The most refusals the near cache remembers at once (default
+    /// [`DEFAULT_NEAR_CACHE_MAX_KEYS`]); a refusal that finds it full of live ones goes unremembered.
+    #[must_use]
+    pub fn near_cache_max_keys(mut self, max_keys: usize) -> Self {
+        self.near_cache_max_keys = max_keys;
+        self
+    }
+
     /// **For tests only**: reads time from `clock` (e.g. a [`tollgate::ManualClock`]) instead of
     /// the Redis server's `TIME`, passing it to the scripts, so tests can step time. Keys then
     /// expire at the earliest after an hour (Redis expires them on its own clock). Never use it in
@@ -213,6 +249,13 @@ impl RedisStoreBuilder {
         }
         if self.timeout.is_zero() {
             return Err(Error::Config { field: "timeout", value: "0s".into(), reason: "must be longer than zero" });
+        }
+        if self.near_cache && self.near_cache_max_keys == 0 {
+            return Err(Error::Config {
+                field: "near_cache_max_keys",
+                value: "0".into(),
+                reason: "must be at least 1 (turn the near cache off with `near_cache(false)`)",
+            });
         }
         if self.lease_ttl < Duration::from_millis(30) {
             return Err(Error::Config {
@@ -270,7 +313,9 @@ impl RedisStoreBuilder {
             }
         };
         tracing::debug!(%url, "tollgate-redis: connected");
+        let near_max_keys = self.near_cache.then_some(self.near_cache_max_keys);
         Ok(RedisStore {
+            near: near_max_keys.map(|n| Arc::new(NearCache::new(n))),
             inner: Arc::new(Inner {
                 conn,
                 prefix: self.prefix,
@@ -280,6 +325,7 @@ impl RedisStoreBuilder {
                 lease_ttl: self.lease_ttl,
                 instance: instance_id(),
                 lease_seq: std::sync::atomic::AtomicU64::new(0),
+                near_max_keys,
             }),
             clock: self.clock,
         })
@@ -326,7 +372,17 @@ impl RedisStore {
     /// reading time from `clock`.
     #[must_use]
     pub fn with_clock(&self, clock: impl Clock) -> Self {
-        Self { inner: Arc::clone(&self.inner), clock: Some(Arc::new(clock)) }
+        Self {
+            inner: Arc::clone(&self.inner),
+            clock: Some(Arc::new(clock)),
+            near: self.inner.near_max_keys.map(|n| Arc::new(NearCache::new(n))),
+        }
+    }
+
+    /// What the near cache did so far (refusals answered without a round trip, remembered, not
+    /// remembered for want of room), or `None` when it is off. Clones share one cache.
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|n| n.stats())
     }
 
     /// Whether the circuit breaker is open (Redis is considered down; decisions fail fast).
@@ -341,6 +397,12 @@ impl RedisStore {
 
     fn now_arg(&self) -> String {
         self.clock.as_ref().map(|c| c.now().to_string()).unwrap_or_default()
+    }
+
+    /// Now on the near cache's clock: the test clock when there is one, else the local monotonic
+    /// clock (never compared with Redis's `TIME`; see the `near_cache` module docs).
+    fn local_now(&self, near: &NearCache) -> u64 {
+        self.clock.as_ref().map_or_else(|| near.monotonic_now(), |c| c.now())
     }
 
     fn ttl_floor_ms(&self) -> u64 {
@@ -389,17 +451,33 @@ impl RedisStore {
         }
         let keys: Vec<CheckKeys> =
             checks.iter().map(|c| check_keys(&self.inner.prefix, &c.limit.segment, c.key)).collect();
+        let sent = match &self.near {
+            Some(near) => {
+                let now = self.local_now(near);
+                if near.answer(now, checks, &keys, out) {
+                    return Ok(false);
+                }
+                now
+            }
+            None => 0,
+        };
         let now = self.now_arg();
         let groups = self.groups(&keys);
-        self.guarded(async {
-            if let [only] = groups.as_slice() {
-                let reply = self.run(&self.call(Mode::Check, &now, checks, &keys, only, None), checks.len()).await?;
-                out.copy_from_slice(&reply.snapshots);
-                return Ok(reply.all);
-            }
-            self.check_across_slots(&now, checks, &keys, &groups, out).await
-        })
-        .await
+        let result = self
+            .guarded(async {
+                if let [only] = groups.as_slice() {
+                    let reply =
+                        self.run(&self.call(Mode::Check, &now, checks, &keys, only, None), checks.len()).await?;
+                    out.copy_from_slice(&reply.snapshots);
+                    return Ok(reply.all);
+                }
+                self.check_across_slots(&now, checks, &keys, &groups, out).await
+            })
+            .await;
+        if let (Some(near), Ok(false)) = (&self.near, &result) {
+            near.remember(sent, self.local_now(near), self.clock.is_none(), checks, &keys, out);
+        }
+        result
     }
 
     /// Checks grouped by hash slot: one group on a single node; one per hash tag in a cluster.
@@ -509,12 +587,19 @@ impl RedisStore {
 
     async fn block_key(&self, limit: &RedisLimit, key: Key<'_>, duration: Duration) -> Result<(), StoreError> {
         let keys = check_keys(&self.inner.prefix, &limit.segment, key);
+        let sent = self.near.as_ref().map(|near| self.local_now(near));
         let call = Call::block(&self.now_arg(), self.ttl_floor_ms(), &keys, duration);
         self.guarded(async {
             self.run(&call, 0).await?;
             Ok(())
         })
-        .await
+        .await?;
+        if let (Some(near), Some(sent)) = (&self.near, sent) {
+            // The script keeps whole seconds and nanoseconds of blocks up to a century.
+            let duration = duration.min(Duration::from_secs(100 * 365 * 86_400));
+            near.remember_block(sent, self.local_now(near), self.clock.is_none(), &keys, duration);
+        }
+        Ok(())
     }
 }
 

@@ -36,7 +36,10 @@ async fn conformance_single_node() {
         return;
     }
     let server = RedisServer::start();
-    let base = RedisStore::builder(server.url()).prefix("conf").build().await.unwrap();
+    // The suite compares every entry of a refused batch with the in-memory store's, including
+    // the limits that passed; a batch the near cache refuses was not asked of Redis, so those
+    // entries are unknown. The near cache has its own comparison in `tests/near_cache.rs`.
+    let base = RedisStore::builder(server.url()).prefix("conf").near_cache(false).build().await.unwrap();
     testing::conformance(|clock: ManualClock| base.with_clock(clock)).await;
 }
 
@@ -46,7 +49,7 @@ async fn conformance_cluster() {
         return;
     }
     let cluster = RedisCluster::start();
-    let base = RedisStore::cluster(cluster.urls()).prefix("conf").build().await.unwrap();
+    let base = RedisStore::cluster(cluster.urls()).prefix("conf").near_cache(false).build().await.unwrap();
     testing::conformance(|clock: ManualClock| base.with_clock(clock)).await;
 }
 
