@@ -26,8 +26,9 @@
 //! or in-flight limit, so that axum does not box a body type of ours: two allocations fewer per
 //! request. Without it the layer works the same, with any body type.
 //!
-//! **Plain hyper.** The inner service receives `Request<http_body_util::Limited<B>>` (the body
-//! limit); put the peer address in the extensions before the layer, e.g. with
+//! **Plain hyper.** The inner service receives `Request<tollgate_tower::RequestBody<B>>` (the
+//! body counted while it streams, see [`rate_limit`]); put the peer address in the extensions
+//! before the layer, e.g. with
 //! `ServiceBuilder::new().map_request(move |mut r: Request<_>| { r.extensions_mut().insert(peer); r })`
 //! in the accept loop, then serve it with `hyper_util::service::TowerToHyperService`.
 //!
@@ -54,8 +55,8 @@ pub use keys::{CustomKey, Identity, KeyExtractor, RouteName, Tier};
 #[cfg(feature = "axum")]
 pub use rate_limit::AxumBody;
 pub use rate_limit::{
-    Bodies, Limits, RateLimit, RateLimitLayer, RequestBodies, ResponseBodies, ResponseBody, ResponseFuture,
-    WebSocketLimits, Wrapped,
+    Bodies, BodyError, Limits, RateLimit, RateLimitLayer, RequestBodies, RequestBody, ResponseBodies, ResponseBody,
+    ResponseFuture, WebSocketLimits, Wrapped,
 };
 #[cfg(feature = "axum")]
 pub use websocket::LimitedUpgrade;

@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use common::get_ok;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tollgate::{KeyKind, Limit, Policy};
-use tollgate_tower::RateLimitLayer;
+use tollgate_tower::{RateLimitLayer, RequestBody};
 use tonic::transport::{Endpoint, Server};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -41,7 +41,7 @@ async fn serve_hyper(layer: RateLimitLayer) -> SocketAddr {
                     request
                 })
                 .layer(layer.clone())
-                .service_fn(|_: Request<Limited<Incoming>>| async {
+                .service_fn(|_: Request<RequestBody<Incoming>>| async {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hi"))))
                 });
             tokio::spawn(
@@ -116,4 +116,56 @@ async fn tonic_server_limits_calls_and_the_client_sees_resource_exhausted() {
     assert_eq!(refused.message(), "rate limited by api; retry in 20 s");
     assert_eq!(refused.metadata().get("retry-after").unwrap(), "20");
     assert!(client.check(call("bob")).await.is_ok(), "another key has its own quota");
+}
+
+/// A gRPC call is an HTTP/2 POST without `Content-Length` (`te: trailers`, a length-prefixed
+/// message in DATA frames): its bytes are charged as tonic reads them, not the route's largest
+/// body; a call that passes the budget while it streams gets `RESOURCE_EXHAUSTED` through the
+/// refusal hook, as any refusal.
+#[tokio::test]
+async fn grpc_calls_are_charged_the_bytes_of_their_messages() {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let long_name = "s".repeat(1000);
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    reporter.set_service_status(&long_name, tonic_health::ServingStatus::Serving).await;
+    let key = KeyKind::Header(http::HeaderName::from_static("x-api-key"));
+    let bytes = Policy::builder("body_bytes")
+        .limit(Limit::new("body_bytes", "2KiB/day".parse().unwrap()).key(key))
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::with_limits(tollgate_tower::Limits::new())
+        .route("/grpc.health.v1.Health/Check", tollgate_tower::Limits::new().max_body(1024).body_bytes(bytes))
+        .on_refusal(grpc_refusal);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+
+    let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut client = HealthClient::new(channel);
+    let call = |service: &str| {
+        let mut request = tonic::Request::new(HealthCheckRequest { service: service.to_owned() });
+        request.metadata_mut().insert("x-api-key", "alice".parse().unwrap());
+        request
+    };
+    // Each call's body is the 5-byte gRPC frame header and an empty message: 100 bytes in all
+    // (charged 1 KiB each, the third call would be refused).
+    for i in 0..20 {
+        let response = client.check(call("")).await.unwrap_or_else(|e| panic!("call {i}: {e:?}"));
+        assert_eq!(response.into_inner().status, ServingStatus::Serving as i32);
+    }
+    // 1008 bytes (a 1000-byte name, its field tag and length, the frame header): 1108 of 2048.
+    assert!(client.check(call(&long_name)).await.is_ok());
+    // 1008 more pass the budget while the body streams.
+    let refused = client.check(call(&long_name)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().starts_with("rate limited by body_bytes"), "{}", refused.message());
+    // What is left (940 bytes) still takes small calls.
+    assert!(client.check(call("")).await.is_ok());
 }

@@ -1,13 +1,19 @@
 //! How the middleware passes bodies on: wrapped in its own types (any body), or as axum's `Body`.
 
+// The traits' hidden methods take the middleware's own `BodyMeter`: they are its plumbing, and
+// the traits are sealed, so no other crate implements them (nor can it make a meter to call one).
+#![allow(private_interfaces)]
+
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::Request;
 #[cfg(feature = "axum")]
 use http_body::Body;
-use http_body_util::{Full, Limited};
+use http_body_util::Full;
 use tollgate::ConnectionLease;
 
-use super::body::ResponseBody;
+use super::body::{BodyMeter, RequestBody, ResponseBody};
 
 /// The error type bodies are boxed with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,9 +34,10 @@ pub trait RequestBodies<B>: Bodies {
     /// The request body the inner service gets.
     type Request;
 
-    /// The request body, counted against `max` bytes when the route has a largest body.
+    /// The request body, counted while it streams against `meter`'s limits when the route has
+    /// body limits.
     #[doc(hidden)]
-    fn request(body: B, max: Option<u64>) -> Self::Request;
+    fn request(body: B, meter: Option<Arc<BodyMeter>>) -> Self::Request;
 
     /// The body's exact length, when its type can tell.
     #[doc(hidden)]
@@ -42,8 +49,8 @@ pub trait RequestBodies<B>: Bodies {
     /// The request with its body passed on by [`RequestBodies::request`].
     #[doc(hidden)]
     #[inline(always)]
-    fn pass_on(request: Request<B>, max: Option<u64>) -> Request<Self::Request> {
-        request.map(|body| Self::request(body, max))
+    fn pass_on(request: Request<B>, meter: Option<Arc<BodyMeter>>) -> Request<Self::Request> {
+        request.map(|body| Self::request(body, meter))
     }
 }
 
@@ -61,8 +68,8 @@ pub trait ResponseBodies<R>: Bodies {
     fn refusal(body: Full<Bytes>) -> Self::Response;
 }
 
-/// Any body type: the request body as [`Limited<B>`](http_body_util::Limited), the response body as
-/// [`ResponseBody<R>`]. The default.
+/// Any body type: the request body as [`RequestBody<B>`](super::RequestBody) (counted while it
+/// streams, on routes with body limits), the response body as [`ResponseBody<R>`]. The default.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Wrapped;
 
@@ -71,11 +78,11 @@ impl sealed::Sealed for Wrapped {}
 impl Bodies for Wrapped {}
 
 impl<B> RequestBodies<B> for Wrapped {
-    type Request = Limited<B>;
+    type Request = RequestBody<B>;
 
     #[inline]
-    fn request(body: B, max: Option<u64>) -> Limited<B> {
-        Limited::new(body, max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)))
+    fn request(body: B, meter: Option<Arc<BodyMeter>>) -> RequestBody<B> {
+        RequestBody::new(body, meter)
     }
 }
 
@@ -94,9 +101,9 @@ impl<R> ResponseBodies<R> for Wrapped {
 }
 
 /// axum's [`Body`](axum::body::Body) in and out. A body is wrapped only where a route needs it —
-/// the request body on a route with a largest body, the response body of a request holding an
-/// in-flight lease — so on other routes axum has no wrapper to box: two allocations fewer per
-/// request than [`Wrapped`] inside an axum `Router`.
+/// the request body in a [`RequestBody`](super::RequestBody) on a route with body limits, the
+/// response body of a request holding an in-flight lease — so on other routes axum has no
+/// wrapper to box: two allocations fewer per request than [`Wrapped`] inside an axum `Router`.
 #[cfg(feature = "axum")]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AxumBody;
@@ -116,11 +123,11 @@ where
     type Request = axum::body::Body;
 
     #[inline]
-    fn request(body: B, max: Option<u64>) -> axum::body::Body {
-        match max {
+    fn request(body: B, meter: Option<Arc<BodyMeter>>) -> axum::body::Body {
+        match meter {
             // `Body::new` keeps a `Body` as it is.
             None => axum::body::Body::new(body),
-            Some(max) => axum::body::Body::new(<Wrapped as RequestBodies<B>>::request(body, Some(max))),
+            meter => axum::body::Body::new(RequestBody::new(body, meter)),
         }
     }
 
@@ -129,13 +136,13 @@ where
         body.size_hint().exact()
     }
 
-    /// A request that already has axum's `Body` and no largest body to count is passed on as it
+    /// A request that already has axum's `Body` and no body limits to count is passed on as it
     /// is, as `Body::new` passes on a body (a downcast): `Request::map` would move its parts twice
     /// (about 30 instructions per request, measured).
     #[inline(always)]
-    fn pass_on(request: Request<B>, max: Option<u64>) -> Request<axum::body::Body> {
+    fn pass_on(request: Request<B>, meter: Option<Arc<BodyMeter>>) -> Request<axum::body::Body> {
         let mut slot = Some(request);
-        if max.is_none()
+        if meter.is_none()
             && let Some(same) =
                 (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Request<axum::body::Body>>>()
             && let Some(same) = same.take()
@@ -143,7 +150,7 @@ where
             return same;
         }
         match slot {
-            Some(request) => request.map(|body| Self::request(body, max)),
+            Some(request) => request.map(|body| Self::request(body, meter)),
             // The downcast took the request only where it returned it.
             None => Request::new(axum::body::Body::empty()),
         }

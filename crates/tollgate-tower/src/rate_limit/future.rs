@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use tollgate::engine::ResponsePlan;
 use tower::Service;
 
 use super::bodies::{RequestBodies, ResponseBodies, Wrapped};
+use super::body::BodyMeter;
 use super::layer::plain_error;
 use super::service::Prepared;
 
@@ -22,9 +24,11 @@ pub(crate) type BoxPrepare<B> = Pin<Box<dyn Future<Output = Prepared<B>> + Send>
 
 pin_project! {
     /// The response future of [`RateLimit`](super::RateLimit): a refusal, or the inner service's
-    /// response with the rate-limit headers added. It holds any concurrency lease until the
-    /// response body takes it over, so dropping the future releases it. `B` is the request body
-    /// type, `M` how bodies are passed on ([`Bodies`](super::Bodies)).
+    /// response with the rate-limit headers added — or, when the request body was cut off while
+    /// it streamed ([`RequestBody`](super::RequestBody)), the core's refusal in its place. It
+    /// holds any concurrency lease until the response body takes it over, so dropping the future
+    /// releases it. `B` is the request body type, `M` how bodies are passed on
+    /// ([`Bodies`](super::Bodies)).
     pub struct ResponseFuture<F, S, B, M: RequestBodies<B> = Wrapped> {
         #[pin]
         state: State<F, S, M::Request>,
@@ -37,7 +41,7 @@ pin_project! {
     enum State<F, S, R> {
         Refused { response: Option<Response<Full<Bytes>>> },
         Preparing { prep: BoxPrepare<R>, service: Option<S> },
-        Inner { #[pin] future: F, plan: ResponsePlan },
+        Inner { #[pin] future: F, plan: ResponsePlan, meter: Option<Arc<BodyMeter>> },
     }
 }
 
@@ -61,8 +65,8 @@ impl<F, S, B, M: RequestBodies<B>> ResponseFuture<F, S, B, M> {
         Self { state: State::Preparing { prep, service: Some(service) }, bodies: PhantomData }
     }
 
-    pub(crate) fn inner(future: F, plan: ResponsePlan) -> Self {
-        Self { state: State::Inner { future, plan }, bodies: PhantomData }
+    pub(crate) fn inner(future: F, plan: ResponsePlan, meter: Option<Arc<BodyMeter>>) -> Self {
+        Self { state: State::Inner { future, plan, meter }, bodies: PhantomData }
     }
 }
 
@@ -84,12 +88,12 @@ where
                     return Poll::Ready(Ok(response.map(M::refusal)));
                 }
                 StateProj::Preparing { prep, service } => match ready!(prep.as_mut().poll(cx)) {
-                    Prepared::Go { request, response: plan } => {
+                    Prepared::Go { request, response: plan, meter } => {
                         let Some(mut service) = service.take() else {
                             return Poll::Ready(Ok(plain_error("polled_after_completion").map(M::refusal)));
                         };
                         let future = service.call(request);
-                        state.set(State::Inner { future, plan });
+                        state.set(State::Inner { future, plan, meter });
                     }
                     Prepared::Refuse(response) => {
                         // Finished: a later poll must not resume the completed checks.
@@ -100,8 +104,13 @@ where
                 // Polled again after completion, this polls the inner future again, which decides
                 // what that does (as tower's own middleware does): marking the state finished here
                 // costs every request about 37 instructions (measured).
-                StateProj::Inner { future, plan } => {
+                StateProj::Inner { future, plan, meter } => {
                     let response = ready!(future.poll(cx))?;
+                    // A body cut off while it streamed: the core's refusal, whatever the service
+                    // made of the error (the request's leases go with the plan).
+                    if let Some(refused) = meter.as_deref().and_then(BodyMeter::refused) {
+                        return Poll::Ready(Ok(refused.map(M::refusal)));
+                    }
                     return Poll::Ready(Ok(finish::<M, _>(response, std::mem::take(plan))));
                 }
             }

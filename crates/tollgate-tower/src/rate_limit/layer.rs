@@ -7,13 +7,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Response};
 use http_body_util::Full;
-use tollgate::engine::{Engine, Limits, Refusal};
+use tollgate::engine::{BodyCharge, Engine, Limits, Refusal};
 use tollgate::{ClientIpResolver, Decision, HeaderOptions, KeyKind, MemoryStore, Policy, Store};
 use tower::Layer;
 
 #[cfg(feature = "axum")]
 use super::bodies::AxumBody;
 use super::bodies::Wrapped;
+use super::body::BodyMeter;
 use super::service::RateLimit;
 use crate::keys::KeyExtractor;
 
@@ -200,6 +201,22 @@ impl<St: Store> Config<St> {
     pub(crate) fn respond(&self, refusal: &Refusal) -> Response<Full<Bytes>> {
         response(refusal, self.refusal.as_ref())
     }
+
+    /// What the request body is counted against while it streams, shared with the response
+    /// future: the route's largest body and the body-bytes charge of a body of unknown length.
+    /// `None` (nothing allocated) on a route without body limits.
+    #[inline(always)]
+    pub(crate) fn body_meter(&self, max_body: Option<u64>, charge: Option<BodyCharge>) -> Option<Arc<BodyMeter>> {
+        if max_body.is_none() && charge.is_none() {
+            return None;
+        }
+        Some(self.new_body_meter(max_body, charge))
+    }
+
+    #[inline(never)]
+    fn new_body_meter(&self, max_body: Option<u64>, charge: Option<BodyCharge>) -> Arc<BodyMeter> {
+        Arc::new(BodyMeter::new(max_body, charge, *self.engine.header_options(), self.refusal.clone()))
+    }
 }
 
 /// An answer without a decision (a 500 when the response future is misused), in the default body
@@ -210,7 +227,7 @@ pub(crate) fn plain_error(error: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// The engine's refusal as an `http` response, through `hook` when it refused a decision.
-fn response(refusal: &Refusal, hook: Option<&RefusalHook>) -> Response<Full<Bytes>> {
+pub(crate) fn response(refusal: &Refusal, hook: Option<&RefusalHook>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Bytes::new());
     *response.body_mut() = refusal.render_into(response.headers_mut());
     *response.status_mut() = refusal.status();

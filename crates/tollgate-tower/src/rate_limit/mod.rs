@@ -3,9 +3,9 @@
 //! asks the engine, and applies the plan.
 //!
 //! For each request, in order, the limits of its route (or the default ones) are checked: the
-//! body size (413 when its length is over the largest body; 411 when a body-bytes limit cannot
-//! tell its cost), the request [policy](tollgate::Policy) (cost 1, all of its limits or none),
-//! the body bytes per period (429), and the concurrency leases — in-flight requests, held until
+//! body size (413 when its declared length is over the largest body), the request
+//! [policy](tollgate::Policy) (cost 1, all of its limits or none), the body bytes per period
+//! (429), and the concurrency leases — in-flight requests, held until
 //! the response body is finished or dropped, and WebSocket connections, moved into the upgraded
 //! socket (see [`crate::websocket`]). A refusal spends nothing from the checks after it; the
 //! checks before it are not given back (a request the concurrency limit refuses has spent one
@@ -13,6 +13,16 @@
 //! core's [`HeaderOptions`](tollgate::HeaderOptions): status, `Retry-After`, rate-limit headers
 //! and a JSON body; allowed responses carry the same rate-limit headers. With the delay action
 //! the request waits (up to the limit's bound) instead of being refused.
+//!
+//! The body is counted while it streams ([`RequestBody`]): past the largest body it is cut off
+//! and the response is the core's 413. A body of unknown length — an HTTP/2 request without
+//! `Content-Length`, as every HTTP/2 GET and gRPC call is, or a chunked HTTP/1 upload — is
+//! charged to the body-bytes limit as the application reads it, part by part: a GET costs
+//! nothing, an upload what it turns out to be, and one that passes the budget is cut off there
+//! and answered with the core's 429 (its parts read before stay charged). It is never refused
+//! 411 nor charged the route's largest body. A body whose length is known up front
+//! (`Content-Length`, or the body's exact size hint with `RateLimitLayer::axum_body`) is
+//! charged it before the application is called.
 //!
 //! The in-memory store decides inline, with nothing boxed on the allow path; a remote store's
 //! check runs in a boxed future.
@@ -66,7 +76,7 @@ mod service;
 #[cfg(feature = "axum")]
 pub use bodies::AxumBody;
 pub use bodies::{Bodies, BoxError, RequestBodies, ResponseBodies, Wrapped};
-pub use body::ResponseBody;
+pub use body::{BodyError, RequestBody, ResponseBody};
 pub use future::ResponseFuture;
 pub use layer::{RateLimitLayer, RefusalHook};
 pub use service::RateLimit;

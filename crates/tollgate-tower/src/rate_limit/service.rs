@@ -14,6 +14,7 @@ use tollgate::{MemoryStore, Store};
 use tower::Service;
 
 use super::bodies::{RequestBodies, ResponseBodies, Wrapped};
+use super::body::BodyMeter;
 use super::future::{BoxPrepare, ResponseFuture};
 use super::layer::Config;
 use crate::view::View;
@@ -69,7 +70,7 @@ impl<S, St: Store, M> RateLimit<S, St, M> {
 // Moved once per request on the asynchronous path; boxing the large variant would allocate.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Prepared<B> {
-    Go { request: Request<B>, response: ResponsePlan },
+    Go { request: Request<B>, response: ResponsePlan, meter: Option<Arc<BodyMeter>> },
     Refuse(Response<Full<Bytes>>),
 }
 
@@ -98,7 +99,9 @@ where
     #[inline(always)]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let engine = &self.config.engine;
-        let view = View::of(&request, || M::exact_len(request.body()));
+        // The middleware counts every body while it streams: one of unknown length is charged
+        // what it turns out to be (nothing, for an HTTP/2 GET), never refused 411.
+        let view = View::of(&request, || M::exact_len(request.body())).counting_body();
         let limits = engine.limits_for(&view);
         if !limits.decides_at_once() {
             return ResponseFuture::preparing(
@@ -107,20 +110,21 @@ where
             );
         }
         // The stores decide at once: check inside `call`, with nothing boxed.
-        let Admit { wait, max_body, response, .. } = match engine.check_now(limits, &view) {
+        let Admit { wait, max_body, body_bytes, response, .. } = match engine.check_now(limits, &view) {
             Ok(admit) => admit,
             Err(refusal) => return ResponseFuture::refused(self.config.respond(&refusal)),
         };
         if let Some(upgrade) = response.upgrade() {
             request.extensions_mut().insert(upgrade.clone());
         }
-        let request = M::pass_on(request, max_body);
+        let meter = self.config.body_meter(max_body, body_bytes);
+        let request = M::pass_on(request, meter.clone());
         if wait.is_zero() {
-            return ResponseFuture::inner(self.inner.call(request), response);
+            return ResponseFuture::inner(self.inner.call(request), response, meter);
         }
         let prep: BoxPrepare<M::Request> = Box::pin(async move {
             tokio::time::sleep(wait).await;
-            Prepared::Go { request, response }
+            Prepared::Go { request, response, meter }
         });
         ResponseFuture::preparing(prep, self.take_ready_inner())
     }
@@ -149,11 +153,11 @@ where
         let (mut parts, body) = request.into_parts();
         let exact = M::exact_len(&body);
         let checked = {
-            let view = View::of_parts(&parts, move || exact);
+            let view = View::of_parts(&parts, move || exact).counting_body();
             let limits = config.engine.limits_for(&view);
             config.engine.check(limits, &view).await
         };
-        let Admit { wait, max_body, response, .. } = match checked {
+        let Admit { wait, max_body, body_bytes, response, .. } = match checked {
             Ok(admit) => admit,
             Err(refusal) => return Prepared::Refuse(config.respond(&refusal)),
         };
@@ -163,6 +167,7 @@ where
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Prepared::Go { request: Request::from_parts(parts, M::request(body, max_body)), response }
+        let meter = config.body_meter(max_body, body_bytes);
+        Prepared::Go { request: Request::from_parts(parts, M::request(body, meter.clone())), response, meter }
     })
 }
