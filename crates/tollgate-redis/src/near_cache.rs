@@ -16,13 +16,16 @@
 //! - **Penalty blocks** (the snapshot has `blocked`, or [`Store::block`](tollgate::Store::block)
 //!   succeeded): a block refuses every check of its key on its limit, whatever the cost, quota or
 //!   wait, until it ends.
-//! - **Rate refusals of a check of cost 1 that rejects at once** (`max_wait` zero), answering only
-//!   checks of cost 1, no wait and the same quota. Nobody can spend anything on that key before
-//!   the refusal ends (cost 1 is the least there is), so the state does not change: Redis would
-//!   answer each of these checks with the same `limit` and `remaining` and the same
-//!   `retry_after`/`reset_after`, less the time passed. A larger cost is not remembered: a later
-//!   check of a smaller cost could pass sooner, and smaller costs spent meanwhile would change the
-//!   headers. A delayed check (`max_wait` above zero) is not remembered either.
+//! - **Rate refusals of a check of cost 1 in a batch where no limit delays** (every `max_wait`
+//!   zero), answering only checks of cost 1 with the same quota, in batches where no limit delays.
+//!   Such a batch goes now or never, so the refused limit refuses it until it has room now; and
+//!   nobody can spend anything on that key before the refusal ends (cost 1 is the least there is),
+//!   so the state does not change: Redis would answer each of these checks with the same `limit`
+//!   and `remaining` and the same `retry_after`/`reset_after`, less the time passed. A larger cost
+//!   is not remembered: a later check of a smaller cost could pass sooner, and smaller costs spent
+//!   meanwhile would change the headers. A batch where a limit may delay is neither remembered nor
+//!   answered: it goes when every limit has room, and a limit that refuses now may have room by
+//!   then (see [`OnExceed::Delay`](tollgate::OnExceed::Delay)).
 //!
 //! Only refusals are remembered; an admission always comes from Redis.
 //!
@@ -37,6 +40,10 @@
 //! later than the instant Redis would admit the key. From then on checks go to Redis again,
 //! which decides exactly. The headers count down from the instant Redis's answer arrived, as a
 //! client counting Redis's own `Retry-After` would.
+//!
+//! The headers are Redis's unless a check of the same key with another quota (a tier), or one
+//! that another limit delays, spends on it meanwhile: Redis would then give a later retry-after
+//! than the cache, which refuses until its own, then asks Redis.
 //!
 //! What the cache cannot see makes it err on refusing, for at most the retry-after Redis gave:
 //! Redis losing its state (a restart without persistence, a failover to a replica that missed the
@@ -111,7 +118,7 @@ struct Entry {
 enum Refusal {
     /// A penalty block, `retry` long at `seen`.
     Blocked { retry: Duration },
-    /// A cost-1 check of `quota` without a wait, refused as `snapshot` at `seen`.
+    /// A cost-1 check of `quota` in a batch where no limit delays, refused as `snapshot` at `seen`.
     Limited { quota: Quota, snapshot: Snapshot },
 }
 
@@ -175,6 +182,7 @@ impl NearCache {
         out: &mut [Snapshot],
     ) -> bool {
         let mut found = false;
+        let goes_now = checks.iter().all(|c| c.max_wait.is_zero());
         for (i, (check, k)) in checks.iter().zip(keys).enumerate() {
             let refused = {
                 let mut shard = self.shard(&k.state);
@@ -183,7 +191,7 @@ impl NearCache {
                         shard.remove(k.state.as_slice());
                         None
                     }
-                    Some(e) => e.refuses(check, now),
+                    Some(e) => e.refuses(check, goes_now, now),
                     None => None,
                 }
             };
@@ -215,13 +223,14 @@ impl NearCache {
         keys: &[CheckKeys],
         out: &[Snapshot],
     ) {
+        let goes_now = checks.iter().all(|c| c.max_wait.is_zero());
         for ((check, k), s) in checks.iter().zip(keys).zip(out) {
             if s.allowed || s.retry_after.is_zero() {
                 continue;
             }
             let refusal = if s.blocked {
                 Refusal::Blocked { retry: s.retry_after }
-            } else if check.cost == 1 && check.max_wait.is_zero() {
+            } else if check.cost == 1 && goes_now {
                 Refusal::Limited { quota: check.quota, snapshot: *s }
             } else {
                 continue;
@@ -283,8 +292,8 @@ fn end(sent: u64, retry: Duration, drift: bool) -> u64 {
 
 impl Entry {
     /// The snapshot Redis would give `check` at local time `now` (before `until`), when this
-    /// refusal applies to it.
-    fn refuses(&self, check: &Check<'_, RedisLimit>, now: u64) -> Option<Snapshot> {
+    /// refusal applies to it; `goes_now`: no limit of its batch may delay it.
+    fn refuses(&self, check: &Check<'_, RedisLimit>, goes_now: bool, now: u64) -> Option<Snapshot> {
         let passed = Duration::from_nanos(now.saturating_sub(self.seen));
         match self.refusal {
             Refusal::Blocked { retry } => {
@@ -299,9 +308,7 @@ impl Entry {
                     wait: Duration::ZERO,
                 })
             }
-            Refusal::Limited { quota, snapshot }
-                if check.cost == 1 && check.max_wait.is_zero() && check.quota == quota =>
-            {
+            Refusal::Limited { quota, snapshot } if goes_now && check.cost == 1 && check.quota == quota => {
                 Some(Snapshot {
                     reset_after: snapshot.reset_after.saturating_sub(passed),
                     retry_after: snapshot.retry_after.saturating_sub(passed).max(Duration::from_nanos(1)),

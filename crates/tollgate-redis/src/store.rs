@@ -205,8 +205,8 @@ impl RedisStoreBuilder {
 
     /// Whether refusals are answered by the instance itself until their retry-after passes,
     /// without a round trip to Redis (default `true`). Only refusals that hold for every later
-    /// check they answer are remembered (penalty blocks, and refusals of cost-1 checks that reject
-    /// at once); admissions always come from Redis. See the [`near_cache`](crate::near_cache)
+    /// check they answer are remembered (penalty blocks, and refusals of cost-1 checks in batches
+    /// where no limit delays); admissions always come from Redis. See the [`near_cache`](crate::near_cache)
     /// module for the rule and its exactness. Turn it off to have every check ask Redis (e.g.
     /// when keys are reset behind the store's back, by deleting them in Redis).
     #[must_use]
@@ -436,7 +436,7 @@ impl RedisStore {
     }
 
     async fn run(&self, call: &Call, count: usize) -> Result<Reply, StoreError> {
-        decode(&self.invoke(&CHECK, call).await?, count)
+        decode(&self.invoke(call.script(), call).await?, count)
     }
 
     async fn check_batch(&self, checks: &[Check<'_, RedisLimit>], out: &mut [Snapshot]) -> Result<bool, StoreError> {
