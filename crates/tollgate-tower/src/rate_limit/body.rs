@@ -38,14 +38,34 @@ pub enum BodyError {
 }
 
 /// Where a request body counted while it streams and its response future meet: the limits the
-/// body is counted against, and the refusal it leaves when it cuts itself off, which the future
-/// answers with instead of the inner service's response. Only on routes with body limits.
+/// body is counted against, how far it got, and the refusal it leaves when it cuts itself off,
+/// which the future answers with instead of the inner service's response. Only on routes with
+/// body limits: the body on other routes carries none, and is no larger than the client's body
+/// and a pointer.
 pub(crate) struct BodyMeter {
     max: Option<u64>,
     charge: Option<BodyCharge>,
     options: HeaderOptions,
     hook: Option<RefusalHook>,
-    refusal: Mutex<Option<Box<Refusal>>>,
+    // Locked by the body for each part it reads, and by the response future once.
+    progress: Mutex<Progress>,
+}
+
+/// How far a body counted while it streams got.
+#[derive(Default)]
+struct Progress {
+    read: u64,
+    /// What the body finishes before it reads on.
+    pending: Option<Pending>,
+    /// The refusal it was cut off with, until the response future takes it.
+    refusal: Option<Box<Refusal>>,
+    cut_off: bool,
+}
+
+/// A part's charge still being decided (a store with I/O), or the delay action's wait after it.
+enum Pending {
+    Charge(ChargeFuture),
+    Wait(Pin<Box<tokio::time::Sleep>>),
 }
 
 impl fmt::Debug for BodyMeter {
@@ -61,27 +81,76 @@ impl BodyMeter {
         options: HeaderOptions,
         hook: Option<RefusalHook>,
     ) -> Self {
-        Self { max, charge, options, hook, refusal: Mutex::new(None) }
+        Self { max, charge, options, hook, progress: Mutex::default() }
     }
 
-    /// Keeps the body's refusal for the response (the first, should there be more).
-    fn refuse(&self, refusal: Box<Refusal>) {
-        let mut slot = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
-        slot.get_or_insert(refusal);
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The response to a body cut off, when it was: the core's refusal, through the refusal hook.
     pub(crate) fn refused(&self) -> Option<Response<Full<Bytes>>> {
-        let refusal = self.refusal.lock().unwrap_or_else(PoisonError::into_inner).take()?;
+        let refusal = self.progress().refusal.take()?;
         Some(response(&refusal, self.hook.as_ref()))
+    }
+
+    /// Counts the part of `len` bytes just read: `Err` when it cuts the body off (charged, when it
+    /// goes on; its charge may be decided on the next poll).
+    fn count(&self, progress: &mut Progress, len: u64) -> Result<(), BoxError> {
+        progress.read = progress.read.saturating_add(len);
+        if let Some(max) = self.max
+            && progress.read > max
+        {
+            let refusal = Box::new(Refusal::body_too_large(&self.options, max));
+            return Err(progress.cut_off(refusal, BodyError::TooLarge { max }));
+        }
+        if let Some(charge) = &self.charge {
+            progress.pending = match charge.try_charge_now(len) {
+                Some(Ok(wait)) if wait.is_zero() => None,
+                Some(Ok(wait)) => Some(Pending::Wait(Box::pin(tokio::time::sleep(wait)))),
+                Some(Err(refusal)) => return Err(progress.charge_refused(refusal)),
+                None => Some(Pending::Charge(charge.charge(len))),
+            };
+        }
+        Ok(())
     }
 }
 
-/// What a body counted while it streams finishes before it reads on: a part's charge still
-/// being decided (a store with I/O), or the delay action's wait after it.
-enum Pending {
-    Charge(ChargeFuture),
-    Wait(Pin<Box<tokio::time::Sleep>>),
+impl Progress {
+    /// Finishes what is pending: `Ok` when the body may read on.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        while let Some(pending) = &mut self.pending {
+            self.pending = match pending {
+                Pending::Charge(charge) => match ready!(charge.as_mut().poll(cx)) {
+                    Ok(wait) if wait.is_zero() => None,
+                    Ok(wait) => Some(Pending::Wait(Box::pin(tokio::time::sleep(wait)))),
+                    Err(refusal) => {
+                        self.pending = None;
+                        return Poll::Ready(Err(self.charge_refused(refusal)));
+                    }
+                },
+                Pending::Wait(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    None
+                }
+            };
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Cuts the body off: `refusal` kept for the response (the first), `error` for the reader.
+    #[cold]
+    fn cut_off(&mut self, refusal: Box<Refusal>, error: BodyError) -> BoxError {
+        self.cut_off = true;
+        self.refusal.get_or_insert(refusal);
+        Box::new(error)
+    }
+
+    /// [`Progress::cut_off`] by the body-bytes limit's `refusal`.
+    fn charge_refused(&mut self, refusal: Box<Refusal>) -> BoxError {
+        let status = refusal.status();
+        self.cut_off(refusal, BodyError::Refused { status })
+    }
 }
 
 pin_project! {
@@ -91,24 +160,20 @@ pin_project! {
     /// up front (an HTTP/2 upload or gRPC call without `Content-Length`), charged to the route's
     /// body-bytes limit part by part as it is read — so a body costs what it turns out to be,
     /// nothing when the service reads none. A body that passes either limit is cut off with a
-    /// [`BodyError`], and the response is the core's refusal (413, or 429 with the rate-limit
+    /// [`BodyError`], and when the service answers after that (as a handler that takes the
+    /// whole body does), the response is the core's refusal (413, or 429 with the rate-limit
     /// headers) instead of what the service made of the error. On other routes, the client's
     /// body as it is.
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
         meter: Option<Arc<BodyMeter>>,
-        read: u64,
-        // In a `Mutex` only so that the body is `Sync` where `B` is, as tower-http's and
-        // http-body-util's bodies are: it is reached through `get_mut`, never locked.
-        pending: Option<Mutex<Pending>>,
-        cut_off: bool,
     }
 }
 
 impl<B> fmt::Debug for RequestBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestBody").field("meter", &self.meter).field("read", &self.read).finish_non_exhaustive()
+        f.debug_struct("RequestBody").field("meter", &self.meter).finish_non_exhaustive()
     }
 }
 
@@ -116,7 +181,7 @@ impl<B> RequestBody<B> {
     /// `inner`, counted against `meter`'s limits (passed on as it is without).
     #[inline(always)]
     pub(crate) fn new(inner: B, meter: Option<Arc<BodyMeter>>) -> Self {
-        Self { inner, meter, read: 0, pending: None, cut_off: false }
+        Self { inner, meter }
     }
 }
 
@@ -133,85 +198,44 @@ where
         let Some(meter) = this.meter.as_deref() else {
             return this.inner.poll_frame(cx).map_err(Into::into);
         };
-        if *this.cut_off {
+        let mut progress = meter.progress();
+        if progress.cut_off {
             // Ended after its error, not repeating it: a reader that skips errors must not spin.
             return Poll::Ready(None);
         }
         // The last part's charge is decided before anything more is read, its end included: a
         // body over its budget never ends cleanly.
-        if let Err(refusal) = ready!(poll_pending(this.pending, cx)) {
-            return Poll::Ready(Some(Err(charge_refused(meter, refusal, this.cut_off))));
+        if let Err(err) = ready!(progress.poll_pending(cx)) {
+            return Poll::Ready(Some(Err(err)));
         }
         let frame = match ready!(this.inner.poll_frame(cx)) {
             None => return Poll::Ready(None),
             Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
             Some(Ok(frame)) => frame,
         };
-        let Some(data) = frame.data_ref() else { return Poll::Ready(Some(Ok(frame))) };
-        let len = u64::try_from(data.remaining()).unwrap_or(u64::MAX);
-        *this.read = this.read.saturating_add(len);
-        if let Some(max) = meter.max
-            && *this.read > max
-        {
-            let refusal = Box::new(Refusal::body_too_large(&meter.options, max));
-            return Poll::Ready(Some(Err(cut_off(meter, refusal, BodyError::TooLarge { max }, this.cut_off))));
-        }
-        if let Some(charge) = &meter.charge {
-            let pending = match charge.try_charge_now(len) {
-                Some(Ok(wait)) if wait.is_zero() => None,
-                Some(Ok(wait)) => Some(Pending::Wait(Box::pin(tokio::time::sleep(wait)))),
-                Some(Err(refusal)) => return Poll::Ready(Some(Err(charge_refused(meter, refusal, this.cut_off)))),
-                None => Some(Pending::Charge(charge.charge(len))),
-            };
-            // Decided on the next poll: this part goes on now.
-            *this.pending = pending.map(Mutex::new);
+        if let Some(data) = frame.data_ref() {
+            let len = u64::try_from(data.remaining()).unwrap_or(u64::MAX);
+            meter.count(&mut progress, len)?;
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.cut_off || (self.pending.is_none() && self.inner.is_end_stream())
+        match &self.meter {
+            None => self.inner.is_end_stream(),
+            Some(meter) => {
+                let progress = meter.progress();
+                progress.cut_off || (progress.pending.is_none() && self.inner.is_end_stream())
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.cut_off { SizeHint::with_exact(0) } else { self.inner.size_hint() }
+        match &self.meter {
+            Some(meter) if meter.progress().cut_off => SizeHint::with_exact(0),
+            _ => self.inner.size_hint(),
+        }
     }
-}
-
-/// Finishes what is pending: `Ok` when the body may read on.
-fn poll_pending(slot: &mut Option<Mutex<Pending>>, cx: &mut Context<'_>) -> Poll<Result<(), Box<Refusal>>> {
-    while let Some(pending) = slot {
-        let next = match pending.get_mut().unwrap_or_else(PoisonError::into_inner) {
-            Pending::Charge(charge) => match ready!(charge.as_mut().poll(cx)) {
-                Ok(wait) if wait.is_zero() => None,
-                Ok(wait) => Some(Pending::Wait(Box::pin(tokio::time::sleep(wait)))),
-                Err(refusal) => {
-                    *slot = None;
-                    return Poll::Ready(Err(refusal));
-                }
-            },
-            Pending::Wait(sleep) => {
-                ready!(sleep.as_mut().poll(cx));
-                None
-            }
-        };
-        *slot = next.map(Mutex::new);
-    }
-    Poll::Ready(Ok(()))
-}
-
-/// Cuts the body off: `refusal` kept for the response, `error` for the reader.
-#[cold]
-fn cut_off(meter: &BodyMeter, refusal: Box<Refusal>, error: BodyError, cut: &mut bool) -> BoxError {
-    *cut = true;
-    meter.refuse(refusal);
-    Box::new(error)
-}
-
-/// [`cut_off`] by the body-bytes limit's `refusal`.
-fn charge_refused(meter: &BodyMeter, refusal: Box<Refusal>, cut: &mut bool) -> BoxError {
-    let status = refusal.status();
-    cut_off(meter, refusal, BodyError::Refused { status }, cut)
 }
 
 pin_project! {
@@ -307,10 +331,13 @@ mod tests {
 
     /// The charge of an HTTP/2 request of unknown length on a route with 10 bytes a day.
     fn ten_bytes_a_day() -> BodyCharge {
-        let policy = Policy::builder("body_bytes")
-            .limit(Limit::new("body_bytes", "10/day".parse().unwrap()).key(KeyKind::ip()))
-            .build()
-            .unwrap();
+        charge_of(Limit::new("body_bytes", "10/day".parse().unwrap()))
+    }
+
+    /// The charge of an HTTP/2 request of unknown length on a route whose body bytes `limit`
+    /// counts per client address.
+    fn charge_of(limit: Limit) -> BodyCharge {
+        let policy = Policy::builder("body_bytes").limit(limit.key(KeyKind::ip())).build().unwrap();
         let engine = Engine::new(Limits::new().body_bytes(policy));
         let mut request = http::Request::post("/").version(http::Version::HTTP_2).body(()).unwrap();
         request.extensions_mut().insert("192.0.2.1:4000".parse::<SocketAddr>().unwrap());
@@ -365,5 +392,16 @@ mod tests {
         );
         // The refused part was not charged: the 2 bytes left still pass.
         assert_eq!(charge.try_charge_now(2).unwrap().unwrap(), std::time::Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_part_a_delaying_budget_admits_later_holds_the_body_back() {
+        let delay = tollgate::OnExceed::Delay { max_wait: std::time::Duration::from_secs(5) };
+        let charge = charge_of(Limit::new("body_bytes", "10/s".parse().unwrap()).on_exceed(delay));
+        let body = RequestBody::new(chunks(&[b"0123456789", b"abcde", b"f"]), Some(meter(None, Some(charge))));
+        let started = tokio::time::Instant::now();
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 16);
+        // 10 bytes a second, 10 at once: the last 6 bytes wait 0.6 s for room (nothing refused).
+        assert!(started.elapsed() >= std::time::Duration::from_millis(500), "{:?}", started.elapsed());
     }
 }
