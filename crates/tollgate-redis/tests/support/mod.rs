@@ -83,10 +83,18 @@ impl RedisServer {
     }
 
     fn start_with(cluster: bool) -> Self {
-        let extra: Vec<String> = if cluster {
-            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"]
+        Self::start_node(cluster.then_some(5000))
+    }
+
+    /// A standalone server, or a cluster node with this node timeout (ms).
+    fn start_node(cluster_node_timeout_ms: Option<u64>) -> Self {
+        let cluster = cluster_node_timeout_ms.is_some();
+        let extra: Vec<String> = if let Some(timeout) = cluster_node_timeout_ms {
+            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout"]
                 .map(String::from)
-                .to_vec()
+                .into_iter()
+                .chain([timeout.to_string()])
+                .collect()
         } else {
             Vec::new()
         };
@@ -173,12 +181,35 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(true)).collect();
+        Self::start_with(3, 0, 5000)
+    }
+
+    /// Three masters, each with one replica, failing over after `node_timeout_ms` without its
+    /// master: six nodes.
+    pub fn start_with_replicas(node_timeout_ms: u64) -> Self {
+        let cluster = Self::start_with(6, 1, node_timeout_ms);
+        // Replicas in sync, so that a failover has the masters' data.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &cluster.nodes {
+            loop {
+                let info = raw_command(n.port, &["INFO", "replication"]).unwrap_or_default();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica on {} never synced: {info}", n.port);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    fn start_with(nodes: usize, replicas: u32, node_timeout_ms: u64) -> Self {
+        let nodes: Vec<RedisServer> = (0..nodes).map(|_| RedisServer::start_node(Some(node_timeout_ms))).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed with redis-server");
         assert!(
@@ -203,5 +234,73 @@ impl RedisCluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The cluster as a live node sees it (`CLUSTER NODES`), or an empty list when none answers.
+    pub fn topology(&self) -> Vec<ClusterNode> {
+        for n in &self.nodes {
+            if let Ok(reply) = raw_command(n.port, &["CLUSTER", "NODES"]) {
+                let nodes: Vec<ClusterNode> = reply.lines().filter_map(ClusterNode::parse).collect();
+                if !nodes.is_empty() {
+                    return nodes;
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// The hash slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn key_slot(&self, key: &str) -> u16 {
+        let reply = raw_command(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]).unwrap();
+        reply.trim().trim_start_matches(':').parse().unwrap()
+    }
+
+    /// The node of ours listening on `port`.
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes.iter_mut().find(|n| n.port == port).unwrap()
+    }
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Clone, Debug)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    pub master: bool,
+    pub failed: bool,
+    /// The master it replicates (replicas only).
+    pub master_id: Option<String>,
+    /// Slot ranges served (masters only).
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 8 {
+            return None;
+        }
+        let port = fields[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+        let flags = fields[2];
+        let slots = fields[8..]
+            .iter()
+            .filter(|f| !f.starts_with('['))
+            .filter_map(|f| match f.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => f.parse().ok().map(|s| (s, s)),
+            })
+            .collect();
+        Some(Self {
+            id: fields[0].to_owned(),
+            port,
+            master: flags.contains("master"),
+            failed: flags.contains("fail"),
+            master_id: (fields[3] != "-").then(|| fields[3].to_owned()),
+            slots,
+        })
+    }
+
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
     }
 }
