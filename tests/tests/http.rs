@@ -1,6 +1,7 @@
 //! The HTTP contract of every demo (`examples/demo-config.toml`), over real sockets: the request
-//! burst and its refusal, rate-limit headers, trusted-proxy handling, the largest body and the
-//! body bytes per period, and routes without limits.
+//! burst and its refusal, rate-limit headers, trusted-proxy handling, the largest body, the
+//! body bytes per period, the request rate of a route with a body limit too (and which of the
+//! two its headers show), and routes without limits.
 //!
 //! Limits replenish as time passes, so where a count depends on the clock a scenario measures the
 //! time it took and allows what the limit may have replenished in it ([`admitted_at_most`]); on
@@ -23,6 +24,11 @@ const HELLO_EVERY: Duration = Duration::from_millis(200);
 const MAX_BODY: usize = 64 * 1024;
 /// `POST /api/echo`: `1MiB/min` of bodies per client IP.
 const BODY_BYTES: u64 = 1024 * 1024;
+
+/// `POST /api/echo`: `5/s burst 20` requests per client IP, whatever their bodies.
+const ECHO_BURST: u64 = 20;
+/// One more request every 200 ms.
+const ECHO_EVERY: Duration = Duration::from_millis(200);
 
 /// A bound on every loop that waits for a refusal.
 const MAX_REQUESTS: u64 = 100;
@@ -249,6 +255,77 @@ async fn body_bytes(server: Server) {
         return;
     }
     panic!("no 429 after {MAX_REQUESTS} bodies of 64 KiB");
+}
+
+#[test]
+fn empty_posts_are_limited() {
+    run("POST /api/echo with no body: the burst of 20 passes, then 429 from the request rate", empty_posts);
+}
+
+async fn empty_posts(server: Server) {
+    let client = server.client(9);
+    let mut http = client.http().await;
+    let started = Instant::now();
+    for sent in 1..=MAX_REQUESTS {
+        let request = client.request(Method::POST, "/api/echo").body(tollgate_conformance::empty()).unwrap();
+        let reply = http.send(request).await.expect("a response");
+        if sent <= ECHO_BURST {
+            assert_eq!(reply.status, 200, "empty POST {sent} of the burst: {reply:?}");
+            // No body, no body bytes spent: the request rate is the only limit that applied.
+            assert_eq!(reply.number("x-ratelimit-limit"), ECHO_BURST, "{reply:?}");
+            continue;
+        }
+        if reply.status == 200 {
+            let bound = admitted_at_most(ECHO_BURST, ECHO_EVERY, started.elapsed());
+            assert!(sent <= bound, "{sent} empty POSTs admitted in {:?}: over the burst and 5/s", started.elapsed());
+            continue;
+        }
+        let body = check_refusal(&reply, ECHO_BURST);
+        assert_eq!(body["policy"], "echo", "{reply:?}");
+        assert_eq!(reply.number("retry-after"), 1, "at 5/s the next request is at most 200 ms away: {reply:?}");
+        return;
+    }
+    panic!("no 429 in {MAX_REQUESTS} empty POSTs");
+}
+
+#[test]
+fn echo_headers_show_the_binding_limit() {
+    run(
+        "POST /api/echo: X-RateLimit-* show the limit with the least headroom left, request rate or body bytes",
+        binding,
+    );
+}
+
+async fn binding(server: Server) {
+    let client = server.client(10);
+    let mut http = client.http().await;
+    let started = Instant::now();
+    // 64 KiB first: 1/16 of the body bytes spent (15/16 left), 1/20 of the requests (19/20 left).
+    let request =
+        client.request(Method::POST, "/api/echo").body(tollgate_conformance::full(vec![b'b'; MAX_BODY])).unwrap();
+    let reply = http.send(request).await.expect("a response");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.number("x-ratelimit-limit"), BODY_BYTES, "the body bytes bind: {reply:?}");
+    let remaining = reply.number("x-ratelimit-remaining");
+    let least = BODY_BYTES - MAX_BODY as u64;
+    let byte_every = Duration::from_secs(60) / u32::try_from(BODY_BYTES).unwrap();
+    let replenished = admitted_at_most(0, byte_every, started.elapsed());
+    assert!(
+        (least..=least + replenished).contains(&remaining),
+        "{remaining} bytes remain, expected {least}: {reply:?}"
+    );
+    // Then one byte: the requests (18/20 left) bind, the bytes having 15/16 left still.
+    let request = client.request(Method::POST, "/api/echo").body(tollgate_conformance::full("b")).unwrap();
+    let reply = http.send(request).await.expect("a response");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.number("x-ratelimit-limit"), ECHO_BURST, "the request rate binds: {reply:?}");
+    let remaining = reply.number("x-ratelimit-remaining");
+    let replenished = admitted_at_most(0, ECHO_EVERY, started.elapsed());
+    assert!(
+        (ECHO_BURST - 2..=ECHO_BURST - 2 + replenished).contains(&remaining),
+        "{remaining} requests remain after 2, expected {}: {reply:?}",
+        ECHO_BURST - 2
+    );
 }
 
 #[test]
