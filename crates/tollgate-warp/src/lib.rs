@@ -49,7 +49,7 @@ pub mod websocket;
 
 pub use keys::{CustomKey, Identified, Identity, RouteName, Tier, remote};
 pub use rate_limit::{RateLimit, RateLimitService, RequestBody, ResponseBody, ResponseFuture};
-pub use serve::{serve, serve_with_shutdown};
+pub use serve::{ServeOptions, serve, serve_with_shutdown};
 pub use tollgate::engine::{Limits, WebSocketLimits};
 #[cfg(feature = "websocket")]
 pub use websocket::{LimitedWebSocket, LimitedWs, UpgradeLease, ws};
