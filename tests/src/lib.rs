@@ -61,6 +61,22 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the one `cargo build` of the demos may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
+/// The environment variables every demo reads for its server settings (see the README's
+/// "Production deployment"): the longest a client may take to send a request head (and to keep
+/// an idle connection), the longest from a request's head to its response (which covers reading
+/// its body), and the most connections open at once.
+pub const SERVER_ENV: [&str; 3] = ["TOLLGATE_HEADER_TIMEOUT", "TOLLGATE_REQUEST_TIMEOUT", "TOLLGATE_MAX_CONNECTIONS"];
+
+/// The header-read timeout of [`TIMEOUTS`].
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The request timeout of [`TIMEOUTS`].
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Short server timeouts ([`HEADER_TIMEOUT`], [`REQUEST_TIMEOUT`]) for the scenarios of slow
+/// clients, so that they do not wait the demos' defaults out.
+pub const TIMEOUTS: &[(&str, &str)] = &[("TOLLGATE_HEADER_TIMEOUT", "1s"), ("TOLLGATE_REQUEST_TIMEOUT", "2s")];
+
 /// How a demo gets its limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -93,6 +109,16 @@ where
     F: FnOnce(Server) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    run_with(name, &[], scenario);
+}
+
+/// [`run`], each demo started with the environment variables `env` (e.g. the short
+/// [`TIMEOUTS`] that a slow-client scenario needs so as not to wait long).
+pub fn run_with<F, Fut>(name: &'static str, env: &'static [(&'static str, &'static str)], scenario: F)
+where
+    F: FnOnce(Server) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     // Built before any clock starts (once per test process).
     for demo in DEMOS {
         binary(demo);
@@ -108,7 +134,7 @@ where
             for mode in Mode::ALL {
                 let scenario = scenario.clone();
                 let task = tokio::spawn(async move {
-                    let process = Demo::start(demo, mode).await;
+                    let process = Demo::start_with(demo, mode, env).await;
                     if tokio::time::timeout(SCENARIO_TIMEOUT, scenario(process.server())).await.is_err() {
                         panic!("did not finish within {SCENARIO_TIMEOUT:?}");
                     }
@@ -263,6 +289,12 @@ impl Demo {
     /// [`START_TIMEOUT`]) until it accepts connections. Panics, with its stderr, when it exits
     /// or never listens.
     pub async fn start(name: &'static str, mode: Mode) -> Demo {
+        Demo::start_with(name, mode, &[]).await
+    }
+
+    /// [`Demo::start`] with the environment variables `env` set for the demo (the server
+    /// settings of [`SERVER_ENV`] are otherwise left to the demo's defaults).
+    pub async fn start_with(name: &'static str, mode: Mode, env: &[(&str, &str)]) -> Demo {
         let binary = binary(name);
         let mut attempt = 0;
         loop {
@@ -276,6 +308,12 @@ impl Demo {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
+            // The server settings are the demo's defaults unless the scenario sets them (the
+            // last word on a variable wins).
+            for variable in SERVER_ENV {
+                command.env_remove(variable);
+            }
+            command.envs(env.iter().copied());
             if mode == Mode::ConfigFile {
                 command.env("TOLLGATE_CONFIG", config_path());
             }
@@ -317,7 +355,7 @@ impl Demo {
 
     /// The address it serves on.
     pub fn server(&self) -> Server {
-        Server { addr: self.addr }
+        Server { addr: self.addr, demo: self.name }
     }
 
     /// Its package name.
@@ -350,9 +388,16 @@ fn free_port() -> u16 {
 #[derive(Clone, Copy, Debug)]
 pub struct Server {
     addr: SocketAddr,
+    demo: &'static str,
 }
 
 impl Server {
+    /// The package name of the demo serving there (for a scenario that must name a framework's
+    /// known gap; the contract is otherwise the same for every demo).
+    pub fn demo(&self) -> &'static str {
+        self.demo
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -2,8 +2,11 @@
 
 use std::net::TcpListener;
 
-use actix_web::dev::Server;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, middleware, web};
 use actix_ws::Message;
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -11,6 +14,11 @@ use tollgate::config::{Config, StoreKind};
 use tollgate::{Error, MemoryStore, Store};
 use tollgate_actix::RateLimit;
 use tollgate_redis::RedisStore;
+
+#[path = "../../server_options.rs"]
+mod server_options;
+
+pub use server_options::ServerOptions;
 
 /// The built-in limits, shared with the other demos.
 pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
@@ -68,25 +76,85 @@ pub fn routes(config: &mut web::ServiceConfig) {
 }
 
 /// Serves the demo on `listener` with `workers` workers: its routes behind `limit` (one limiter,
-/// shared by every worker), and `GET /metrics` outside the limits when a `recorder` is given.
+/// shared by every worker), and `GET /metrics` outside the limits when a `recorder` is given;
+/// with the default [`ServerOptions`].
 pub fn serve<S: Store + Clone>(
     listener: TcpListener,
     limit: RateLimit<S>,
     recorder: Option<PrometheusHandle>,
     workers: usize,
 ) -> std::io::Result<Server> {
+    serve_with(listener, limit, recorder, workers, ServerOptions::default())
+}
+
+/// [`serve`], guarded against slow clients by `options` through actix-web's own settings: the
+/// header timeout is its `client_request_timeout` (408 to a head not received in time) and its
+/// `keep_alive` (an idle connection is closed after it), the request timeout a middleware
+/// around everything (actix-web has none for bodies), and the connection cap its per-worker
+/// `max_connections`, split between the workers.
+///
+/// One gap remains, actix-web's own: its head timeout covers the first request of a connection
+/// only. Once a kept-alive connection has sent the first byte of its next request, nothing times
+/// out the rest of that head; a proxy in front with a header timeout closes it.
+pub fn serve_with<S: Store + Clone>(
+    listener: TcpListener,
+    limit: RateLimit<S>,
+    recorder: Option<PrometheusHandle>,
+    workers: usize,
+    options: ServerOptions,
+) -> std::io::Result<Server> {
+    let request_timeout = options.request_timeout;
     let server = HttpServer::new(move || {
         let recorder = recorder.clone();
-        let mut app = App::new();
+        // Outermost: a request cut off gives its leases back as its future is dropped.
+        let mut app =
+            App::new().wrap(middleware::from_fn(move |request, next| time_limit(request, next, request_timeout)));
         if let Some(recorder) = recorder {
             app = app.route("/metrics", web::get().to(move || std::future::ready(recorder.render())));
         }
         app.service(web::scope("").wrap(limit.clone()).configure(routes))
     })
     .workers(workers)
+    .client_request_timeout(options.header_timeout)
+    .keep_alive(options.header_timeout)
+    .max_connections(options.max_connections.div_ceil(workers.max(1)))
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// The request timeout: the app's response, or [`RequestTimedOut`] when the app takes longer
+/// than `limit` — a body trickled slower than that, say.
+async fn time_limit(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    limit: std::time::Duration,
+) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
+    // An error, not a response: a response needs the request, which the app holds (and routing
+    // needs it unshared, so it cannot be cloned before).
+    actix_web::rt::time::timeout(limit, next.call(request)).await.map_err(|_| RequestTimedOut)?
+}
+
+/// A request that took longer than the request timeout: `408 Request Timeout`, closing the
+/// connection (the rest of its body is never read, so the connection cannot carry another
+/// request).
+#[derive(Debug)]
+struct RequestTimedOut;
+
+impl std::fmt::Display for RequestTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request took longer than the request timeout")
+    }
+}
+
+impl ResponseError for RequestTimedOut {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::REQUEST_TIMEOUT
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::RequestTimeout().force_close().finish()
+    }
 }
 
 async fn hello() -> &'static str {

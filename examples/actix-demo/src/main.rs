@@ -2,10 +2,12 @@
 //!
 //! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
-//! built-in ones (printed at start-up), on two workers sharing one limiter. With `REDIS_URL` set
-//! (e.g. `redis://127.0.0.1:6379/`), the limits live in Redis and every instance pointed at it
-//! shares them, open WebSocket connections per client included. `GET /metrics` shows tollgate's
-//! decisions, leases and WebSocket verdicts in Prometheus's format.
+//! built-in ones (printed at start-up), on two workers sharing one limiter, with the slow-client
+//! guards of `TOLLGATE_HEADER_TIMEOUT`, `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS`
+//! (see `actix_demo::ServerOptions`). With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`),
+//! the limits live in Redis and every instance pointed at it shares them, open WebSocket
+//! connections per client included. `GET /metrics` shows tollgate's decisions, leases and
+//! WebSocket verdicts in Prometheus's format.
 
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -27,6 +29,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let options = actix_demo::ServerOptions::from_env()?;
     let config = match std::env::var_os("TOLLGATE_CONFIG") {
         Some(path) => {
             println!("limits from {}", path.to_string_lossy());
@@ -50,14 +53,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let store = actix_demo::build_redis_store(&config, &url).await?;
             println!("state in Redis at {}", store.url());
             let limit = actix_demo::limits_with_redis(&config, &store)?;
-            actix_demo::serve(listener, limit, Some(recorder), actix_demo::WORKERS)?
+            actix_demo::serve_with(listener, limit, Some(recorder), actix_demo::WORKERS, options)?
         }
         None => {
             println!("state in memory (set REDIS_URL to share it between instances)");
             let limit = actix_demo::limits(&config)?;
-            actix_demo::serve(listener, limit, Some(recorder), actix_demo::WORKERS)?
+            actix_demo::serve_with(listener, limit, Some(recorder), actix_demo::WORKERS, options)?
         }
     };
+    println!("{options}");
     println!("listening on http://{local} (metrics at /metrics)");
     server.await?;
     Ok(())

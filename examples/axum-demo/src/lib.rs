@@ -1,18 +1,35 @@
 //! The demo server's application, shared by `main.rs`, the tests and the benchmark.
 
-use std::net::SocketAddr;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::Message;
-use axum::response::Response;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::CONNECTION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tollgate::config::{Config, StoreKind};
 use tollgate::{Error, MemoryStore, Store};
 use tollgate_redis::RedisStore;
 use tollgate_tower::{LimitedUpgrade, RateLimitLayer};
+use tower::ServiceExt;
+
+#[path = "../../server_options.rs"]
+mod server_options;
+
+pub use server_options::ServerOptions;
 
 /// The built-in limits, shared with the other demos.
 pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
@@ -90,7 +107,62 @@ pub fn with_metrics(app: Router, recorder: PrometheusHandle) -> Router {
     app.route("/metrics", get(move || std::future::ready(recorder.render())))
 }
 
-/// Serves `app` on `listener` with the peer address available to the limits.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+/// Serves `app` on `listener` with the peer address available to the limits, with the default
+/// [`ServerOptions`].
+pub async fn serve(listener: TcpListener, app: Router) -> io::Result<()> {
+    serve_with(listener, app, ServerOptions::default()).await
+}
+
+/// Serves `app` on `listener` (HTTP/1.1, with upgrades: the demo's axum has no HTTP/2) with the peer address available to the
+/// limits (axum's `ConnectInfo<SocketAddr>`), guarded against slow clients by `options`:
+/// hyper's header-read timeout (`axum::serve` sets none, and offers no knob for it), a request
+/// timeout around the whole app (408), and a cap on the connections served at once.
+pub async fn serve_with(listener: TcpListener, app: Router, options: ServerOptions) -> io::Result<()> {
+    // Outside the limits: a request cut off gives its leases back as its future is dropped.
+    let app = app.layer(middleware::from_fn_with_state(options.request_timeout, time_limit));
+    // hyper's HTTP/1 connection itself, not hyper-util's `auto` one that `axum::serve` uses: that
+    // one first reads until it can tell HTTP/1 from HTTP/2, with no timeout, so a connection that
+    // sends nothing would never reach the header timer. This one's timer starts as soon as the
+    // connection is served, and again after each response, so a connection that sends nothing,
+    // or idles between requests, is closed too.
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(options.header_timeout);
+    let places = Arc::new(Semaphore::new(options.max_connections));
+    loop {
+        // A free place before the next connection: at the cap, connections wait in the backlog.
+        let place = Arc::clone(&places).acquire_owned().await.map_err(io::Error::other)?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // A connection reset before it was accepted is nothing; anything else (a full
+                // file table) gets a pause, so that the loop does not spin on it.
+                if !matches!(err.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                continue;
+            }
+        };
+        let service = app.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        });
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            // A connection ends in an error when a timeout closes it: nothing to report.
+            let _ =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).with_upgrades().await;
+            drop(place);
+        });
+    }
+}
+
+/// The request timeout: the app's response, or `408 Request Timeout` when it takes longer than
+/// the limit (a body trickled slower than that, say).
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        // `Connection: close`: the rest of the body is never read, so the connection cannot carry
+        // another request.
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, [(CONNECTION, "close")]).into_response(),
+    }
 }

@@ -2,10 +2,12 @@
 //!
 //! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
-//! built-in ones (printed at start-up). With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`),
-//! the limits live in Redis and every instance pointed at it shares them, open WebSocket
-//! connections per client included. `GET /metrics` shows tollgate's decisions, leases and
-//! WebSocket verdicts in Prometheus's format.
+//! built-in ones (printed at start-up), and the slow-client guards of `TOLLGATE_HEADER_TIMEOUT`,
+//! `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS` (see `axum_demo::ServerOptions`).
+//! With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`), the limits live in Redis and every
+//! instance pointed at it shares them, open WebSocket connections per client included.
+//! `GET /metrics` shows tollgate's decisions, leases and WebSocket verdicts in Prometheus's
+//! format.
 
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -27,6 +29,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let options = axum_demo::ServerOptions::from_env()?;
     let config = match std::env::var_os("TOLLGATE_CONFIG") {
         Some(path) => {
             println!("limits from {}", path.to_string_lossy());
@@ -54,7 +57,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let app = axum_demo::with_metrics(app, recorder);
     let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("{options}");
     println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
-    axum_demo::serve(listener, app).await?;
+    axum_demo::serve_with(listener, app, options).await?;
     Ok(())
 }

@@ -8,10 +8,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tollgate::config::{Config, StoreKind};
 use tollgate::{Error, MemoryStore, Store};
 use tollgate_redis::RedisStore;
-use tollgate_warp::{LimitedWs, RateLimit};
+use tollgate_warp::{LimitedWs, RateLimit, ServeOptions};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
+
+#[path = "../../server_options.rs"]
+mod server_options;
+
+pub use server_options::ServerOptions;
 
 /// The built-in limits, shared with the other demos.
 pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
@@ -87,11 +92,29 @@ pub fn with_metrics(routes: BoxedFilter<(Response,)>, recorder: PrometheusHandle
     routes.or(metrics).unify().boxed()
 }
 
-/// Serves `routes` behind `limits` on `listener`, with the peer address available to the limits.
+/// Serves `routes` behind `limits` on `listener`, with the peer address available to the limits,
+/// and the default [`ServerOptions`].
 pub async fn serve<St: Store>(
     listener: tokio::net::TcpListener,
     limits: &RateLimit<St>,
     routes: BoxedFilter<(Response,)>,
 ) -> io::Result<()> {
-    tollgate_warp::serve(listener, limits.service(routes)).await
+    serve_with(listener, limits, routes, ServerOptions::default()).await
+}
+
+/// [`serve`], guarded against slow clients by `options` through tollgate-warp's server loop
+/// ([`ServeOptions`]: hyper's header-read timeout, a request timeout, a connection cap; warp's
+/// own loop has none of them).
+pub async fn serve_with<St: Store>(
+    listener: tokio::net::TcpListener,
+    limits: &RateLimit<St>,
+    routes: BoxedFilter<(Response,)>,
+    options: ServerOptions,
+) -> io::Result<()> {
+    ServeOptions::new()
+        .header_read_timeout(Some(options.header_timeout))
+        .request_timeout(Some(options.request_timeout))
+        .max_connections(Some(options.max_connections))
+        .serve(listener, limits.service(routes))
+        .await
 }

@@ -2,10 +2,12 @@
 //!
 //! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
-//! built-in ones (printed at start-up). With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`),
-//! the limits live in Redis and every instance pointed at it shares them, open WebSocket
-//! connections per client included. `GET /metrics` shows tollgate's decisions, leases and
-//! WebSocket verdicts in Prometheus's format.
+//! built-in ones (printed at start-up), and the slow-client guards of `TOLLGATE_HEADER_TIMEOUT`,
+//! `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS` (see `warp_demo::ServerOptions`).
+//! With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`), the limits live in Redis and every
+//! instance pointed at it shares them, open WebSocket connections per client included.
+//! `GET /metrics` shows tollgate's decisions, leases and WebSocket verdicts in Prometheus's
+//! format.
 
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -27,6 +29,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let options = warp_demo::ServerOptions::from_env()?;
     let config = match std::env::var_os("TOLLGATE_CONFIG") {
         Some(path) => {
             println!("limits from {}", path.to_string_lossy());
@@ -48,15 +51,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             println!("state in Redis at {}", store.url());
             let limits = warp_demo::limits_with_redis(&config, &store)?;
             let listener = tokio::net::TcpListener::bind(&addr).await?;
+            println!("{options}");
             println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
-            warp_demo::serve(listener, &limits, routes).await?;
+            warp_demo::serve_with(listener, &limits, routes, options).await?;
         }
         None => {
             println!("state in memory (set REDIS_URL to share it between instances)");
             let limits = warp_demo::limits(&config)?;
             let listener = tokio::net::TcpListener::bind(&addr).await?;
+            println!("{options}");
             println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
-            warp_demo::serve(listener, &limits, routes).await?;
+            warp_demo::serve_with(listener, &limits, routes, options).await?;
         }
     }
     Ok(())
