@@ -7,12 +7,15 @@
 //! - [`run`] runs one scenario against every demo of [`DEMOS`] in every launch [`Mode`], each
 //!   pairing in a demo process of its own started for it, all at once; a failure names the demo,
 //!   the mode and the scenario. The process is killed when the scenario ends ([`Demo`]'s drop).
+//! - [`run_with`] does the same with environment variables of the scenario's for every demo: the
+//!   slow-client scenarios start them with short server timeouts ([`TIMEOUTS`]).
 //! - [`Server::client`] gives a scenario clients on loopback source addresses of its own
 //!   (`127.0.0.<n>`), so that per-IP limits see each scenario as its own clients.
 //!
 //! Adding a demo: give it a binary named like its package that serves the routes of
 //! `examples/demo-config.toml` on `TOLLGATE_ADDR` with the peer address as the client address,
-//! reads `TOLLGATE_CONFIG` when set, and prints `listening on http://ADDR` on stdout once it
+//! reads `TOLLGATE_CONFIG` when set and the server settings of [`SERVER_ENV`] (see
+//! `examples/server_options.rs`), and prints `listening on http://ADDR` on stdout once it
 //! listens; then add its package name to [`DEMOS`].
 
 use std::collections::HashMap;
