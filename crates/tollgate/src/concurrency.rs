@@ -123,7 +123,7 @@ pub struct ConnectionLease {
 
 enum LeaseKind {
     Memory {
-        limiter: Arc<Inner>,
+        counts: Arc<Counts>,
         key: Option<OwnedKey>,
         global: bool,
     },
@@ -141,8 +141,8 @@ enum LeaseKind {
 impl fmt::Debug for ConnectionLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            LeaseKind::Memory { limiter, key, .. } => {
-                f.debug_struct("ConnectionLease").field("limiter", &limiter.name).field("key", key).finish()
+            LeaseKind::Memory { counts, key, .. } => {
+                f.debug_struct("ConnectionLease").field("limiter", &counts.name).field("key", key).finish()
             }
             LeaseKind::Shared { local, lease } => f.debug_tuple("Shared").field(local).field(lease).finish(),
             LeaseKind::Custom(_) | LeaseKind::Uncounted => f.debug_struct("ConnectionLease").finish_non_exhaustive(),
@@ -160,13 +160,13 @@ impl ConnectionLease {
 impl Drop for ConnectionLease {
     fn drop(&mut self) {
         match &mut self.kind {
-            LeaseKind::Memory { limiter, key, global } => {
+            LeaseKind::Memory { counts, key, global } => {
                 if let Some(key) = key.take() {
-                    limiter.per_key.get(&key.as_key(), |c| c.fetch_sub(1, Ordering::AcqRel));
+                    counts.per_key.get(&key.as_key(), |c| c.fetch_sub(1, Ordering::AcqRel));
                 }
                 if *global {
-                    limiter.total.fetch_sub(1, Ordering::AcqRel);
-                    limiter.metrics.leases(limiter.name, -1);
+                    counts.total.fetch_sub(1, Ordering::AcqRel);
+                    counts.metrics.leases(counts.name, -1);
                 }
             }
             LeaseKind::Custom(release) => {
@@ -211,11 +211,19 @@ struct Inner {
     name: &'static str,
     per_key_cap: Option<u32>,
     global_cap: Option<u32>,
-    per_key: Table<OwnedKey, AtomicU32>,
     max_keys: usize,
-    total: AtomicUsize,
     shared: Option<Arc<dyn DynLeaseStore>>,
     failure: FailureMode,
+    counts: Arc<Counts>,
+}
+
+/// The places held in this process: apart from the caps, so that the limiter of a new
+/// configuration can count on with the leases taken under the running one
+/// ([`ConcurrencyLimiter::keeping_counts_of`]); each lease holds them to give its place back.
+struct Counts {
+    name: &'static str,
+    per_key: Table<OwnedKey, AtomicU32>,
+    total: AtomicUsize,
     metrics: LeaseMetrics,
 }
 
@@ -277,19 +285,74 @@ impl ConcurrencyLimiter {
 
     fn build(s: Settings) -> Self {
         let shards = std::thread::available_parallelism().map_or(4, usize::from) * 4;
+        let counts = Arc::new(Counts {
+            name: s.name,
+            per_key: Table::new(shards, s.max_keys),
+            total: AtomicUsize::new(0),
+            metrics: LeaseMetrics::default(),
+        });
+        Self::with_counts(s, counts)
+    }
+
+    fn with_counts(s: Settings, counts: Arc<Counts>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 name: s.name,
                 per_key_cap: s.per_key_cap,
                 global_cap: s.global_cap,
-                per_key: Table::new(shards, s.max_keys),
                 max_keys: s.max_keys,
-                total: AtomicUsize::new(0),
                 shared: s.shared,
                 failure: s.failure,
-                metrics: LeaseMetrics::default(),
+                counts,
             }),
         }
+    }
+
+    /// This limiter counting on with `previous`'s places: the leases `previous` gave out count
+    /// against this limiter's caps, and give their places back to it when dropped; this
+    /// limiter's caps apply from its next lease. A lower cap than the places held refuses new
+    /// leases until enough are given back; none is taken away. Used when a new configuration
+    /// replaces a running one ([`LiveEngine`](crate::live::LiveEngine)), so that the requests and
+    /// sockets open across a reload stay counted. The per-key table is `previous`'s, with its
+    /// bound on keys.
+    ///
+    /// ```
+    /// use tollgate::{ConcurrencyLimiter, Key};
+    ///
+    /// let old = ConcurrencyLimiter::new("uploads").per_key(3);
+    /// let _a = old.try_acquire(Key::Text("alice")).unwrap();
+    /// let _b = old.try_acquire(Key::Text("alice")).unwrap();
+    /// let new = ConcurrencyLimiter::new("uploads").per_key(2).keeping_counts_of(&old);
+    /// assert_eq!(new.in_use_by(Key::Text("alice")), 2);
+    /// assert!(new.try_acquire(Key::Text("alice")).is_err(), "2 held, 2 allowed");
+    /// drop(_a);
+    /// assert!(new.try_acquire(Key::Text("alice")).is_ok());
+    /// ```
+    #[must_use]
+    pub fn keeping_counts_of(&self, previous: &ConcurrencyLimiter) -> Self {
+        let settings = Settings { max_keys: previous.inner.max_keys, ..self.settings() };
+        Self::with_counts(settings, Arc::clone(&previous.inner.counts))
+    }
+
+    /// Whether `self` and `other` count the same places (clones, or one
+    /// [keeping the counts](Self::keeping_counts_of) of the other).
+    pub fn shares_counts_with(&self, other: &ConcurrencyLimiter) -> bool {
+        Arc::ptr_eq(&self.inner.counts, &other.inner.counts)
+    }
+
+    /// Whether `self` and `other` are one limiter (clones of it), not merely alike.
+    pub(crate) fn same(&self, other: &ConcurrencyLimiter) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The most leases one key may hold, if capped.
+    pub fn per_key_cap(&self) -> Option<u32> {
+        self.inner.per_key_cap
+    }
+
+    /// The most leases held in all, if capped.
+    pub fn global_cap(&self) -> Option<u32> {
+        self.inner.global_cap
     }
 
     /// At most `n` at once per key.
@@ -318,7 +381,7 @@ impl ConcurrencyLimiter {
     /// The most keys the per-key table tracks (the bound of [`Self::max_keys`] with each shard's
     /// slack).
     pub fn key_capacity(&self) -> usize {
-        self.inner.per_key.capacity()
+        self.inner.counts.per_key.capacity()
     }
 
     /// Counts the leases in `store`, shared by every instance using it under this limiter's
@@ -367,13 +430,13 @@ impl ConcurrencyLimiter {
 
     /// How many leases this process holds in all (shared ones included).
     pub fn in_use(&self) -> usize {
-        self.inner.total.load(Ordering::Acquire)
+        self.inner.counts.total.load(Ordering::Acquire)
     }
 
     /// How many leases `key` holds in this process (shared ones included; other instances'
     /// are in the store).
     pub fn in_use_by(&self, key: Key<'_>) -> u32 {
-        self.inner.per_key.get(&key, |c| c.load(Ordering::Acquire)).unwrap_or(0)
+        self.inner.counts.per_key.get(&key, |c| c.load(Ordering::Acquire)).unwrap_or(0)
     }
 
     /// Takes a place for `key`: from the shared store when there is one — after taking it in
@@ -419,22 +482,26 @@ impl ConcurrencyLimiter {
     /// does): use [`Self::acquire`].
     pub fn try_acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
         let inner = &self.inner;
+        let counts = &inner.counts;
         let denied = |scope, limit| {
             observe::lease_refused(inner.name, scope);
             ConcurrencyDenied { name: inner.name, scope, limit }
         };
         // Counted globally even without a global cap, for `in_use`.
         let global_cap = inner.global_cap.map_or(usize::MAX, |g| g as usize);
-        if inner.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < global_cap).then_some(n + 1)).is_err()
+        if counts
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < global_cap).then_some(n + 1))
+            .is_err()
         {
             return Err(denied(ConcurrencyScope::Global, inner.global_cap.unwrap_or(0)));
         }
-        inner.metrics.leases(inner.name, 1);
+        counts.metrics.leases(counts.name, 1);
         // From here the global place is held by `lease`: any early return gives it back.
         let mut lease =
-            ConnectionLease { kind: LeaseKind::Memory { limiter: Arc::clone(inner), key: None, global: true } };
+            ConnectionLease { kind: LeaseKind::Memory { counts: Arc::clone(counts), key: None, global: true } };
         let Some(cap) = inner.per_key_cap else { return Ok(lease) };
-        let got = inner.per_key.with(
+        let got = counts.per_key.with(
             &key,
             0,
             |c, _| c.load(Ordering::Acquire) == 0,

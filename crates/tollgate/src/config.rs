@@ -156,7 +156,7 @@ pub enum StoreKind {
 }
 
 /// `[store]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `memory` (default) or `redis`.
@@ -221,6 +221,12 @@ pub struct PolicyConfig {
     /// Keys always refused: IP addresses, networks or identities.
     #[serde(default)]
     pub deny: Vec<String>,
+    /// Clients put in a tier by key: `{ "alice" = "pro", "203.0.113.9" = "free" }`. Each limit
+    /// with that tier gives the key (an identity, IP address or header value, matched against the
+    /// limit's key) the tier's quota, whatever tier the application attached to the request; a
+    /// limit without the tier gives its default quota. A limit's own `key_quotas` come first.
+    #[serde(default)]
+    pub key_tiers: BTreeMap<String, String>,
 }
 
 /// What a limit counts by, as written: `global`, `ip`, `identity`, `route`, `custom` or
@@ -318,6 +324,10 @@ pub struct LimitConfig {
     /// Quotas per tier.
     #[serde(default)]
     pub tiers: BTreeMap<String, Quota>,
+    /// Quotas of single keys (an identity, IP address or header value, matched against the
+    /// limit's key): `{ "203.0.113.9" = "1000/min" }`. They come before tiers.
+    #[serde(default)]
+    pub key_quotas: BTreeMap<String, Quota>,
 }
 
 fn default_v6_prefix() -> u8 {
@@ -623,7 +633,26 @@ impl Config {
             for (tier, q) in &l.tiers {
                 limit = limit.tier(tier, *q);
             }
+            let kind = limit.key_kind().clone();
+            for (key, q) in &l.key_quotas {
+                limit = limit.override_key(config_key(key, &kind), *q);
+            }
+            // After the limit's own key quotas, which take precedence.
+            for (key, tier) in &p.key_tiers {
+                if let Some(q) = l.tiers.get(tier) {
+                    limit = limit.override_key(config_key(key, &kind), *q);
+                }
+            }
             b = b.limit(limit);
+        }
+        for (key, tier) in &p.key_tiers {
+            if !p.limits.iter().any(|l| l.tiers.contains_key(tier)) {
+                return Err(Error::config(
+                    format!("policies.{name}.key_tiers.{key:?}"),
+                    format!("{tier:?}"),
+                    "no limit of this policy has this tier",
+                ));
+            }
         }
         Ok(b)
     }
@@ -794,6 +823,19 @@ impl Config {
             Some(n) => limiter.max_keys(n),
             None => limiter,
         }
+    }
+}
+
+/// The key a limit counted by `kind` has for `text`, as written in `key_quotas` or `key_tiers`:
+/// an IP address as the limit groups it (IPv6 by its prefix), a header's value as the bytes a
+/// request's header resolves to, anything else as text (an identity, a route, a custom key).
+fn config_key(text: &str, kind: &KeyKind) -> OwnedKey {
+    match (kind, text.parse::<std::net::IpAddr>()) {
+        (KeyKind::Ip { v6_prefix } | KeyKind::Identity { v6_prefix }, Ok(ip)) => {
+            crate::Key::ip_grouped(ip, *v6_prefix).to_owned_key()
+        }
+        (KeyKind::Header(_), _) => crate::Key::Bytes(text.as_bytes()).to_owned_key(),
+        _ => crate::Key::Text(text).to_owned_key(),
     }
 }
 

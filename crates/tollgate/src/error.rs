@@ -44,6 +44,15 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A configuration file could not be watched for hot reload.
+    #[error("cannot watch configuration {path}: {source}")]
+    Watch {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

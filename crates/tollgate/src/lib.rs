@@ -39,6 +39,7 @@ pub mod error;
 pub mod headers;
 pub mod key;
 pub mod limiter;
+pub mod live;
 pub mod observe;
 pub mod policy;
 pub mod quota;

@@ -13,6 +13,7 @@
 //! | [`LEASE_REFUSALS`] `tollgate_lease_refusals_total` | counter | `limiter`, `scope` | leases refused: `per_key`, `global`, `store_unavailable` |
 //! | [`WEBSOCKET_MESSAGES`] `tollgate_websocket_messages_total` | counter | `outcome` | text and binary messages a [`MessageGate`](crate::websocket::MessageGate) decided: `allowed`, `delayed`, `dropped`, `closed` (a ping or pong flood that closes counts as `closed` too) |
 //! | [`WEBSOCKET_CLOSES`] `tollgate_websocket_closes_total` | counter | `code` | connections a gate closed, by close code (`1008`, `1009`, `1013`, `4429`), including over a message the socket refused for its own size cap, which never reaches the gate ([`MessageGate::too_large`](crate::websocket::MessageGate::too_large)) |
+//! | [`RELOADS`] `tollgate_reloads_total` | counter | `source`, `outcome` | configurations a [`LiveEngine`](crate::live::LiveEngine) was given: `source` `api` (a call), `file` (the watched file changed) or `signal` (`SIGHUP`); `outcome` `applied` or `refused` (invalid: the running limits stayed) |
 //!
 //! Label values are the names given in code or configuration, so their number is bounded by
 //! them, never by clients.
@@ -43,6 +44,8 @@ pub const LEASE_REFUSALS: &str = "tollgate_lease_refusals_total";
 pub const WEBSOCKET_MESSAGES: &str = "tollgate_websocket_messages_total";
 /// WebSocket connections closed by a gate, by `code`.
 pub const WEBSOCKET_CLOSES: &str = "tollgate_websocket_closes_total";
+/// Configurations a live engine was given, by `source` and `outcome`.
+pub const RELOADS: &str = "tollgate_reloads_total";
 
 /// Registers the help text and unit of each metric with the installed recorder (once, after
 /// installing it; a no-op without the `metrics` feature).
@@ -57,6 +60,7 @@ pub fn describe() {
         describe_counter!(LEASE_REFUSALS, "Concurrency leases refused, by limiter and scope");
         describe_counter!(WEBSOCKET_MESSAGES, "WebSocket messages decided, by outcome");
         describe_counter!(WEBSOCKET_CLOSES, "WebSocket connections closed over a limit, by close code");
+        describe_counter!(RELOADS, "Configurations given to a live engine, by source and outcome (applied, refused)");
     }
 }
 
@@ -160,6 +164,12 @@ pub(crate) fn store_failure(name: &'static str, mode: FailureMode) {
         FailureMode::Fallback => "fallback",
     };
     count(STORE_FAILURES, [("policy", name), ("mode", mode)]);
+}
+
+/// A live engine was given a configuration from `source` (`api`, `file`, `signal`): `outcome`
+/// `applied` or `refused`.
+pub(crate) fn reload(source: &'static str, outcome: &'static str) {
+    count(RELOADS, [("source", source), ("outcome", outcome)]);
 }
 
 /// A concurrency limiter's gauge of leases held, registered at its first lease.

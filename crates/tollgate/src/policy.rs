@@ -195,7 +195,7 @@ impl KeyKind {
 }
 
 /// One limit of a policy.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limit {
     name: &'static str,
     quota: Quota,
@@ -335,7 +335,7 @@ pub enum FailureMode {
 }
 
 /// A list of keys and networks (for allow- and deny-lists).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct KeyList {
     keys: Vec<OwnedKey>,
     nets: Vec<IpNet>,
@@ -490,9 +490,9 @@ impl PolicyBuilder {
             }
             let spec =
                 LimitSpec { name: limit.name.to_string(), policy: self.name.to_string(), algorithm: limit.algorithm };
-            let handle = store.register(&spec)?;
+            let handle = Arc::new(store.register(&spec)?);
             if let Some(fb) = &fallback_store {
-                fallback.push(fb.register(&spec)?);
+                fallback.push(Arc::new(fb.register(&spec)?));
             }
             limits.push(PolicyLimit { limit, handle });
         }
@@ -512,6 +512,92 @@ impl PolicyBuilder {
             }),
         })
     }
+}
+
+impl<S: Store + Clone> Policy<S> {
+    /// This policy deciding on the state of `previous`'s limits: each of its limits whose name,
+    /// key and algorithm are those of a limit of `previous` takes over that limit's state — its
+    /// counters and penalty blocks, in `previous`'s store (and local fallback) — and applies its
+    /// own quota to it from the next decision; its other limits start afresh. What `previous`
+    /// counted in limits this policy does not take over is dropped with `previous`. Used when a
+    /// new configuration replaces a running one ([`LiveEngine`](crate::live::LiveEngine)), so that
+    /// a reload forgives no client its spent quota nor its penalty.
+    ///
+    /// The state carried is the store's own: a limit's quota changing from 10/min to 5/min keeps
+    /// the key's counter (a window's count, or GCRA's time at which its bucket is full again) and
+    /// from then on compares it with 5/min.
+    ///
+    /// For GCRA (the default algorithm) that time is the share of the period the key has spent:
+    /// a key that emptied its bucket of 10/min stays refused under 5/min until its bucket would
+    /// have refilled, and one that spent 3 of 10 (18 s of the minute) has the other 42 s: 3
+    /// requests at 5/min. The window algorithms carry their counts: 3 spent of 10 are 3 of 5.
+    ///
+    /// ```
+    /// use tollgate::{Algorithm, KeyKind, Limit, Policy, RequestKeys};
+    ///
+    /// let per_ip = |quota: &str| {
+    ///     let limit = Limit::new("per_ip", quota.parse().unwrap()).key(KeyKind::ip()).algorithm(Algorithm::FixedWindow);
+    ///     Policy::builder("api").limit(limit).build()
+    /// };
+    /// let old = per_ip("3/min")?;
+    /// let keys = RequestKeys { ip: Some("192.0.2.1".parse()?), ..RequestKeys::default() };
+    /// for _ in 0..3 {
+    ///     assert!(old.try_check_now(&keys, 1).unwrap()?.allowed);
+    /// }
+    /// // The same limit with a higher quota, on the state of the old one: 3 of 5 spent.
+    /// let new = per_ip("5/min")?.keeping_state_of(&old);
+    /// assert_eq!(new.try_check_now(&keys, 1).unwrap()?.limit.unwrap().snapshot.remaining, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn keeping_state_of(&self, previous: &Policy<S>) -> Policy<S> {
+        let (new, old) = (&*self.inner, &*previous.inner);
+        let carried = |pl: &PolicyLimit<S::Limit>| old.limits.iter().position(|o| carries(&o.limit, &pl.limit));
+        let found: Vec<Option<usize>> = new.limits.iter().map(carried).collect();
+        let limits = new
+            .limits
+            .iter()
+            .zip(&found)
+            .map(|(pl, i)| PolicyLimit {
+                limit: pl.limit.clone(),
+                handle: i.map_or_else(|| Arc::clone(&pl.handle), |i| Arc::clone(&old.limits[i].handle)),
+            })
+            .collect();
+        // A carried state is read with the clock of the store it was written with.
+        let store = if found.iter().any(Option::is_some) { old.store.clone() } else { new.store.clone() };
+        let fallback = match (&new.fallback, &old.fallback) {
+            (Some((_, fresh)), Some((old_store, old_handles))) => {
+                let handles = fresh
+                    .iter()
+                    .zip(&found)
+                    .map(|(h, i)| i.map_or_else(|| Arc::clone(h), |i| Arc::clone(&old_handles[i])))
+                    .collect();
+                Some((old_store.clone(), handles))
+            }
+            (fallback, _) => fallback.clone(),
+        };
+        Policy {
+            inner: Arc::new(Inner {
+                name: new.name,
+                limits,
+                allow: new.allow.clone(),
+                deny: new.deny.clone(),
+                penalty: new.penalty,
+                dry_run: new.dry_run,
+                failure: new.failure,
+                on_violation: new.on_violation.clone(),
+                store,
+                fallback,
+                metrics: PolicyMetrics::default(),
+            }),
+        }
+    }
+}
+
+/// Whether `new` takes over the state of `old`: the same name, key and algorithm (a state
+/// counted by another key, or kept by another algorithm, means something else).
+pub(crate) fn carries(old: &Limit, new: &Limit) -> bool {
+    old.name == new.name && old.key == new.key && old.algorithm == new.algorithm
 }
 
 /// What an allowed check of `limit` under `quota` leaves for the response: its wait and, when
@@ -550,9 +636,17 @@ enum Step<'k, H> {
     Refuse,
 }
 
+/// A limit with its state's handle: shared, so that a policy built from a new configuration can
+/// decide on the state of the running one's limit ([`Policy::keeping_state_of`]).
 struct PolicyLimit<H> {
     limit: Limit,
-    handle: H,
+    handle: Arc<H>,
+}
+
+impl<H> Clone for PolicyLimit<H> {
+    fn clone(&self) -> Self {
+        Self { limit: self.limit.clone(), handle: Arc::clone(&self.handle) }
+    }
 }
 
 struct Inner<S: Store> {
@@ -565,7 +659,7 @@ struct Inner<S: Store> {
     failure: FailureMode,
     on_violation: Option<ViolationHook>,
     store: S,
-    fallback: Option<(MemoryStore, Vec<crate::store::memory::MemoryLimit>)>,
+    fallback: Option<(MemoryStore, Vec<Arc<MemoryLimit>>)>,
     metrics: PolicyMetrics,
 }
 
@@ -637,6 +731,63 @@ impl<S: Store> Policy<S> {
     /// Its store.
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// Whether `other` applies the same settings besides its limits: allow- and deny-lists,
+    /// penalty, dry-run and failure mode (what a reload reports as changed besides quotas).
+    pub(crate) fn same_settings(&self, other: &Policy<S>) -> bool {
+        let (a, b) = (&*self.inner, &*other.inner);
+        a.allow == b.allow
+            && a.deny == b.deny
+            && a.penalty == b.penalty
+            && a.dry_run == b.dry_run
+            && a.failure == b.failure
+    }
+
+    /// Whether `self` and `other` are one policy (clones of it), not merely alike.
+    pub(crate) fn same(&self, other: &Policy<S>) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Lifts the penalty block of `key` on the limit `limit` (see [`PolicyBuilder::penalty`]):
+    /// its next request is decided by the limit's quota alone. Lifting a block that is not there
+    /// does nothing. Errors when the policy has no such limit, or the store fails or cannot lift
+    /// blocks ([`Store::unblock`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Key, KeyKind, Limit, Policy, Reason, RequestKeys};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let policy = Policy::builder("api")
+    ///     .limit(Limit::new("per_ip", "1/s".parse()?).key(KeyKind::ip()))
+    ///     .penalty(Duration::from_secs(600))
+    ///     .build()?;
+    /// let ip = "192.0.2.1".parse()?;
+    /// let keys = RequestKeys { ip: Some(ip), ..RequestKeys::default() };
+    /// assert!(policy.check(&keys, 1).await?.allowed);
+    /// assert_eq!(policy.check(&keys, 1).await?.reason, Reason::RateLimited); // blocked for 10 min
+    /// policy.lift_penalty("per_ip", Key::Ip(ip)).await?;
+    /// assert_ne!(policy.check(&keys, 1).await?.reason, Reason::Blocked);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn lift_penalty(&self, limit: &str, key: Key<'_>) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let Some(i) = inner.limits.iter().position(|l| l.limit.name == limit) else {
+            return Err(Error::config(
+                format!("policies.{}.limits", inner.name),
+                format!("{limit:?}"),
+                "no such limit",
+            ));
+        };
+        if let Some((store, handles)) = &inner.fallback {
+            // Blocks recorded while the shared store was down live in the local fallback.
+            store.unblock_now(&handles[i], key);
+        }
+        inner.store.unblock(&inner.limits[i].handle, key).await?;
+        tracing::info!(policy = inner.name, limit, key = ?key.to_owned_key(), "tollgate lifted a penalty");
+        Ok(())
     }
 
     /// Checks a request of `cost` (1 for a request; bytes for a byte limit) against every limit.
@@ -840,7 +991,7 @@ impl<S: Store> Policy<S> {
         with_headers: bool,
     ) -> Option<Result<Admitted, Decision>> {
         let memory = (&self.inner.store as &dyn Any).downcast_ref::<MemoryStore>()?;
-        let limit = (&one.handle as &dyn Any).downcast_ref::<MemoryLimit>()?;
+        let limit = (&*one.handle as &dyn Any).downcast_ref::<MemoryLimit>()?;
         // `limit_check`'s rules, inline: through it (its `Step` and `Check`) this path costs about
         // 50 instructions more. Its other outcomes (a missing key, a bad cost) go to the general path.
         let key = one.limit.key.resolve(request)?;
@@ -854,7 +1005,7 @@ impl<S: Store> Policy<S> {
             self.inner.metrics.decision(self.inner.name, Reason::Allowed);
             return Some(Ok(admitted(&one.limit, quota, &snapshot, with_headers)));
         }
-        let check = Check { limit: &one.handle, key, quota, cost, max_wait };
+        let check = Check { limit: &*one.handle, key, quota, cost, max_wait };
         Some(Err(self.concluded_one(Ok(false), request, &check, [snapshot])))
     }
 
@@ -913,7 +1064,7 @@ impl<S: Store> Policy<S> {
         if cost == 0 || u64::from(cost) > cap {
             return Err(Error::InvalidCost { cost, capacity: cap });
         }
-        Ok(Step::Check(Check { limit: &pl.handle, key, quota, cost, max_wait: pl.limit.max_wait() }))
+        Ok(Step::Check(Check { limit: &*pl.handle, key, quota, cost, max_wait: pl.limit.max_wait() }))
     }
 
     /// Fills in the checks a request needs (with each one's index in the policy's limits), or
@@ -1063,7 +1214,7 @@ impl<S: Store> Policy<S> {
                     .iter()
                     .zip(refs)
                     .map(|(c, &i)| Check {
-                        limit: &handles[i],
+                        limit: &*handles[i],
                         key: c.key,
                         quota: c.quota,
                         cost: c.cost,

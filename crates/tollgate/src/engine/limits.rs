@@ -196,6 +196,13 @@ impl<St: Store> Limits<St> {
         self.at_once
     }
 
+    /// These limits with what is derived from them brought up to date (after their parts were
+    /// replaced in place).
+    pub(crate) fn refreshed(mut self) -> Self {
+        self.refresh();
+        self
+    }
+
     /// Whether everything decides without I/O, and what the policies read of a request, so that
     /// only that is taken from it.
     fn refresh(&mut self) {

@@ -74,6 +74,7 @@
 //! ```
 
 mod body;
+mod carry;
 mod limits;
 mod plan;
 
@@ -270,6 +271,16 @@ impl<St: Store> Engine<St> {
     pub fn headers(mut self, headers: HeaderOptions) -> Self {
         self.headers = headers;
         self
+    }
+
+    /// Every route's limits with its pattern, the default limits first (without one).
+    pub(crate) fn all_limits(&self) -> impl Iterator<Item = (Option<&str>, &Limits<St>)> {
+        std::iter::once((None, &self.default)).chain(self.routes.iter().map(|r| (Some(&*r.path), &r.limits)))
+    }
+
+    /// Every route entry's pattern and methods (all when empty), in order.
+    pub(crate) fn route_entries(&self) -> impl Iterator<Item = (&str, &[Method])> {
+        self.routes.iter().map(|r| (&*r.path, &r.methods[..]))
     }
 
     /// The client-address resolver.
@@ -555,6 +566,44 @@ impl<St: Store> Engine<St> {
     /// store failed closed; rendered as a refusal (`Retry-After: 1`).
     fn concurrency_refusal(&self, denied: &ConcurrencyDenied) -> Box<Refusal> {
         Box::new(Refusal::of(&self.headers, denied.decision(), denied.status()))
+    }
+}
+
+impl<St: Store + Clone> Engine<St> {
+    /// This engine deciding on the state of `previous`'s limits, as a new configuration takes
+    /// over from a running one ([`LiveEngine`](crate::live::LiveEngine) does this on every
+    /// reload): each policy takes over the state of `previous`'s policy of the same name (see
+    /// [`Policy::keeping_state_of`]: a limit whose name, key and algorithm did not change keeps
+    /// its counters and penalty blocks, and applies its new quota from the next decision), each
+    /// concurrency limiter the places held under `previous`'s limiter of the same name
+    /// ([`ConcurrencyLimiter::keeping_counts_of`]), each WebSocket route the per-key message
+    /// state of `previous`'s route of the same pattern
+    /// ([`MessageLimits::keeping_state_of`](crate::websocket::MessageLimits::keeping_state_of)).
+    /// What only `previous` holds is released when `previous` is dropped, once the requests it
+    /// admitted are done (their leases hold what they need).
+    ///
+    /// ```
+    /// use tollgate::config::Config;
+    /// use tollgate::engine::Engine;
+    /// use tollgate::MemoryStore;
+    ///
+    /// let config = |quota: &str| -> Config {
+    ///     format!("[policies.api]\nlimits = [{{ name = \"per_ip\", quota = \"{quota}\", algorithm = \"fixed_window\" }}]\n\
+    ///              [[routes]]\npath = \"/api\"\npolicy = \"api\"").parse().unwrap()
+    /// };
+    /// let store = MemoryStore::default();
+    /// let old = Engine::from_config_with(&config("10/min"), &store)?;
+    /// let new = Engine::from_config_with(&config("5/min"), &store)?.keeping_state_of(&old);
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[must_use]
+    pub fn keeping_state_of(mut self, previous: &Engine<St>) -> Self {
+        let mut carry = carry::Carry::of(previous.all_limits());
+        self.default = carry.limits(&self.default, None);
+        for route in &mut self.routes {
+            route.limits = carry.limits(&route.limits, Some(&route.path));
+        }
+        self
     }
 }
 

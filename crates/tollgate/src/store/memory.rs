@@ -535,6 +535,15 @@ impl Store for MemoryStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
         ready(self.block_now(limit, key, duration))
     }
+
+    fn unblock<'a>(
+        &'a self,
+        limit: &'a MemoryLimit,
+        key: Key<'a>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        self.unblock_now(limit, key);
+        ready(Ok(()))
+    }
 }
 
 impl MemoryStore {
@@ -552,6 +561,12 @@ impl MemoryStore {
         );
         limit.any_block.store(true, Ordering::Release);
         r.map_err(|Full| StoreError::Full(limit.blocks.capacity()))
+    }
+
+    /// Lifts the block of `key` on `limit` at once (see [`Store::unblock`]). The entry stays
+    /// until swept, ended: a block is over once its end is not after now.
+    pub fn unblock_now(&self, limit: &MemoryLimit, key: Key<'_>) {
+        limit.blocks.get(&key, |u| u.store(0, Ordering::Release));
     }
 }
 

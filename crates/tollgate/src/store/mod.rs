@@ -126,4 +126,17 @@ pub trait Store: Send + Sync + 'static {
         key: Key<'a>,
         duration: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
+
+    /// Lifts the block of `key` on `limit` ([`Store::block`]), if any: its next check is decided by
+    /// its quota alone (its counter is left as it is). An operator's action
+    /// ([`Policy::lift_penalty`](crate::Policy::lift_penalty)), never on a request's path. A
+    /// store that cannot lift blocks answers an error, the default.
+    fn unblock<'a>(
+        &'a self,
+        limit: &'a Self::Limit,
+        key: Key<'a>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        let _ = (limit, key);
+        std::future::ready(Err(StoreError::Unavailable("this store cannot lift penalty blocks".into())))
+    }
 }

@@ -245,6 +245,18 @@ impl MessageLimits {
         self
     }
 
+    /// These limits with the per-key state of `previous` (see [`PerKeyLimits::keeping_state_of`]):
+    /// a new configuration's limits of a WebSocket route counting on with the running one's.
+    /// Open connections keep the limits they were opened with; each connection's own counters
+    /// live in its gate.
+    #[must_use]
+    pub fn keeping_state_of(mut self, previous: &MessageLimits) -> Self {
+        if let Some(old) = &previous.per_key {
+            self.per_key = self.per_key.map(|new| new.keeping_state_of(old));
+        }
+        self
+    }
+
     /// Whether text messages need classifying: a classifier and some per-kind limit.
     fn classifies(&self) -> bool {
         self.classifier.is_some()

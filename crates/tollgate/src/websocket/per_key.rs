@@ -111,6 +111,40 @@ impl PerKeyLimits {
         Self { state: Self::with_state(clock, max_keys.max(1)).state, ..self }
     }
 
+    /// These limits counting on with `previous`'s state: the messages and bytes each key sent
+    /// under `previous` count against these quotas from the next message, when the two count the
+    /// same things — each kind (by name) in the same place, the same bound on keys; otherwise
+    /// these limits keep their own state (see [`PerKeyLimits::shares_state_with`]). Used when a
+    /// new configuration replaces a running one ([`LiveEngine`](crate::live::LiveEngine)).
+    ///
+    /// ```
+    /// use tollgate::websocket::PerKeyLimits;
+    ///
+    /// let old = PerKeyLimits::new();
+    /// let mut new = PerKeyLimits::new();
+    /// new.messages = Some("5/s".parse()?);
+    /// let new = new.keeping_state_of(&old);
+    /// assert!(new.shares_state_with(&old));
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[must_use]
+    pub fn keeping_state_of(mut self, previous: &PerKeyLimits) -> Self {
+        // Each key's timestamps are kept by place: messages, bytes, then the kinds in order. A
+        // kind in another place would read another kind's timestamp; more or fewer kinds at
+        // the end are room to grow into or places left unread.
+        let same_places = self.kinds.iter().zip(&previous.kinds).all(|(a, b)| a.kind == b.kind);
+        if same_places && self.state.max_keys == previous.state.max_keys {
+            self.state = Arc::clone(&previous.state);
+        }
+        self
+    }
+
+    /// Whether `self` and `other` count in one state (clones, or one
+    /// [keeping the state](Self::keeping_state_of) of the other).
+    pub fn shares_state_with(&self, other: &PerKeyLimits) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     /// The most keys tracked.
     pub fn key_capacity(&self) -> usize {
         self.state.max_keys
