@@ -10,6 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, Value};
+use tollgate::stats::{BreakerState, StoreHealth, StoreState};
 use tollgate::{Algorithm, Check, Clock, Key, LimitSpec, Quota, Snapshot, Store, StoreError};
 
 use crate::breaker::Breaker;
@@ -632,6 +633,30 @@ impl Store for RedisStore {
 
     fn supports(&self, algorithm: Algorithm, quota: &Quota) -> Result<(), StoreError> {
         validate(algorithm, quota)
+    }
+
+    /// `unavailable` while the circuit breaker is open (decisions fail fast and the policies'
+    /// failure modes decide), else `ok`; with the breaker's state, the URL, and the near
+    /// cache's counts when it is on (`near_cache_hits`: refusals answered without a round trip).
+    fn health(&self) -> StoreHealth {
+        let open = self.inner.breaker.is_open();
+        let topology = if matches!(self.inner.conn, Connection::Cluster(_)) { "cluster" } else { "single node" };
+        let mut health = StoreHealth::ok("redis").breaker(if open { BreakerState::Open } else { BreakerState::Closed });
+        health = if open {
+            health.state(StoreState::Unavailable).detail(format!(
+                "{} ({topology}): circuit breaker open, failing fast until a probe succeeds",
+                self.inner.url
+            ))
+        } else {
+            health.detail(format!("{} ({topology})", self.inner.url))
+        };
+        if let Some(near) = self.near_cache_stats() {
+            health = health
+                .counter("near_cache_hits", near.hits)
+                .counter("near_cache_entries", u64::try_from(near.entries).unwrap_or(u64::MAX))
+                .counter("near_cache_not_stored_full", near.not_stored_full);
+        }
+        health
     }
 
     fn check<'a>(

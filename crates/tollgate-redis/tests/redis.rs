@@ -9,6 +9,7 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use support::{RedisCluster, RedisServer, raw_command, redis_available};
+use tollgate::stats::{BreakerState, StoreState};
 use tollgate::{
     Algorithm, Check, ConcurrencyLimiter, ConcurrencyScope, FailureMode, Key, LeaseStore, LimitSpec, ManualClock,
     Quota, Snapshot, Store, StoreError, testing,
@@ -223,6 +224,8 @@ async fn redis_killed_then_restarted() {
     for _ in 0..5 {
         assert!(check_one(&store, &l, Key::Int(1), q).await.unwrap().allowed);
     }
+    let health = store.health();
+    assert_eq!((health.kind, health.state, health.breaker), ("redis", StoreState::Ok, Some(BreakerState::Closed)));
     server.kill();
     let mut errors = Vec::new();
     for _ in 0..3 {
@@ -233,6 +236,9 @@ async fn redis_killed_then_restarted() {
         errors.push(err.to_string());
     }
     assert!(store.is_breaker_open(), "three failures open the breaker: {errors:?}");
+    let health = store.health();
+    assert_eq!((health.state, health.breaker), (StoreState::Unavailable, Some(BreakerState::Open)), "{health:?}");
+    assert!(health.detail.is_some_and(|d| d.contains("circuit breaker open")));
     let started = Instant::now();
     for _ in 0..100 {
         let err = check_one(&store, &l, Key::Int(1), q).await.unwrap_err();
@@ -252,6 +258,7 @@ async fn redis_killed_then_restarted() {
         }
     };
     assert!(snapshot.allowed && !store.is_breaker_open());
+    assert_eq!(store.health().breaker, Some(BreakerState::Closed));
     // The restarted server is empty: this decision came from it (1000 - 1 left).
     assert_eq!(snapshot.remaining, 999);
 }

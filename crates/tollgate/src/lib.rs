@@ -25,6 +25,9 @@
 //! bodies ([`HeaderOptions`]), [`ConcurrencyLimiter`] and its [`ConnectionLease`], the stand-alone
 //! [`DirectLimiter`] and [`KeyedLimiter`], and [`Config`] (TOML).
 //!
+//! [`stats`]: what the limiter decided, who it refused most and how its stores are, as a
+//! snapshot, JSON and a live dashboard page, read from counts the decisions keep anyway.
+//!
 //! Features: `std` (default), `metrics` (decisions, store failures, leases and WebSocket verdicts
 //! through the `metrics` facade: see [`observe`]), `testing` (the store conformance suite).
 
@@ -44,6 +47,7 @@ pub mod observe;
 pub mod policy;
 pub mod quota;
 pub mod request;
+pub mod stats;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

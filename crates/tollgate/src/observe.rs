@@ -28,6 +28,7 @@
 use crate::concurrency::ConcurrencyScope;
 use crate::decision::Reason;
 use crate::policy::FailureMode;
+use crate::stats::counters::{DecisionCounters, Refusals};
 use crate::websocket::{MessageKind, Verdict};
 
 /// Policy decisions, by `policy` and `outcome`.
@@ -67,10 +68,17 @@ pub fn describe() {
 /// A policy's metric handles, registered with the recorder at its first decision (install the
 /// recorder before serving); registering on every decision would build the labels each time
 /// (about 500 instructions and an allocation per request, measured).
+///
+/// Its counts are also kept without the feature, for [`stats`](crate::stats) snapshots: one
+/// relaxed increment per decision on a counter of the thread's own.
 #[derive(Default)]
 pub(crate) struct PolicyMetrics {
     #[cfg(feature = "metrics")]
     handles: std::sync::OnceLock<PolicyHandles>,
+    /// Decisions by reason, the delayed ones and the store failures.
+    pub(crate) counts: DecisionCounters,
+    /// Refusals by limit and the most refused keys (allocated at the first refusal).
+    pub(crate) refusals: Refusals,
 }
 
 #[cfg(feature = "metrics")]
@@ -118,13 +126,14 @@ impl PolicyMetrics {
         })
     }
 
-    /// A decision of the policy `policy`.
+    /// A decision of the policy `policy`, which made the request wait when `delayed`.
     #[inline(always)]
-    pub(crate) fn decision(&self, policy: &'static str, reason: Reason) {
+    pub(crate) fn decision(&self, policy: &'static str, reason: Reason, delayed: bool) {
+        self.counts.decision(reason, delayed);
         #[cfg(feature = "metrics")]
         self.handles(policy).decisions[reason_index(reason)].increment(1);
         #[cfg(not(feature = "metrics"))]
-        let _ = (policy, reason);
+        let _ = policy;
     }
 
     /// When `Policy::check` started, if its time is measured.

@@ -43,6 +43,8 @@ use crate::quota::Quota;
 use crate::request::RequestHeaders;
 use crate::store::{Check, LimitSpec, MemoryLimit, MemoryStore, Store, StoreError};
 
+mod stats;
+
 /// The most limits one policy may hold.
 pub const MAX_LIMITS: usize = 32;
 
@@ -955,7 +957,7 @@ impl<S: Store> Policy<S> {
         let mut out = [Snapshot::EMPTY];
         let result = self.inner.store.try_check_now(checks, &mut out)?;
         if let Ok(true) = result {
-            self.inner.metrics.decision(self.inner.name, Reason::Allowed);
+            self.inner.metrics.decision(self.inner.name, Reason::Allowed, !out[0].wait.is_zero());
             return Some(Ok(allowed(&check, &out[0])));
         }
         Some(Ok(decided(self.concluded_one(result, request, &check, out))))
@@ -1002,7 +1004,7 @@ impl<S: Store> Policy<S> {
         let max_wait = one.limit.max_wait();
         let snapshot = limit.try_gcra(key, &quota, memory.now(), cost, max_wait)?;
         if snapshot.allowed {
-            self.inner.metrics.decision(self.inner.name, Reason::Allowed);
+            self.inner.metrics.decision(self.inner.name, Reason::Allowed, !snapshot.wait.is_zero());
             return Some(Ok(admitted(&one.limit, quota, &snapshot, with_headers)));
         }
         let check = Check { limit: &*one.handle, key, quota, cost, max_wait };
@@ -1175,7 +1177,7 @@ impl<S: Store> Policy<S> {
     /// the violation hook to a refusal.
     #[inline]
     fn finish(&self, mut decision: Decision, request: &RequestKeys<'_>) -> Decision {
-        self.inner.metrics.decision(self.inner.name, decision.reason);
+        self.inner.metrics.decision(self.inner.name, decision.reason, !decision.wait.is_zero());
         if !decision.allowed {
             self.refused(&mut decision, request);
         }
@@ -1186,6 +1188,7 @@ impl<S: Store> Policy<S> {
     #[cold]
     fn refused(&self, decision: &mut Decision, request: &RequestKeys<'_>) {
         {
+            self.count_refusal(decision, request);
             tracing::debug!(policy = %decision.policy, reason = decision.reason.as_str(),
                 limit = decision.limit.as_ref().map(|l| l.name), "tollgate refused a request");
             if let Some(hook) = &self.inner.on_violation {
@@ -1208,6 +1211,7 @@ impl<S: Store> Policy<S> {
     ) -> Decision {
         tracing::warn!(policy = %self.inner.name, error = %err, mode = ?self.inner.failure, "tollgate store failed");
         observe::store_failure(self.inner.name, self.inner.failure);
+        self.inner.metrics.counts.store_failure();
         match (&self.inner.fallback, self.inner.failure) {
             (Some((store, handles)), FailureMode::Fallback) => {
                 let local: Checks<'_, _> = checks

@@ -77,6 +77,7 @@ mod body;
 mod carry;
 mod limits;
 mod plan;
+mod stats;
 
 pub use body::{BodyCharge, ChargeFuture};
 pub use limits::{Limits, WebSocketLimits};
@@ -98,6 +99,7 @@ use crate::headers::HeaderOptions;
 use crate::key::Key;
 use crate::policy::{KeyKind, Policy, RequestKeys};
 use crate::request::RequestView;
+use crate::stats::counters::LeaseRefusals;
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::websocket::UpgradeLease;
 
@@ -113,6 +115,8 @@ pub struct Engine<St: Store = MemoryStore> {
     resolver: ClientIpResolver,
     lease_key: KeyKind,
     headers: HeaderOptions,
+    /// The leases refused, by limiter and key, for [`Engine::stats`] (clones share them).
+    lease_refusals: Arc<LeaseRefusals>,
 }
 
 struct RouteEntry<St: Store> {
@@ -146,6 +150,7 @@ impl<St: Store> Clone for Engine<St> {
             resolver: self.resolver.clone(),
             lease_key: self.lease_key.clone(),
             headers: self.headers,
+            lease_refusals: Arc::clone(&self.lease_refusals),
         }
     }
 }
@@ -180,6 +185,7 @@ impl<St: Store> Engine<St> {
             resolver: ClientIpResolver::new(),
             lease_key: KeyKind::ip(),
             headers: HeaderOptions::default(),
+            lease_refusals: Arc::default(),
         }
     }
 
@@ -531,10 +537,15 @@ impl<St: Store> Engine<St> {
 
     fn take_leases(&self, limits: &Limits<St>, keys: &RequestKeys<'_>) -> Result<Option<Box<Leases>>, Box<Refusal>> {
         let (in_flight, websocket) = self.lease_plan(limits, keys);
-        let refuse = |denied| self.concurrency_refusal(&denied);
-        let lease = in_flight.map(|(limiter, key)| limiter.try_acquire(key)).transpose().map_err(refuse)?;
+        let refuse = |denied, key| self.concurrency_refusal(&denied, key);
+        let lease = match in_flight {
+            Some((limiter, key)) => Some(limiter.try_acquire(key).map_err(|d| refuse(d, key))?),
+            None => None,
+        };
         let upgrade = match websocket {
-            Some((ws, key)) => Some(upgrade_lease(ws, ws.connections.try_acquire(key).map_err(refuse)?, key)),
+            Some((ws, key)) => {
+                Some(upgrade_lease(ws, ws.connections.try_acquire(key).map_err(|d| refuse(d, key))?, key))
+            }
             None => None,
         };
         Ok(Leases::boxed(lease, upgrade))
@@ -550,21 +561,24 @@ impl<St: Store> Engine<St> {
             return Ok(None);
         }
         let (in_flight, websocket) = self.lease_plan(limits, keys);
-        let refuse = |denied| self.concurrency_refusal(&denied);
+        let refuse = |denied, key| self.concurrency_refusal(&denied, key);
         let lease = match in_flight {
-            Some((limiter, key)) => Some(limiter.acquire(key).await.map_err(refuse)?),
+            Some((limiter, key)) => Some(limiter.acquire(key).await.map_err(|d| refuse(d, key))?),
             None => None,
         };
         let upgrade = match websocket {
-            Some((ws, key)) => Some(upgrade_lease(ws, ws.connections.acquire(key).await.map_err(refuse)?, key)),
+            Some((ws, key)) => {
+                Some(upgrade_lease(ws, ws.connections.acquire(key).await.map_err(|d| refuse(d, key))?, key))
+            }
             None => None,
         };
         Ok(Leases::boxed(lease, upgrade))
     }
 
     /// 429 when the key holds its maximum, 503 when the global cap is full or the shared lease
-    /// store failed closed; rendered as a refusal (`Retry-After: 1`).
-    fn concurrency_refusal(&self, denied: &ConcurrencyDenied) -> Box<Refusal> {
+    /// store failed closed; rendered as a refusal (`Retry-After: 1`), counted against `key`.
+    fn concurrency_refusal(&self, denied: &ConcurrencyDenied, key: Key<'_>) -> Box<Refusal> {
+        self.count_lease_refusal(denied, key);
         Box::new(Refusal::of(&self.headers, denied.decision(), denied.status()))
     }
 }

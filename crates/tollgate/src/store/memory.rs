@@ -23,6 +23,7 @@ use crate::algorithm::{Algorithm, Meter, Mode, Snapshot, capacity, d, nanos};
 use crate::clock::{Clock, MonotonicClock};
 use crate::key::{Key, OwnedKey};
 use crate::quota::Quota;
+use crate::stats::StoreHealth;
 
 /// What the store does with a new key when it already tracks its maximum number of keys and
 /// none of them is idle.
@@ -525,6 +526,14 @@ impl Store for MemoryStore {
 
     fn try_block_now(&self, limit: &MemoryLimit, key: Key<'_>, duration: Duration) -> Option<Result<(), StoreError>> {
         Some(self.block_now(limit, key, duration))
+    }
+
+    fn health(&self) -> StoreHealth {
+        StoreHealth::ok("memory").counter("max_keys_per_limit", u64::try_from(self.inner.max_keys).unwrap_or(u64::MAX))
+    }
+
+    fn tracked_keys(&self, limit: &MemoryLimit) -> Option<u64> {
+        Some(u64::try_from(limit.len()).unwrap_or(u64::MAX))
     }
 
     fn block<'a>(

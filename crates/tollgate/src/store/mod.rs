@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::algorithm::{Algorithm, Snapshot};
 use crate::key::Key;
 use crate::quota::Quota;
+use crate::stats::StoreHealth;
 
 pub mod memory;
 pub(crate) mod table;
@@ -115,6 +116,20 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::block`] without a future, when the store can (see [`Store::try_check_now`]).
     fn try_block_now(&self, limit: &Self::Limit, key: Key<'_>, duration: Duration) -> Option<Result<(), StoreError>> {
         let _ = (limit, key, duration);
+        None
+    }
+
+    /// How the store is doing, for [stats snapshots](crate::stats) (its breaker, its cache):
+    /// asked once per snapshot, never on a request's path. A store that decides in this process
+    /// is always [`StoreHealth::ok`], the default.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::ok("custom")
+    }
+
+    /// How many keys `limit` tracks here, for [stats snapshots](crate::stats); `None` (the
+    /// default) when the store cannot tell cheaply (a shared store holds them elsewhere).
+    fn tracked_keys(&self, limit: &Self::Limit) -> Option<u64> {
+        let _ = limit;
         None
     }
 
