@@ -1,10 +1,11 @@
 //! A body's bytes charged while it streams: the [`BodyCharge`] of a request admitted before its
-//! body's length was known.
+//! body's length was known, and the [`BodyCounter`] every adapter counts a streaming body with.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -73,6 +74,150 @@ impl fmt::Debug for BodyCharge {
     }
 }
 
+/// A request body counted while it streams, part by part as the application reads it: against
+/// the route's largest body ([`Admit::max_body`](super::Admit::max_body)) and, for a body whose
+/// length was not known up front, charging the body-bytes limit
+/// ([`Admit::body_bytes`](super::Admit::body_bytes)). What decides for each part, once for every
+/// adapter: the adapter passes the length of each part it reads to [`BodyCounter::count`], and
+/// reads on (its end included) only once [`BodyCounter::poll_ready`] is ready — a part's charge
+/// decided by a store with I/O, the delay action's wait. A refusal cuts the body off: the adapter
+/// ends the body with an error for the application and answers the refusal instead of the
+/// application's response.
+pub struct BodyCounter {
+    max: Option<u64>,
+    charge: Option<BodyCharge>,
+    options: HeaderOptions,
+    sleep: Sleep,
+    read: u64,
+    pending: Option<Pending>,
+    cut_off: bool,
+}
+
+/// How an adapter waits on its runtime's timer: a future ready after the given time, e.g.
+/// `|wait| Box::pin(tokio::time::sleep(wait))`. The core has no timer of its own.
+pub type Sleep = fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the body finishes before it reads on.
+enum Pending {
+    /// The last part's charge, being decided by a store with I/O.
+    Deciding(ChargeFuture),
+    /// The delay action's wait after it.
+    Waiting(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl BodyCounter {
+    /// The counter of a body admitted with `max_body` and `charge` (the plan's
+    /// [`Admit::max_body`](super::Admit::max_body) and [`Admit::body_bytes`](super::Admit::body_bytes)),
+    /// its refusals rendered in the `options` style, waiting with `sleep`. `None` when there is
+    /// nothing to count: the body is passed on as it is.
+    #[inline]
+    pub fn new(
+        max_body: Option<u64>,
+        charge: Option<BodyCharge>,
+        options: &HeaderOptions,
+        sleep: Sleep,
+    ) -> Option<Self> {
+        if max_body.is_none() && charge.is_none() {
+            return None;
+        }
+        Some(Self { max: max_body, charge, options: *options, sleep, read: 0, pending: None, cut_off: false })
+    }
+
+    /// Counts the part of `len` bytes just read. `Ok`: pass it on, and read on once
+    /// [`BodyCounter::poll_ready`] is. `Err`: the body is cut off here, this part with it (and
+    /// not charged): 413 past the largest body, or the body-bytes limit's refusal — 429 over the
+    /// budget, 413 for more than it can ever admit. Once cut off, nothing more is counted.
+    pub fn count(&mut self, len: u64) -> Result<(), Box<Refusal>> {
+        if self.cut_off {
+            return Ok(());
+        }
+        self.read = self.read.saturating_add(len);
+        if let Some(max) = self.max
+            && self.read > max
+        {
+            return Err(self.cut_off(Box::new(Refusal::body_too_large(&self.options, max))));
+        }
+        let Some(charge) = &self.charge else { return Ok(()) };
+        match charge.try_charge_now(len) {
+            Some(Ok(wait)) => self.wait(wait),
+            Some(Err(refusal)) => return Err(self.cut_off(refusal)),
+            // Passed on now and decided before the next read, so that a part is not held back
+            // for a store's round trip.
+            None => self.pending = Some(Pending::Deciding(charge.charge(len))),
+        }
+        Ok(())
+    }
+
+    /// Finishes what the last part left — its charge being decided, the delay action's wait:
+    /// ready with `Ok` when the body may read on, or with the refusal that cuts it off.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Box<Refusal>>> {
+        while let Some(pending) = &mut self.pending {
+            match pending {
+                Pending::Deciding(charge) => {
+                    let answer = ready!(charge.as_mut().poll(cx));
+                    self.pending = None;
+                    match answer {
+                        Ok(wait) => self.wait(wait),
+                        Err(refusal) => return Poll::Ready(Err(self.cut_off(refusal))),
+                    }
+                }
+                Pending::Waiting(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    self.pending = None;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether the last part left something to finish ([`BodyCounter::poll_ready`] before the
+    /// body may end cleanly).
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether a refusal cut the body off.
+    pub fn is_cut_off(&self) -> bool {
+        self.cut_off
+    }
+
+    /// The bytes read so far, the part that cut the body off included.
+    pub fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// The route's largest body, when the body passed it: what cut it off (413), for an
+    /// adapter's error that names it.
+    pub fn passed_max_body(&self) -> Option<u64> {
+        self.max.filter(|&max| self.read > max)
+    }
+
+    fn wait(&mut self, wait: Duration) {
+        if !wait.is_zero() {
+            self.pending = Some(Pending::Waiting((self.sleep)(wait)));
+        }
+    }
+
+    #[cold]
+    fn cut_off(&mut self, refusal: Box<Refusal>) -> Box<Refusal> {
+        self.cut_off = true;
+        self.pending = None;
+        refusal
+    }
+}
+
+impl fmt::Debug for BodyCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyCounter")
+            .field("max", &self.max)
+            .field("charge", &self.charge)
+            .field("read", &self.read)
+            .field("pending", &self.pending.is_some())
+            .field("cut_off", &self.cut_off)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A part's length as a policy's cost: a part over `u32::MAX` bytes is over every limit's
 /// capacity, and stays so.
 fn cost(bytes: u64) -> u32 {
@@ -136,13 +281,18 @@ impl<St: Store> Charging<St> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use std::future::Future;
     use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
     use http::Request;
 
+    use super::BodyCounter;
     use crate::engine::{Engine, Limits};
     use crate::request::HttpView;
-    use crate::{KeyKind, Limit, Policy};
+    use crate::{KeyKind, Limit, OnExceed, Policy};
 
     fn engine() -> Engine {
         let bytes = |quota: &str| {
@@ -250,6 +400,96 @@ mod tests {
         let view = HttpView::<_>::of(&bob, || None).counting_body();
         let charge = engine.check_now(engine.limits_for(&view), &view).unwrap().body_bytes.unwrap();
         assert!(charge.try_charge_now(100).unwrap().is_ok());
+    }
+
+    /// How long the counters of this module's tests were asked to wait, in milliseconds.
+    static WAITED_MS: AtomicU64 = AtomicU64::new(0);
+
+    /// A timer that records the wait and is ready at once (the adapters pass their runtime's).
+    fn sleep(wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        WAITED_MS.fetch_add(u64::try_from(wait.as_millis()).unwrap(), Ordering::SeqCst);
+        Box::pin(std::future::ready(()))
+    }
+
+    #[test]
+    fn the_counter_cuts_a_body_off_past_the_largest_body_and_over_the_budget() {
+        let engine = engine();
+        let options = *engine.header_options();
+        assert!(BodyCounter::new(None, None, &options, sleep).is_none(), "nothing to count");
+        let post = h2("POST", "/both", None);
+        let view = HttpView::<_>::of(&post, || None).counting_body();
+        let limits = engine.limits_for(&view);
+        let counter = || {
+            let admit = engine.check_now(limits, &view).unwrap();
+            BodyCounter::new(admit.max_body, admit.body_bytes, &options, sleep).unwrap()
+        };
+
+        // Past the largest body: 413, the part that passes it not charged.
+        let mut first = counter();
+        assert!(first.count(600).is_ok());
+        let refusal = first.count(600).unwrap_err();
+        assert_eq!(
+            (refusal.status().as_u16(), &refusal.render().1[..]),
+            (413, &br#"{"error":"payload_too_large","limit":1024}"#[..])
+        );
+        assert!(first.is_cut_off());
+        assert_eq!((first.read(), first.passed_max_body()), (1200, Some(1024)));
+        assert!(first.count(10).is_ok(), "nothing counted once cut off");
+        assert_eq!(first.read(), 1200);
+
+        // 600 charged of 4096: three bodies of 1000 more pass, the fourth is refused at its part
+        // over the budget.
+        for _ in 0..3 {
+            let mut counter = counter();
+            assert!(counter.count(1000).is_ok());
+            assert!(!counter.is_pending(), "the in-memory store decides at once");
+        }
+        let mut last = counter();
+        assert!(last.count(400).is_ok());
+        let refusal = last.count(400).unwrap_err();
+        assert_eq!(refusal.status(), 429);
+        assert_eq!(refusal.decision().map(|d| d.policy), Some("body_bytes"));
+        assert_eq!((last.is_cut_off(), last.passed_max_body()), (true, None));
+    }
+
+    #[test]
+    fn the_counter_of_a_length_charged_up_front_counts_the_largest_body_alone() {
+        let engine = engine();
+        let mut declared = h2("POST", "/both", None);
+        declared.headers_mut().insert("content-length", "1000".parse().unwrap());
+        let view = HttpView::<_>::of(&declared, || None).counting_body();
+        let admit = engine.check_now(engine.limits_for(&view), &view).unwrap();
+        let mut counter = BodyCounter::new(admit.max_body, admit.body_bytes, engine.header_options(), sleep).unwrap();
+        // Nothing charged while it streams: 3096 of 4096 are left however much of it is read.
+        assert!(counter.count(1000).is_ok());
+        assert_eq!(counter.count(100).unwrap_err().status(), 413, "a body longer than it said");
+        let get = h2("GET", "/both", None);
+        let view = HttpView::<_>::of(&get, || None).counting_body();
+        let charge = engine.check_now(engine.limits_for(&view), &view).unwrap().body_bytes.unwrap();
+        assert!(charge.try_charge_now(3096).unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_part_a_delaying_budget_admits_later_is_waited_for() {
+        let delay = OnExceed::Delay { max_wait: Duration::from_secs(5) };
+        let policy = Policy::builder("body_bytes")
+            .limit(Limit::new("body_bytes", "10/s".parse().unwrap()).key(KeyKind::ip()).on_exceed(delay))
+            .build()
+            .unwrap();
+        let engine = Engine::new(Limits::new().body_bytes(policy));
+        let post = h2("POST", "/", None);
+        let view = HttpView::<_>::of(&post, || None).counting_body();
+        let admit = engine.check_now(engine.limits_for(&view), &view).unwrap();
+        let mut counter = BodyCounter::new(None, admit.body_bytes, engine.header_options(), sleep).unwrap();
+        assert!(counter.count(10).is_ok());
+        assert!(!counter.is_pending(), "within the burst");
+        assert!(counter.count(6).is_ok());
+        assert!(counter.is_pending(), "the 6 bytes wait for room");
+        std::future::poll_fn(|cx| counter.poll_ready(cx)).await.unwrap();
+        assert!(!counter.is_pending());
+        // 10 bytes a second, 10 at once: the 6 more wait about 0.6 s (less what passed since).
+        let waited = WAITED_MS.load(Ordering::SeqCst);
+        assert!((400..=600).contains(&waited), "{waited} ms");
     }
 
     #[tokio::test]
