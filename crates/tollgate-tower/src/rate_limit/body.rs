@@ -5,14 +5,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
-use tollgate::engine::{BodyCharge, ChargeFuture, Refusal};
-use tollgate::{ConnectionLease, HeaderOptions};
+use tollgate::ConnectionLease;
+use tollgate::engine::{BodyCounter, Refusal};
 
 use super::bodies::BoxError;
 use super::layer::{RefusalHook, response};
@@ -37,51 +38,38 @@ pub enum BodyError {
     },
 }
 
-/// Where a request body counted while it streams and its response future meet: the limits the
-/// body is counted against, how far it got, and the refusal it leaves when it cuts itself off,
-/// which the future answers with instead of the inner service's response. Only on routes with
-/// body limits: the body on other routes carries none, and is no larger than the client's body
-/// and a pointer.
+/// Where a request body counted while it streams and its response future meet: the core's
+/// [`BodyCounter`], which decides for each part, and the refusal the body leaves when it cuts
+/// itself off, which the future answers with instead of the inner service's response. Only on
+/// routes with body limits: the body on other routes carries none, and is no larger than the
+/// client's body and a pointer.
 pub(crate) struct BodyMeter {
-    max: Option<u64>,
-    charge: Option<BodyCharge>,
-    options: HeaderOptions,
     hook: Option<RefusalHook>,
     // Locked by the body for each part it reads, and by the response future once.
     progress: Mutex<Progress>,
 }
 
 /// How far a body counted while it streams got.
-#[derive(Default)]
 struct Progress {
-    read: u64,
-    /// What the body finishes before it reads on.
-    pending: Option<Pending>,
+    counter: BodyCounter,
     /// The refusal it was cut off with, until the response future takes it.
     refusal: Option<Box<Refusal>>,
-    cut_off: bool,
-}
-
-/// A part's charge still being decided (a store with I/O), or the delay action's wait after it.
-enum Pending {
-    Charge(ChargeFuture),
-    Wait(Pin<Box<tokio::time::Sleep>>),
 }
 
 impl fmt::Debug for BodyMeter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BodyMeter").field("max", &self.max).field("charge", &self.charge).finish_non_exhaustive()
+        let mut debug = f.debug_struct("BodyMeter");
+        // Not waiting for the body's reader to show how far it got.
+        if let Ok(progress) = self.progress.try_lock() {
+            debug.field("counter", &progress.counter);
+        }
+        debug.finish_non_exhaustive()
     }
 }
 
 impl BodyMeter {
-    pub(crate) fn new(
-        max: Option<u64>,
-        charge: Option<BodyCharge>,
-        options: HeaderOptions,
-        hook: Option<RefusalHook>,
-    ) -> Self {
-        Self { max, charge, options, hook, progress: Mutex::default() }
+    pub(crate) fn new(counter: BodyCounter, hook: Option<RefusalHook>) -> Self {
+        Self { hook, progress: Mutex::new(Progress { counter, refusal: None }) }
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
@@ -93,64 +81,24 @@ impl BodyMeter {
         let refusal = self.progress().refusal.take()?;
         Some(response(&refusal, self.hook.as_ref()))
     }
-
-    /// Counts the part of `len` bytes just read: `Err` when it cuts the body off (charged, when it
-    /// goes on; its charge may be decided on the next poll).
-    fn count(&self, progress: &mut Progress, len: u64) -> Result<(), BoxError> {
-        progress.read = progress.read.saturating_add(len);
-        if let Some(max) = self.max
-            && progress.read > max
-        {
-            let refusal = Box::new(Refusal::body_too_large(&self.options, max));
-            return Err(progress.cut_off(refusal, BodyError::TooLarge { max }));
-        }
-        if let Some(charge) = &self.charge {
-            progress.pending = match charge.try_charge_now(len) {
-                Some(Ok(wait)) if wait.is_zero() => None,
-                Some(Ok(wait)) => Some(Pending::Wait(Box::pin(tokio::time::sleep(wait)))),
-                Some(Err(refusal)) => return Err(progress.charge_refused(refusal)),
-                None => Some(Pending::Charge(charge.charge(len))),
-            };
-        }
-        Ok(())
-    }
 }
 
 impl Progress {
-    /// Finishes what is pending: `Ok` when the body may read on.
-    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        while let Some(pending) = &mut self.pending {
-            self.pending = match pending {
-                Pending::Charge(charge) => match ready!(charge.as_mut().poll(cx)) {
-                    Ok(wait) if wait.is_zero() => None,
-                    Ok(wait) => Some(Pending::Wait(Box::pin(tokio::time::sleep(wait)))),
-                    Err(refusal) => {
-                        self.pending = None;
-                        return Poll::Ready(Err(self.charge_refused(refusal)));
-                    }
-                },
-                Pending::Wait(sleep) => {
-                    ready!(sleep.as_mut().poll(cx));
-                    None
-                }
-            };
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Cuts the body off: `refusal` kept for the response (the first), `error` for the reader.
+    /// Cuts the body off: `refusal` kept for the response, the error for the reader.
     #[cold]
-    fn cut_off(&mut self, refusal: Box<Refusal>, error: BodyError) -> BoxError {
-        self.cut_off = true;
+    fn cut_off(&mut self, refusal: Box<Refusal>) -> BoxError {
+        let error = match self.counter.passed_max_body() {
+            Some(max) => BodyError::TooLarge { max },
+            None => BodyError::Refused { status: refusal.status() },
+        };
         self.refusal.get_or_insert(refusal);
         Box::new(error)
     }
+}
 
-    /// [`Progress::cut_off`] by the body-bytes limit's `refusal`.
-    fn charge_refused(&mut self, refusal: Box<Refusal>) -> BoxError {
-        let status = refusal.status();
-        self.cut_off(refusal, BodyError::Refused { status })
-    }
+/// The core's timer for the delay action: tokio's.
+pub(crate) fn sleep(wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(tokio::time::sleep(wait))
 }
 
 pin_project! {
@@ -199,23 +147,24 @@ where
             return this.inner.poll_frame(cx).map_err(Into::into);
         };
         let mut progress = meter.progress();
-        if progress.cut_off {
+        if progress.counter.is_cut_off() {
             // Ended after its error, not repeating it: a reader that skips errors must not spin.
             return Poll::Ready(None);
         }
         // The last part's charge is decided before anything more is read, its end included: a
         // body over its budget never ends cleanly.
-        if let Err(err) = ready!(progress.poll_pending(cx)) {
-            return Poll::Ready(Some(Err(err)));
+        if let Err(refusal) = ready!(progress.counter.poll_ready(cx)) {
+            return Poll::Ready(Some(Err(progress.cut_off(refusal))));
         }
         let frame = match ready!(this.inner.poll_frame(cx)) {
             None => return Poll::Ready(None),
             Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
             Some(Ok(frame)) => frame,
         };
-        if let Some(data) = frame.data_ref() {
-            let len = u64::try_from(data.remaining()).unwrap_or(u64::MAX);
-            meter.count(&mut progress, len)?;
+        if let Some(data) = frame.data_ref()
+            && let Err(refusal) = progress.counter.count(u64::try_from(data.remaining()).unwrap_or(u64::MAX))
+        {
+            return Poll::Ready(Some(Err(progress.cut_off(refusal))));
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -225,14 +174,14 @@ where
             None => self.inner.is_end_stream(),
             Some(meter) => {
                 let progress = meter.progress();
-                progress.cut_off || (progress.pending.is_none() && self.inner.is_end_stream())
+                progress.counter.is_cut_off() || (!progress.counter.is_pending() && self.inner.is_end_stream())
             }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.meter {
-            Some(meter) if meter.progress().cut_off => SizeHint::with_exact(0),
+            Some(meter) if meter.progress().counter.is_cut_off() => SizeHint::with_exact(0),
             _ => self.inner.size_hint(),
         }
     }
@@ -313,7 +262,8 @@ mod tests {
     use std::net::SocketAddr;
 
     use http_body_util::{BodyExt, Empty, StreamBody};
-    use tollgate::engine::{Engine, Limits};
+    use tollgate::HeaderOptions;
+    use tollgate::engine::{BodyCharge, Engine, Limits};
     use tollgate::request::HttpView;
     use tollgate::{KeyKind, Limit, Policy};
 
@@ -326,7 +276,8 @@ mod tests {
     }
 
     fn meter(max: Option<u64>, charge: Option<BodyCharge>) -> Arc<BodyMeter> {
-        Arc::new(BodyMeter::new(max, charge, HeaderOptions::default(), None))
+        let counter = BodyCounter::new(max, charge, &HeaderOptions::default(), sleep).expect("something to count");
+        Arc::new(BodyMeter::new(counter, None))
     }
 
     /// The charge of an HTTP/2 request of unknown length on a route with 10 bytes a day.

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Response};
 use http_body_util::Full;
-use tollgate::engine::{BodyCharge, Engine, Limits, Refusal};
+use tollgate::engine::{BodyCharge, BodyCounter, Engine, Limits, Refusal};
 use tollgate::{ClientIpResolver, Decision, HeaderOptions, KeyKind, MemoryStore, Policy, Store};
 use tower::Layer;
 
 #[cfg(feature = "axum")]
 use super::bodies::AxumBody;
 use super::bodies::Wrapped;
-use super::body::BodyMeter;
+use super::body::{BodyMeter, sleep};
 use super::service::RateLimit;
 use crate::keys::KeyExtractor;
 
@@ -210,12 +210,13 @@ impl<St: Store> Config<St> {
         if max_body.is_none() && charge.is_none() {
             return None;
         }
-        Some(self.new_body_meter(max_body, charge))
+        self.new_body_meter(max_body, charge)
     }
 
     #[inline(never)]
-    fn new_body_meter(&self, max_body: Option<u64>, charge: Option<BodyCharge>) -> Arc<BodyMeter> {
-        Arc::new(BodyMeter::new(max_body, charge, *self.engine.header_options(), self.refusal.clone()))
+    fn new_body_meter(&self, max_body: Option<u64>, charge: Option<BodyCharge>) -> Option<Arc<BodyMeter>> {
+        let counter = BodyCounter::new(max_body, charge, self.engine.header_options(), sleep)?;
+        Some(Arc::new(BodyMeter::new(counter, self.refusal.clone())))
     }
 }
 
