@@ -163,6 +163,14 @@ impl<X: ExtensionKeys> RequestView for View<'_, X> {
         matches!(self.version, Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11)
     }
 
+    /// The middleware counts every payload while it streams: one of unknown length (a chunked
+    /// upload, an HTTP/2 request without `Content-Length`) is charged what it turns out to be,
+    /// never refused 411 nor charged the route's largest body.
+    #[inline]
+    fn counts_body(&self) -> bool {
+        true
+    }
+
     #[inline]
     fn identity(&self) -> Option<&str> {
         self.extensions.identity()

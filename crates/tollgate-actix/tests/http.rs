@@ -159,10 +159,156 @@ async fn body_limits_413_by_length_while_streaming_and_429_by_bytes() {
     // Within it: echoed, 40 of the 100 bytes spent.
     let ok = post(server.addr, "/echo", &[b'y'; 40]).await;
     assert_eq!((ok.status, ok.body.len()), (200, 40));
-    // Chunked, no length: charged the largest body (64 of the 60 left: refused by bytes).
-    let refused = post_chunked(server.addr, "/echo", &[b"abc"]).await;
+    // Chunked, no length: charged what it carries (3 of the 60 left), not the largest body.
+    let chunked = post_chunked(server.addr, "/echo", &[b"abc"]).await;
+    assert_eq!((chunked.status, chunked.text().as_str()), (200, "abc"), "{chunked:?}");
+    // 57 left: a body of 58 is refused by bytes.
+    let refused = post(server.addr, "/echo", &[b'z'; 58]).await;
     assert_eq!(refused.status, 429, "{refused:?}");
     assert!(refused.text().contains(r#""limit":"bytes""#), "{}", refused.text());
+    server.stop().await;
+}
+
+/// `/both`: at most 64 bytes a body and 256 bytes of bodies a day per client; `/bytes`: the 256
+/// bytes a day alone (a day, so that what the budget regains while a test runs rounds to
+/// nothing). Each echoes its body through actix's `Bytes` extractor; refusals by a limit carry
+/// `x-refused-by` from the refusal hook.
+fn body_budgets() -> RateLimit {
+    let bytes = || {
+        Policy::builder("body_bytes")
+            .limit(Limit::new("body_bytes", "256/day".parse().unwrap()).key(KeyKind::ip()))
+            .build()
+            .unwrap()
+    };
+    RateLimit::with_limits(Limits::new())
+        .route("/both", Limits::new().max_body(64).body_bytes(bytes()))
+        .route("/bytes", Limits::new().body_bytes(bytes()))
+        .on_refusal(|decision, mut response| {
+            let name = decision.limit.as_ref().map(|l| l.name.to_string()).unwrap_or_default();
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-refused-by"),
+                actix_web::http::header::HeaderValue::from_str(&name).unwrap(),
+            );
+            response
+        })
+}
+
+fn echo_both_and_bytes(limit: &RateLimit) -> common::Served {
+    let limit = limit.clone();
+    serve!(1, move || {
+        App::new()
+            .wrap(limit.clone())
+            .route("/both", web::post().to(|body: Bytes| async move { body }))
+            .route("/bytes", web::post().to(|body: Bytes| async move { body }))
+    })
+}
+
+/// A chunked HTTP/1.1 upload declares no length: it is charged what it carries as the handler
+/// reads it — never refused 411 for want of a length, nor charged the route's largest body.
+#[actix_web::test]
+async fn a_chunked_upload_is_charged_what_it_carries_never_411_nor_the_largest_body() {
+    let server = echo_both_and_bytes(&body_budgets());
+    // No largest body on `/bytes`: 150 bytes, counted as they stream.
+    let first = post_chunked(server.addr, "/bytes", &[&[b'x'; 100], &[b'x'; 50]]).await;
+    assert_eq!((first.status, first.body.len()), (200, 150), "{first:?}");
+    // A largest body of 64 on `/both`: 10 bytes charged, not 64.
+    let small = post_chunked(server.addr, "/both", &[b"hello", b"world"]).await;
+    assert_eq!((small.status, small.text().as_str()), (200, "helloworld"), "{small:?}");
+    // The next requests show what they were charged: 256 - 150 - 1, and 256 - 10 - 1.
+    let after = post(server.addr, "/bytes", b"x").await;
+    assert_eq!((after.status, after.header("x-ratelimit-remaining").as_deref()), (200, Some("105")), "{after:?}");
+    let after = post(server.addr, "/both", b"x").await;
+    assert_eq!((after.status, after.header("x-ratelimit-remaining").as_deref()), (200, Some("245")), "{after:?}");
+    server.stop().await;
+}
+
+/// A chunked upload that passes the largest body gets the core's JSON 413 mid-stream, and was
+/// charged what was read before the cut-off.
+#[actix_web::test]
+async fn a_chunked_upload_over_the_largest_body_is_the_cores_413_and_charged_what_was_read() {
+    let server = echo_both_and_bytes(&body_budgets());
+    let big = post_chunked(server.addr, "/both", &[&[b'y'; 40], &[b'y'; 40]]).await;
+    assert_eq!(big.status, 413, "{big:?}");
+    assert_eq!(big.header("content-type").as_deref(), Some("application/json"), "{big:?}");
+    assert_eq!(big.text(), r#"{"error":"payload_too_large","limit":64}"#);
+    // 40 read before the cut-off (the refused part is not charged), then 10: 256 - 40 - 10.
+    let after = post(server.addr, "/both", &[b'z'; 10]).await;
+    assert_eq!((after.status, after.header("x-ratelimit-remaining").as_deref()), (200, Some("206")), "{after:?}");
+    server.stop().await;
+}
+
+/// A chunked upload that passes the body-bytes budget gets the core's 429 (rate-limit headers,
+/// JSON body, the refusal hook) at the part that passes it, whatever the handler made of the
+/// cut-off payload; the parts read before it stay charged.
+#[actix_web::test]
+async fn a_chunked_upload_over_the_bytes_budget_is_429_mid_stream() {
+    let server = echo_both_and_bytes(&body_budgets());
+    let first = post_chunked(server.addr, "/bytes", &[&[b'x'; 100], &[b'x'; 100]]).await;
+    assert_eq!((first.status, first.body.len()), (200, 200), "{first:?}");
+    // 56 left: the first 40 pass, the next 40 do not.
+    let refused = post_chunked(server.addr, "/bytes", &[&[b'x'; 40], &[b'x'; 40]]).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.header("content-type").as_deref(), Some("application/json"), "{refused:?}");
+    assert!(refused.text().contains(r#""limit":"body_bytes""#), "{}", refused.text());
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    assert_eq!(refused.header("x-ratelimit-limit").as_deref(), Some("256"), "{refused:?}");
+    assert_eq!(refused.header("x-refused-by").as_deref(), Some("body_bytes"), "through the hook: {refused:?}");
+    // 16 left.
+    let rest = post(server.addr, "/bytes", &[b'z'; 16]).await;
+    assert_eq!((rest.status, rest.header("x-ratelimit-remaining").as_deref()), (200, Some("0")), "{rest:?}");
+    assert_eq!(post(server.addr, "/bytes", b"z").await.status, 429);
+    server.stop().await;
+}
+
+/// The in-memory store behind futures that are not ready when first polled, as a remote store's
+/// answers are: the middleware checks such a route through its asynchronous path, and a
+/// payload's chunks are charged through the charge's futures (the path of a Redis store).
+#[derive(Clone, Debug, Default)]
+struct Remote(tollgate::MemoryStore);
+
+impl tollgate::Store for Remote {
+    type Limit = tollgate::store::MemoryLimit;
+
+    fn register(&self, spec: &tollgate::LimitSpec) -> Result<Self::Limit, tollgate::StoreError> {
+        self.0.register(spec)
+    }
+
+    async fn check<'a>(
+        &'a self,
+        checks: &'a [tollgate::Check<'a, Self::Limit>],
+        out: &'a mut [tollgate::Snapshot],
+    ) -> Result<bool, tollgate::StoreError> {
+        tokio::task::yield_now().await;
+        self.0.check(checks, out).await
+    }
+
+    fn block<'a>(
+        &'a self,
+        limit: &'a Self::Limit,
+        key: tollgate::Key<'a>,
+        duration: Duration,
+    ) -> impl std::future::Future<Output = Result<(), tollgate::StoreError>> + Send + 'a {
+        self.0.block(limit, key, duration)
+    }
+}
+
+#[actix_web::test]
+async fn a_chunked_upload_over_a_remote_bytes_budget_is_429_mid_stream() {
+    let bytes = Policy::builder("body_bytes")
+        .limit(Limit::new("body_bytes", "256/day".parse().unwrap()).key(KeyKind::ip()))
+        .build_with(Remote::default())
+        .unwrap();
+    let limit = RateLimit::with_limits(Limits::<Remote>::empty()).route("/bytes", Limits::empty().body_bytes(bytes));
+    let server = serve!(1, move || {
+        App::new().wrap(limit.clone()).route("/bytes", web::post().to(|body: Bytes| async move { body }))
+    });
+    let first = post_chunked(server.addr, "/bytes", &[&[b'x'; 100], &[b'x'; 100]]).await;
+    assert_eq!((first.status, first.body.len()), (200, 200), "{first:?}");
+    let refused = post_chunked(server.addr, "/bytes", &[&[b'x'; 40], &[b'x'; 40]]).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(refused.text().contains(r#""limit":"body_bytes""#), "{}", refused.text());
+    let rest = post(server.addr, "/bytes", &[b'z'; 16]).await;
+    assert_eq!((rest.status, rest.header("x-ratelimit-remaining").as_deref()), (200, Some("0")), "{rest:?}");
     server.stop().await;
 }
 

@@ -1,19 +1,24 @@
 //! The bodies: the response body holding the in-flight lease, and the request payload counted
-//! against the route's largest body while it streams.
+//! while it streams (the route's largest body, the body bytes of a payload of unknown length).
 
 use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
+use actix_web::HttpResponse;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
 use pin_project_lite::pin_project;
-use tollgate::engine::Refusal;
+use tollgate::engine::{BodyCharge, BodyCounter, Refusal};
 use tollgate::{ConnectionLease, HeaderOptions};
+
+use super::transform::{RefusalHook, respond};
 
 pin_project! {
     /// The body of an admitted request's response: the inner service's body, holding the request's
@@ -74,45 +79,66 @@ impl<B: MessageBody> MessageBody for ResponseBody<B> {
     }
 }
 
-/// The route's largest body for one request's payload, shared by the payload, which marks it
-/// overflowed, and the response future, which then answers the core's 413 in place of whatever
-/// the handler made of the cut-off body (an `Rc`: both live on the request's worker).
-#[derive(Debug)]
-pub(crate) struct BodyLimit {
-    max: u64,
-    over: Cell<bool>,
-    options: HeaderOptions,
+/// Where a payload counted while it streams leaves the refusal that cut it off, for the response
+/// future, which then answers it in place of whatever the handler made of the cut-off payload
+/// (an `Rc`: both live on the request's worker).
+pub(crate) struct CutOff {
+    refusal: Cell<Option<Box<Refusal>>>,
+    hook: Option<RefusalHook>,
 }
 
-impl BodyLimit {
-    pub(crate) fn new(max: u64, options: &HeaderOptions) -> Rc<Self> {
-        Rc::new(Self { max, over: Cell::new(false), options: *options })
+impl fmt::Debug for CutOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CutOff").finish_non_exhaustive()
     }
+}
 
-    /// The core's 413 once the body turned out longer than the largest body: the same answer as
-    /// for a declared length over it.
-    pub(crate) fn refusal(&self) -> Option<Refusal> {
-        self.over.get().then(|| Refusal::body_too_large(&self.options, self.max))
+impl CutOff {
+    /// The response to a payload cut off, when it was, and its status: the core's refusal (the
+    /// same 413 as for a declared length over the largest body; the body-bytes limit's 429),
+    /// through the refusal hook.
+    pub(crate) fn refused(&self) -> Option<(http::StatusCode, HttpResponse)> {
+        let refusal = self.refusal.take()?;
+        Some((refusal.status(), respond(&refusal, self.hook.as_ref())))
     }
+}
+
+/// The core's timer for the delay action: tokio's (actix-web runs on tokio).
+fn sleep(wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(tokio::time::sleep(wait))
 }
 
 pin_project! {
-    /// A request payload cut off past the route's largest body: the read that passes it is
-    /// `PayloadError::Overflow`, the payload ends after it, and the response is the core's 413
-    /// whatever the handler answers — also from a handler that skips read errors and takes the
-    /// end for the whole body (an error on every later read would spin a handler that skips
-    /// errors without stopping, e.g. `filter_map(Result::ok)`, on the worker forever).
+    /// A request payload counted while it streams by the core's [`BodyCounter`]: cut off past
+    /// the route's largest body (`PayloadError::Overflow`) and, when its length was not known up
+    /// front (a chunked upload), charged to the route's body-bytes limit chunk by chunk as the
+    /// handler reads it (`PayloadError::Io` when the limit refuses a chunk) — so a payload costs
+    /// what it turns out to be. The payload ends after its error, and the response is the
+    /// core's refusal whatever the handler answers — also from a handler that skips read errors
+    /// and takes the end for the whole body (an error on every later read would spin a handler
+    /// that skips errors without stopping, e.g. `filter_map(Result::ok)`, on the worker forever).
     pub(crate) struct LimitedPayload<S> {
         #[pin]
         inner: S,
-        remaining: u64,
-        limit: Rc<BodyLimit>,
+        counter: BodyCounter,
+        cut_off: Rc<CutOff>,
     }
 }
 
 impl<S> LimitedPayload<S> {
-    pub(crate) fn new(inner: S, limit: Rc<BodyLimit>) -> Self {
-        Self { inner, remaining: limit.max, limit }
+    /// `inner` counted by a counter of `max_body` and `charge` (the engine's plan), its refusal
+    /// left in the returned [`CutOff`] (rendered through `hook`). `Err(inner)` on a route
+    /// without body limits: the payload is passed on as it is.
+    pub(crate) fn new(
+        inner: S,
+        max_body: Option<u64>,
+        charge: Option<BodyCharge>,
+        options: &HeaderOptions,
+        hook: Option<&RefusalHook>,
+    ) -> Result<(Self, Rc<CutOff>), S> {
+        let Some(counter) = BodyCounter::new(max_body, charge, options, sleep) else { return Err(inner) };
+        let cut_off = Rc::new(CutOff { refusal: Cell::new(None), hook: hook.cloned() });
+        Ok((Self { inner, counter, cut_off: Rc::clone(&cut_off) }, cut_off))
     }
 }
 
@@ -121,25 +147,39 @@ impl<S: Stream<Item = Result<Bytes, PayloadError>>> Stream for LimitedPayload<S>
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.project();
-        if this.limit.over.get() {
+        if this.counter.is_cut_off() {
             return Poll::Ready(None);
         }
-        match this.inner.poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                let len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
-                if len > *this.remaining {
-                    this.limit.over.set(true);
-                    tracing::debug!("request body over the route's largest body");
-                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
-                }
-                *this.remaining -= len;
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            other => other,
+        // The last chunk's charge is decided before anything more is read, the end included: a
+        // payload over its budget never ends cleanly.
+        if let Err(refusal) = ready!(this.counter.poll_ready(cx)) {
+            return Poll::Ready(Some(Err(cut(this.cut_off, refusal))));
+        }
+        match ready!(this.inner.poll_next(cx)) {
+            Some(Ok(chunk)) => match this.counter.count(u64::try_from(chunk.len()).unwrap_or(u64::MAX)) {
+                Ok(()) => Poll::Ready(Some(Ok(chunk))),
+                Err(refusal) => Poll::Ready(Some(Err(cut(this.cut_off, refusal)))),
+            },
+            other => Poll::Ready(other),
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        if self.limit.over.get() { (0, None) } else { self.inner.size_hint() }
+        if self.counter.is_cut_off() { (0, Some(0)) } else { self.inner.size_hint() }
     }
+}
+
+/// Leaves `refusal` for the response future: the handler's read gets the payload error actix
+/// has for it.
+#[cold]
+fn cut(cut_off: &CutOff, refusal: Box<Refusal>) -> PayloadError {
+    tracing::debug!(status = %refusal.status(), "request body cut off while it streamed");
+    let error = if refusal.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+        PayloadError::Overflow
+    } else {
+        let message = format!("request body refused by its body-bytes limit ({})", refusal.status());
+        PayloadError::Io(std::io::Error::other(message))
+    };
+    cut_off.refusal.set(Some(refusal));
+    error
 }

@@ -3,17 +3,25 @@
 //! engine, and applies the plan.
 //!
 //! For each request, in order, the limits of its route (or the default ones) are checked: the
-//! body size (413 when its `Content-Length` is over the largest body, before the handler runs;
-//! 411 when a body-bytes limit cannot tell its cost), the request [policy](tollgate::Policy)
-//! (cost 1, all of its limits or none), the body bytes per period (429), and the concurrency
-//! leases — in-flight requests, held until the response body is finished or dropped, and
-//! WebSocket connections, put in the request extensions as an
+//! body size (413 when its `Content-Length` is over the largest body, before the handler runs),
+//! the request [policy](tollgate::Policy) (cost 1, all of its limits or none), the body bytes
+//! per period (429), and the concurrency leases — in-flight requests, held until the response
+//! body is finished or dropped, and WebSocket connections, put in the request extensions as an
 //! [`UpgradeLease`](tollgate::websocket::UpgradeLease) for the handler (see `crate::ws`, feature
-//! `ws`). A body without `Content-Length` is counted while it streams: the read that passes the
-//! largest body is `PayloadError::Overflow` and the payload ends after it; whatever the handler
-//! answers — also a handler that skips the error and takes the end for the whole body — is
-//! replaced by the core's 413, the same JSON answer as for a `Content-Length` over the largest
-//! body, and the request's in-flight place is given back.
+//! `ws`).
+//!
+//! The payload is counted while it streams, by the core's
+//! [`BodyCounter`](tollgate::engine::BodyCounter): the read that passes the largest body is
+//! `PayloadError::Overflow`. A payload of unknown length — a chunked upload, or an HTTP/2
+//! request without `Content-Length` when actix-web serves HTTP/2 — is charged to the body-bytes
+//! limit chunk by chunk as the handler reads it: a request without a body costs nothing, an
+//! upload what it turns out to be, never the route's largest body, and it is never refused 411;
+//! the chunk that passes the budget is a `PayloadError::Io` (the chunks before it stay charged).
+//! The payload ends after its error, and whatever the handler answers — also a handler that
+//! skips the error and takes the end for the whole body — is replaced by the core's refusal:
+//! the same JSON 413 as for a `Content-Length` over the largest body, or the body-bytes limit's
+//! 429 with its rate-limit headers (through [`RateLimit::on_refusal`]); the request's in-flight
+//! place is given back. A `Content-Length` is charged before the handler runs.
 //!
 //! A refusal is a normal response — `Ok(ServiceResponse)` with the right side of an
 //! [`EitherBody`](actix_web::body::EitherBody), never an `Err` — and the inner service is not

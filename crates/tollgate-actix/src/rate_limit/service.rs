@@ -12,10 +12,10 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, forward_
 use actix_web::{Error, HttpMessage};
 use futures_util::future::LocalBoxFuture;
 use pin_project_lite::pin_project;
-use tollgate::engine::{Admit, Refusal, ResponsePlan};
-use tollgate::{HeaderOptions, MemoryStore, Store};
+use tollgate::engine::{Admit, BodyCharge, ResponsePlan};
+use tollgate::{MemoryStore, Store};
 
-use super::body::{BodyLimit, LimitedPayload, ResponseBody};
+use super::body::{CutOff, LimitedPayload, ResponseBody};
 use super::fields;
 use super::transform::Config;
 use crate::view::{CopiedKeys, View};
@@ -68,14 +68,14 @@ where
             let (service, config) = (Rc::clone(&self.service), Arc::clone(&self.config));
             return ResponseFuture::boxed(Box::pin(check_later(service, config, request)));
         };
-        let Admit { wait, max_body, response, .. } = match checked {
+        let Admit { wait, max_body, body_bytes, response, .. } = match checked {
             Ok(admit) => admit,
             Err(refusal) => {
                 let refused = request.into_response(self.config.respond(&refusal));
                 return ResponseFuture::refused(refused);
             }
         };
-        let body = pass_on(&mut request, &response, max_body, engine.header_options());
+        let body = pass_on(&mut request, &response, max_body, body_bytes, &self.config);
         if wait.is_zero() {
             return ResponseFuture::inner(self.service.call(request), response, body);
         }
@@ -105,11 +105,11 @@ where
         let limits = config.engine.limits_for(&view);
         config.engine.check(limits, &view).await
     };
-    let Admit { wait, max_body, response, .. } = match checked {
+    let Admit { wait, max_body, body_bytes, response, .. } = match checked {
         Ok(admit) => admit,
         Err(refusal) => return Ok(request.into_response(config.respond(&refusal)).map_into_right_body()),
     };
-    let body = pass_on(&mut request, &response, max_body, config.engine.header_options());
+    let body = pass_on(&mut request, &response, max_body, body_bytes, &config);
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
@@ -118,32 +118,55 @@ where
 }
 
 /// Gives the handler what the plan leaves it: the WebSocket lease in the extensions, and the
-/// payload counted against the route's largest body while it streams — with the limit the
-/// response is finished against (`options`: how its 413 is rendered).
+/// payload counted while it streams against the route's largest body and, when its length was
+/// not known up front, charged to the body-bytes limit (`charge`) — with where the response
+/// future finds the refusal that cuts it off.
 #[inline(always)]
-fn pass_on(
+fn pass_on<St: Store>(
     request: &mut ServiceRequest,
     response: &ResponsePlan,
     max_body: Option<u64>,
-    options: &HeaderOptions,
-) -> Option<Rc<BodyLimit>> {
+    charge: Option<BodyCharge>,
+    config: &Config<St>,
+) -> Option<Rc<CutOff>> {
     if let Some(upgrade) = response.upgrade() {
         request.extensions_mut().insert(upgrade.clone());
     }
-    let max = max_body?;
-    let limit = BodyLimit::new(max, options);
+    if max_body.is_none() && charge.is_none() {
+        return None;
+    }
+    count_payload(request, max_body, charge, config)
+}
+
+/// [`pass_on`]'s payload, on routes with body limits.
+#[inline(never)]
+fn count_payload<St: Store>(
+    request: &mut ServiceRequest,
+    max_body: Option<u64>,
+    charge: Option<BodyCharge>,
+    config: &Config<St>,
+) -> Option<Rc<CutOff>> {
     let payload = request.take_payload();
-    request.set_payload(Payload::Stream { payload: Box::pin(LimitedPayload::new(payload, Rc::clone(&limit))) });
-    Some(limit)
+    match LimitedPayload::new(payload, max_body, charge, config.engine.header_options(), config.hook()) {
+        Ok((payload, cut_off)) => {
+            request.set_payload(Payload::Stream { payload: Box::pin(payload) });
+            Some(cut_off)
+        }
+        Err(payload) => {
+            request.set_payload(payload);
+            None
+        }
+    }
 }
 
 /// Applies the engine's plan to the inner service's response: its rate-limit headers, and the
-/// in-flight lease moved into the body. When the request's body turned out longer than the
-/// route's largest body, the response is the core's 413 instead.
+/// in-flight lease moved into the body. When the request's body was cut off while it streamed
+/// (past the route's largest body, or over its body-bytes limit), the response is the core's
+/// refusal instead.
 #[inline(always)]
-fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan, body: Option<&BodyLimit>) -> LimitedResponse<B> {
-    if let Some(refusal) = body.and_then(BodyLimit::refusal) {
-        return cut_off(response, plan, &refusal);
+fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan, body: Option<&CutOff>) -> LimitedResponse<B> {
+    if let Some((status, refused)) = body.and_then(CutOff::refused) {
+        return cut_off(response, plan, status, refused);
     }
     let status = http::StatusCode::from_u16(response.status().as_u16()).unwrap_or(http::StatusCode::OK);
     // The core writes its fields straight into actix's map, each converted as it comes.
@@ -151,22 +174,30 @@ fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan, body: Option<
     response.map_body(|_, body| EitherBody::left(ResponseBody::new(body, lease)))
 }
 
-/// The core's 413 in place of the handler's response to a body cut off while it streamed (a
-/// lenient handler's 200 on half the body, or actix's plain-text 413). The plan is finished
-/// with the refusal's status so that its leases are given back now: no body holds them.
+/// The core's refusal (`refused`, of `status`) in place of the handler's response to a body cut
+/// off while it streamed (a lenient handler's 200 on half the body, or actix's plain-text 413
+/// or 400). The plan is finished with the refusal's status so that its leases are given back
+/// now: no body holds them.
 #[cold]
 #[inline(never)]
-fn cut_off<B>(response: ServiceResponse<B>, plan: ResponsePlan, refusal: &Refusal) -> LimitedResponse<B> {
-    // The rate-limit headers go nowhere: a 413 carries none, as for a declared length.
-    drop(plan.apply(refusal.status(), &mut http::HeaderMap::new()));
-    response.into_response(fields::response(refusal)).map_into_right_body()
+fn cut_off<B>(
+    response: ServiceResponse<B>,
+    plan: ResponsePlan,
+    status: http::StatusCode,
+    refused: actix_web::HttpResponse,
+) -> LimitedResponse<B> {
+    // The admission's rate-limit headers go nowhere: the refusal carries its own (a 413 none,
+    // as for a declared length; a 429 the body-bytes limit's).
+    drop(plan.apply(status, &mut http::HeaderMap::new()));
+    response.into_response(refused).map_into_right_body()
 }
 
 pin_project! {
     /// The response future of [`RateLimitMiddleware`]: a refusal, or the inner service's response
-    /// with the rate-limit headers added (the core's 413 in its place when the request's body was
-    /// cut off past the route's largest body while it streamed). It holds any concurrency lease until the response body
-    /// takes it over, so dropping the future releases it.
+    /// with the rate-limit headers added (the core's refusal in its place when the request's
+    /// body was cut off while it streamed: 413 past the route's largest body, 429 over its
+    /// body-bytes limit). It holds any concurrency lease until the response body takes it over,
+    /// so dropping the future releases it.
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -177,7 +208,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Refused { response: Option<ServiceResponse<BoxBody>> },
-        Inner { #[pin] future: F, plan: ResponsePlan, body: Option<Rc<BodyLimit>> },
+        Inner { #[pin] future: F, plan: ResponsePlan, body: Option<Rc<CutOff>> },
         Boxed { future: LocalBoxFuture<'static, Result<LimitedResponse<B>, Error>> },
     }
 }
@@ -198,7 +229,7 @@ impl<F, B> ResponseFuture<F, B> {
         Self { state: State::Refused { response: Some(response) } }
     }
 
-    fn inner(future: F, plan: ResponsePlan, body: Option<Rc<BodyLimit>>) -> Self {
+    fn inner(future: F, plan: ResponsePlan, body: Option<Rc<CutOff>>) -> Self {
         Self { state: State::Inner { future, plan, body } }
     }
 

@@ -197,10 +197,20 @@ impl<St: Store> Config<St> {
     /// the allow path.
     #[inline(never)]
     pub(crate) fn respond(&self, refusal: &Refusal) -> HttpResponse {
-        let response = fields::response(refusal);
-        match (&self.refusal, refusal.decision()) {
-            (Some(hook), Some(decision)) => hook(decision, response),
-            _ => response,
-        }
+        respond(refusal, self.refusal.as_ref())
+    }
+
+    /// The refusal hook, for a refusal made after the request was admitted (a payload cut off).
+    pub(crate) fn hook(&self) -> Option<&RefusalHook> {
+        self.refusal.as_ref()
+    }
+}
+
+/// The engine's refusal as a response, through `hook` when it refused a decision.
+pub(crate) fn respond(refusal: &Refusal, hook: Option<&RefusalHook>) -> HttpResponse {
+    let response = fields::response(refusal);
+    match (hook, refusal.decision()) {
+        (Some(hook), Some(decision)) => hook(decision, response),
+        _ => response,
     }
 }
