@@ -1,6 +1,8 @@
 //! The demo server's application, shared by `main.rs`, the tests and the benchmark.
 
+use std::convert::Infallible;
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
@@ -11,6 +13,8 @@ use actix_ws::Message;
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tollgate::config::{Config, StoreKind};
+use tollgate::request::RequestHeaders;
+use tollgate::stats::{Sampler, StatsAccess, dashboard};
 use tollgate::{Error, MemoryStore, Store};
 use tollgate_actix::RateLimit;
 use tollgate_redis::RedisStore;
@@ -104,6 +108,12 @@ pub fn serve_with<S: Store + Clone>(
     options: ServerOptions,
 ) -> std::io::Result<Server> {
     let request_timeout = options.request_timeout;
+    // One sampler for every worker, so that they share one series of snapshots.
+    let engine = limit.engine().clone();
+    let stats = web::Data::new(StatsState {
+        sampler: Arc::new(Sampler::new(move || engine.stats())),
+        access: stats_access_from_env(),
+    });
     let server = HttpServer::new(move || {
         let recorder = recorder.clone();
         // Outermost: a request cut off gives its leases back as its future is dropped.
@@ -112,7 +122,10 @@ pub fn serve_with<S: Store + Clone>(
         if let Some(recorder) = recorder {
             app = app.route("/metrics", web::get().to(move || std::future::ready(recorder.render())));
         }
-        app.service(web::scope("").wrap(limit.clone()).configure(routes))
+        // The stats, outside the limits (registered before the limited scope, which matches all).
+        let stats = stats.clone();
+        app.configure(move |config| stats_routes(config, stats))
+            .service(web::scope("").wrap(limit.clone()).configure(routes))
     })
     .workers(workers)
     .client_request_timeout(options.header_timeout)
@@ -121,6 +134,92 @@ pub fn serve_with<S: Store + Clone>(
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// Who may see the stats: loopback clients, and anyone presenting the token in
+/// `TOLLGATE_STATS_TOKEN` (when set and not empty).
+pub fn stats_access_from_env() -> StatsAccess {
+    StatsAccess::loopback().token(std::env::var("TOLLGATE_STATS_TOKEN").unwrap_or_default())
+}
+
+/// What the stats routes answer from: the sampler of the limiter's engine, and who may see it.
+#[derive(Debug)]
+pub struct StatsState {
+    /// Snapshots of the limiter's engine.
+    pub sampler: Arc<Sampler>,
+    /// Who may see them.
+    pub access: StatsAccess,
+}
+
+/// `GET /stats` (the snapshot as JSON), `GET /stats/events` (a server-sent event with a new
+/// one each second) and `GET /dashboard` (the live page that reads them), for the clients
+/// `stats.access` permits (403 for others). Register them outside the rate limits.
+pub fn stats_routes(config: &mut web::ServiceConfig, stats: web::Data<StatsState>) {
+    config
+        .app_data(stats)
+        .route("/stats", web::get().to(stats_json))
+        .route("/stats/events", web::get().to(stats_events))
+        .route("/dashboard", web::get().to(dashboard));
+}
+
+/// actix-web's headers as the core reads them.
+struct Headers<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl RequestHeaders for Headers<'_> {
+    fn first(&self, name: &http::HeaderName) -> Option<&[u8]> {
+        self.0.get(name.as_str()).map(|v| v.as_bytes())
+    }
+
+    fn each(&self, name: &http::HeaderName, each: &mut dyn FnMut(&[u8])) {
+        self.0.get_all(name.as_str()).for_each(|v| each(v.as_bytes()));
+    }
+}
+
+impl StatsState {
+    /// 403 unless `request` may see the stats; the peer address is the connection's.
+    fn refusal(&self, request: &HttpRequest) -> Option<HttpResponse> {
+        let peer = request.peer_addr().map(|a| a.ip());
+        if self.access.permits(peer, &Headers(request.headers()), Some(request.query_string())) {
+            return None;
+        }
+        Some(HttpResponse::Forbidden().content_type(dashboard::JSON_CONTENT_TYPE).body(self.access.refusal_body()))
+    }
+}
+
+async fn stats_json(stats: web::Data<StatsState>, request: HttpRequest) -> HttpResponse {
+    if let Some(refused) = stats.refusal(&request) {
+        return refused;
+    }
+    HttpResponse::Ok()
+        .content_type(dashboard::JSON_CONTENT_TYPE)
+        .insert_header(("cache-control", "no-store"))
+        .body(stats.sampler.sample().json().to_owned())
+}
+
+async fn stats_events(stats: web::Data<StatsState>, request: HttpRequest) -> HttpResponse {
+    if let Some(refused) = stats.refusal(&request) {
+        return refused;
+    }
+    // A sample each second for as long as the page listens; nothing when no page does.
+    let sampler = Arc::clone(&stats.sampler);
+    let mut ticks = actix_web::rt::time::interval(dashboard::EVENT_INTERVAL);
+    let events = futures_util::stream::poll_fn(move |cx| {
+        ticks.poll_tick(cx).map(|_| Some(Ok::<_, Infallible>(Bytes::from(sampler.sample().sse_event()))))
+    });
+    HttpResponse::Ok()
+        .content_type(dashboard::EVENTS_CONTENT_TYPE)
+        .insert_header(("cache-control", "no-store"))
+        .streaming(events)
+}
+
+async fn dashboard(stats: web::Data<StatsState>, request: HttpRequest) -> HttpResponse {
+    if let Some(refused) = stats.refusal(&request) {
+        return refused;
+    }
+    HttpResponse::Ok()
+        .content_type(dashboard::CONTENT_TYPE)
+        .insert_header(("cache-control", "no-store"))
+        .body(dashboard::HTML)
 }
 
 /// The request timeout: the app's response, or [`RequestTimedOut`] when the app takes longer

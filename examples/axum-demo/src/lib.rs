@@ -1,14 +1,17 @@
 //! The demo server's application, shared by `main.rs`, the tests and the benchmark.
 
+use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ws::Message;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
-use axum::http::header::CONNECTION;
+use axum::http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +24,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tollgate::config::{Config, StoreKind};
+use tollgate::stats::{Sampler, StatsAccess, dashboard};
 use tollgate::{Error, MemoryStore, Store};
 use tollgate_redis::RedisStore;
 use tollgate_tower::{LimitedUpgrade, RateLimitLayer};
@@ -65,14 +69,86 @@ pub fn app(config: &Config) -> Result<Router, Error> {
 /// The demo's routes with the limits of `config`, on `store` (e.g. a [`RedisStore`], so that
 /// several instances share their limits).
 pub fn app_with<S: Store + Clone>(config: &Config, store: &S) -> Result<Router, Error> {
-    Ok(routes().layer(RateLimitLayer::from_config_with(config, store)?.axum_body()))
+    Ok(limited(RateLimitLayer::from_config_with(config, store)?))
 }
 
 /// The demo's routes with the limits of `config`, all of their state in Redis: the rate limits,
 /// and the concurrency leases (open WebSocket connections), so that several instances share one
 /// `concurrent_per_key`.
 pub fn app_with_redis(config: &Config, store: &RedisStore) -> Result<Router, Error> {
-    Ok(routes().layer(RateLimitLayer::from_config_with_leases(config, store, store)?.axum_body()))
+    Ok(limited(RateLimitLayer::from_config_with_leases(config, store, store)?))
+}
+
+/// The demo's routes behind `layer`, and beside them, outside the limits, the stats of its
+/// engine: `GET /stats`, `GET /stats/events` and `GET /dashboard` (see [`stats_routes`]), for
+/// loopback clients and the holders of `TOLLGATE_STATS_TOKEN`.
+fn limited<S: Store + Clone>(layer: RateLimitLayer<S>) -> Router {
+    let engine = layer.engine().clone();
+    let sampler = Arc::new(Sampler::new(move || engine.stats()));
+    routes().layer(layer.axum_body()).merge(stats_routes(sampler, stats_access_from_env()))
+}
+
+/// Who may see the stats: loopback clients, and anyone presenting the token in
+/// `TOLLGATE_STATS_TOKEN` (when set and not empty).
+pub fn stats_access_from_env() -> StatsAccess {
+    StatsAccess::loopback().token(std::env::var("TOLLGATE_STATS_TOKEN").unwrap_or_default())
+}
+
+/// `GET /stats` (the snapshot as JSON), `GET /stats/events` (a server-sent event with a new
+/// one each second) and `GET /dashboard` (the live page that reads them), from `sampler`, for
+/// the clients `access` permits (403 for others). Add them outside the rate limits.
+pub fn stats_routes(sampler: Arc<Sampler>, access: StatsAccess) -> Router {
+    Router::new()
+        .route("/stats", get(stats_json))
+        .route("/stats/events", get(stats_events))
+        .route("/dashboard", get(dashboard))
+        .with_state(Arc::new(StatsState { sampler, access }))
+}
+
+struct StatsState {
+    sampler: Arc<Sampler>,
+    access: StatsAccess,
+}
+
+impl StatsState {
+    /// 403 unless `request` may see the stats; the peer address is the connection's.
+    fn refusal(&self, request: &Request) -> Option<Response> {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if self.access.permits(peer, request.headers(), request.uri().query()) {
+            return None;
+        }
+        let json = [(CONTENT_TYPE, dashboard::JSON_CONTENT_TYPE)];
+        Some((StatusCode::FORBIDDEN, json, self.access.refusal_body()).into_response())
+    }
+}
+
+async fn stats_json(State(stats): State<Arc<StatsState>>, request: Request) -> Response {
+    if let Some(refused) = stats.refusal(&request) {
+        return refused;
+    }
+    let headers = [(CONTENT_TYPE, dashboard::JSON_CONTENT_TYPE), (CACHE_CONTROL, "no-store")];
+    (headers, stats.sampler.sample().json().to_owned()).into_response()
+}
+
+async fn stats_events(State(stats): State<Arc<StatsState>>, request: Request) -> Response {
+    if let Some(refused) = stats.refusal(&request) {
+        return refused;
+    }
+    // A sample each second for as long as the page listens; nothing when no page does.
+    let sampler = Arc::clone(&stats.sampler);
+    let mut ticks = tokio::time::interval(dashboard::EVENT_INTERVAL);
+    let events = futures_util::stream::poll_fn(move |cx| {
+        ticks.poll_tick(cx).map(|_| Some(Ok::<_, Infallible>(Bytes::from(sampler.sample().sse_event()))))
+    });
+    let headers = [(CONTENT_TYPE, dashboard::EVENTS_CONTENT_TYPE), (CACHE_CONTROL, "no-store")];
+    (headers, Body::from_stream(events)).into_response()
+}
+
+async fn dashboard(State(stats): State<Arc<StatsState>>, request: Request) -> Response {
+    if let Some(refused) = stats.refusal(&request) {
+        return refused;
+    }
+    ([(CONTENT_TYPE, dashboard::CONTENT_TYPE), (CACHE_CONTROL, "no-store")], dashboard::HTML).into_response()
 }
 
 /// The demo's routes, unlimited (the benchmark's baseline).

@@ -7,7 +7,9 @@
 //! With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`), the limits live in Redis and every
 //! instance pointed at it shares them, open WebSocket connections per client included.
 //! `GET /metrics` shows tollgate's decisions, leases and WebSocket verdicts in Prometheus's
-//! format.
+//! format; `GET /dashboard` shows them live (with `GET /stats`, their JSON, and
+//! `GET /stats/events`, its stream), to loopback clients and to anyone presenting the token in
+//! `TOLLGATE_STATS_TOKEN`.
 
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -59,6 +61,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("{options}");
     println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
+    let who = if axum_demo::stats_access_from_env().has_token() {
+        "loopback clients and holders of TOLLGATE_STATS_TOKEN"
+    } else {
+        "loopback clients only; set TOLLGATE_STATS_TOKEN to let others in"
+    };
+    println!("live dashboard at http://{}/dashboard (JSON at /stats; {who})", listener.local_addr()?);
     axum_demo::serve_with(listener, app, options).await?;
     Ok(())
 }

@@ -1,11 +1,17 @@
 //! The demo server's application, shared by `main.rs`, the tests and the benchmark.
 
+use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tollgate::config::{Config, StoreKind};
+use tollgate::stats::{Sampler, StatsAccess, dashboard};
 use tollgate::{Error, MemoryStore, Store};
 use tollgate_redis::RedisStore;
 use tollgate_warp::{LimitedWs, RateLimit, ServeOptions};
@@ -115,6 +121,78 @@ pub async fn serve_with<St: Store>(
         .header_read_timeout(Some(options.header_timeout))
         .request_timeout(Some(options.request_timeout))
         .max_connections(Some(options.max_connections))
-        .serve(listener, limits.service(routes))
+        .serve(listener, limits.service(with_stats(routes, limits)))
         .await
+}
+
+/// `routes` with the stats of `limits`' engine: `GET /stats`, `GET /stats/events` and
+/// `GET /dashboard` (see [`stats_routes`]), for loopback clients and the holders of
+/// `TOLLGATE_STATS_TOKEN`. No limit applies to them (they are in no route entry of the
+/// configuration, as `/metrics`).
+pub fn with_stats<St: Store>(routes: BoxedFilter<(Response,)>, limits: &RateLimit<St>) -> BoxedFilter<(Response,)> {
+    let engine = limits.engine().clone();
+    let sampler = Arc::new(Sampler::new(move || engine.stats()));
+    routes.or(stats_routes(sampler, stats_access_from_env())).unify().boxed()
+}
+
+/// Who may see the stats: loopback clients, and anyone presenting the token in
+/// `TOLLGATE_STATS_TOKEN` (when set and not empty).
+pub fn stats_access_from_env() -> StatsAccess {
+    StatsAccess::loopback().token(std::env::var("TOLLGATE_STATS_TOKEN").unwrap_or_default())
+}
+
+/// `GET /stats` (the snapshot as JSON), `GET /stats/events` (a server-sent event with a new
+/// one each second) and `GET /dashboard` (the live page that reads them), from `sampler`, for
+/// the clients `access` permits (403 for others; the peer address is the connection's, which
+/// tollgate-warp's server puts in each request).
+pub fn stats_routes(sampler: Arc<Sampler>, access: StatsAccess) -> BoxedFilter<(Response,)> {
+    let access = Arc::new(access);
+    let refusal = {
+        let access = Arc::clone(&access);
+        move || {
+            let body = warp::reply::with_header(access.refusal_body(), CONTENT_TYPE, dashboard::JSON_CONTENT_TYPE);
+            warp::reply::with_status(body, StatusCode::FORBIDDEN).into_response()
+        }
+    };
+    let query = warp::query::raw().map(Some).or(warp::any().map(|| None)).unify();
+    let permitted = tollgate_warp::remote().and(warp::header::headers_cloned()).and(query).map(
+        move |peer: Option<SocketAddr>, headers: http::HeaderMap, query: Option<String>| {
+            access.permits(peer.map(|p| p.ip()), &headers, query.as_deref())
+        },
+    );
+    let no_store = |reply: Response, content_type: &'static str| {
+        let reply = warp::reply::with_header(reply, CONTENT_TYPE, content_type);
+        warp::reply::with_header(reply, CACHE_CONTROL, "no-store").into_response()
+    };
+    let json = {
+        let (sampler, refusal) = (Arc::clone(&sampler), refusal.clone());
+        warp::get().and(warp::path!("stats")).and(permitted.clone()).map(move |permitted: bool| {
+            if !permitted {
+                return refusal();
+            }
+            no_store(sampler.sample().json().to_owned().into_response(), dashboard::JSON_CONTENT_TYPE)
+        })
+    };
+    let events = {
+        let refusal = refusal.clone();
+        warp::get().and(warp::path!("stats" / "events")).and(permitted.clone()).map(move |permitted: bool| {
+            if !permitted {
+                return refusal();
+            }
+            // A sample each second for as long as the page listens; nothing when no page does.
+            let sampler = Arc::clone(&sampler);
+            let mut ticks = tokio::time::interval(dashboard::EVENT_INTERVAL);
+            let events = futures_util::stream::poll_fn(move |cx| {
+                ticks.poll_tick(cx).map(|_| Some(Ok::<_, Infallible>(Bytes::from(sampler.sample().sse_event()))))
+            });
+            no_store(warp::reply::stream(events).into_response(), dashboard::EVENTS_CONTENT_TYPE)
+        })
+    };
+    let page = warp::get().and(warp::path!("dashboard")).and(permitted).map(move |permitted: bool| {
+        if !permitted {
+            return refusal();
+        }
+        no_store(dashboard::HTML.into_response(), dashboard::CONTENT_TYPE)
+    });
+    json.or(events).unify().or(page).unify().boxed()
 }

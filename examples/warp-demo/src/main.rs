@@ -7,7 +7,9 @@
 //! With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`), the limits live in Redis and every
 //! instance pointed at it shares them, open WebSocket connections per client included.
 //! `GET /metrics` shows tollgate's decisions, leases and WebSocket verdicts in Prometheus's
-//! format.
+//! format; `GET /dashboard` shows them live (with `GET /stats`, their JSON, and
+//! `GET /stats/events`, its stream), to loopback clients and to anyone presenting the token in
+//! `TOLLGATE_STATS_TOKEN`.
 
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -53,6 +55,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             println!("{options}");
             println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
+            print_dashboard(listener.local_addr()?);
             warp_demo::serve_with(listener, &limits, routes, options).await?;
         }
         None => {
@@ -61,8 +64,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             println!("{options}");
             println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
+            print_dashboard(listener.local_addr()?);
             warp_demo::serve_with(listener, &limits, routes, options).await?;
         }
     }
     Ok(())
+}
+
+/// Where the live dashboard is, and who may see it.
+fn print_dashboard(addr: std::net::SocketAddr) {
+    let who = if warp_demo::stats_access_from_env().has_token() {
+        "loopback clients and holders of TOLLGATE_STATS_TOKEN"
+    } else {
+        "loopback clients only; set TOLLGATE_STATS_TOKEN to let others in"
+    };
+    println!("live dashboard at http://{addr}/dashboard (JSON at /stats; {who})");
 }
