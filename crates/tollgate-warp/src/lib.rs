@@ -25,8 +25,9 @@
 //! **Why a service and not a filter.** A warp filter sees neither the request body a later
 //! filter reads nor the response body returned, and its refusals would be rejections, which need
 //! a `recover` and let `or` try the next route. The limits need both bodies — a body counted
-//! while it streams (413 past the route's largest body), an in-flight lease held until the
-//! response body ends — and answer with the refusal itself. So the application's filter becomes
+//! while it streams (413 past the route's largest body; a body of unknown length charged to the
+//! body-bytes limit as it is read, 429 past it), an in-flight lease held until the response body
+//! ends — and answer with the refusal itself. So the application's filter becomes
 //! a service (`warp::service`) and [`RateLimitService`] wraps it: it builds the core's view of
 //! the request, asks the [engine](tollgate::engine), and either answers the refusal (429, 413,
 //! 503 with its headers and JSON body) or calls the filter with the request and finishes the

@@ -19,10 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tollgate::OwnedKey;
 use tollgate::config::Config;
-use tollgate_warp::{Identified, Identity, RateLimit};
+use tollgate_warp::{Identified, Identity, Limits, RateLimit};
 use warp::Filter;
 
-use support::{connect_from, get_from, read_reply, send_from, start};
+use support::{connect_from, get_from, post_chunked_from, post_from, read_reply, send_from, start};
 
 fn config(text: &str) -> Config {
     text.parse().unwrap()
@@ -202,6 +202,89 @@ async fn a_chunked_body_passing_the_largest_is_413_while_it_streams() {
     );
     let r = send_from("127.0.0.5", addr, raw.as_bytes()).await;
     assert_eq!((r.status, r.body.len()), (200, 600), "{r:?}");
+}
+
+/// `/both`: at most 64 bytes a body and 256 bytes of bodies a day per client; `/bytes`: the 256
+/// bytes a day alone (a day, so that what the budget regains while a test runs rounds to
+/// nothing). Each echoes its body through `warp::body::bytes()`; refusals by a limit carry
+/// `x-refused-by` from the refusal hook.
+async fn body_budgets() -> std::net::SocketAddr {
+    let bytes = || {
+        tollgate::Policy::builder("body_bytes")
+            .limit(tollgate::Limit::new("body_bytes", "256/day".parse().unwrap()).key(tollgate::KeyKind::ip()))
+            .build()
+            .unwrap()
+    };
+    let limit = RateLimit::with_limits(Limits::new())
+        .route("/both", Limits::new().max_body(64).body_bytes(bytes()))
+        .route("/bytes", Limits::new().body_bytes(bytes()))
+        .on_refusal(|decision, mut response| {
+            let name = decision.limit.as_ref().map(|l| l.name.to_string()).unwrap_or_default();
+            response.headers_mut().insert("x-refused-by", name.parse().unwrap());
+            response
+        });
+    let echo = warp::post()
+        .and(warp::path!("both").or(warp::path!("bytes")).unify())
+        .and(warp::body::bytes())
+        .map(http::Response::new);
+    start(&limit, echo).await
+}
+
+/// A chunked HTTP/1.1 upload declares no length: it is charged what it carries as the filter
+/// reads it — never refused 411 for want of a length, nor charged the route's largest body.
+#[tokio::test]
+async fn a_chunked_upload_is_charged_what_it_carries_never_411_nor_the_largest_body() {
+    let addr = body_budgets().await;
+    let from = "127.0.3.1";
+    // No largest body on `/bytes`: 150 bytes, counted as they stream.
+    let first = post_chunked_from(from, addr, "/bytes", &[&[b'x'; 100], &[b'x'; 50]]).await;
+    assert_eq!((first.status, first.body.len()), (200, 150), "{first:?}");
+    // A largest body of 64 on `/both`: 10 bytes charged, not 64.
+    let small = post_chunked_from(from, addr, "/both", &[b"hello", b"world"]).await;
+    assert_eq!((small.status, small.body.as_str()), (200, "helloworld"), "{small:?}");
+    // The next requests show what they were charged: 256 - 150 - 1, and 256 - 10 - 1.
+    let after = post_from(from, addr, "/bytes", b"x").await;
+    assert_eq!((after.status, after.header("x-ratelimit-remaining")), (200, Some("105")), "{after:?}");
+    let after = post_from(from, addr, "/both", b"x").await;
+    assert_eq!((after.status, after.header("x-ratelimit-remaining")), (200, Some("245")), "{after:?}");
+}
+
+/// A chunked upload that passes the largest body gets the core's JSON 413 mid-stream, and was
+/// charged what was read before the cut-off.
+#[tokio::test]
+async fn a_chunked_upload_over_the_largest_body_is_the_cores_413_and_charged_what_was_read() {
+    let addr = body_budgets().await;
+    let from = "127.0.3.2";
+    let big = post_chunked_from(from, addr, "/both", &[&[b'y'; 40], &[b'y'; 40]]).await;
+    assert_eq!(big.status, 413, "{big:?}");
+    assert_eq!(big.header("content-type"), Some("application/json"), "{big:?}");
+    assert_eq!(big.body, r#"{"error":"payload_too_large","limit":64}"#);
+    // 40 read before the cut-off (the refused part is not charged), then 10: 256 - 40 - 10.
+    let after = post_from(from, addr, "/both", &[b'z'; 10]).await;
+    assert_eq!((after.status, after.header("x-ratelimit-remaining")), (200, Some("206")), "{after:?}");
+}
+
+/// A chunked upload that passes the body-bytes budget gets the core's 429 (rate-limit headers,
+/// JSON body, the refusal hook) at the part that passes it, instead of warp's answer to a body
+/// it could not read; the parts read before it stay charged.
+#[tokio::test]
+async fn a_chunked_upload_over_the_bytes_budget_is_429_mid_stream() {
+    let addr = body_budgets().await;
+    let from = "127.0.3.3";
+    let first = post_chunked_from(from, addr, "/bytes", &[&[b'x'; 100], &[b'x'; 100]]).await;
+    assert_eq!((first.status, first.body.len()), (200, 200), "{first:?}");
+    // 56 left: the first 40 pass, the next 40 do not.
+    let refused = post_chunked_from(from, addr, "/bytes", &[&[b'x'; 40], &[b'x'; 40]]).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.header("content-type"), Some("application/json"), "{refused:?}");
+    assert!(refused.body.contains(r#""limit":"body_bytes""#), "{}", refused.body);
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("256"), "{refused:?}");
+    assert_eq!(refused.header("x-refused-by"), Some("body_bytes"), "through the hook: {refused:?}");
+    // 16 left.
+    let rest = post_from(from, addr, "/bytes", &[b'z'; 16]).await;
+    assert_eq!((rest.status, rest.header("x-ratelimit-remaining")), (200, Some("0")), "{rest:?}");
+    assert_eq!(post_from(from, addr, "/bytes", b"z").await.status, 429);
 }
 
 /// A response body whose chunks the test sends.

@@ -1,39 +1,110 @@
-//! The bodies: the request body counted against the route's largest body while it streams, and
-//! the response body holding the request's in-flight lease.
+//! The bodies: the request body counted while it streams (the route's largest body, the body
+//! bytes of a body of unknown length), and the response body holding the request's in-flight
+//! lease.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
+use tollgate::engine::{BodyCharge, BodyCounter, Refusal};
 use tollgate::{ConnectionLease, HeaderOptions};
+
+use super::config::{RefusalHook, respond};
 
 /// The error type request bodies are passed on with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where a request body tells the response future that it went over the route's largest body:
-/// the future then answers 413 whatever the application made of the error.
-#[derive(Debug)]
-pub(crate) struct Overflow {
-    hit: AtomicBool,
-    pub(crate) max: u64,
-    /// The style the 413 renders in.
-    pub(crate) options: HeaderOptions,
+/// Where a request body counted while it streams and its response future meet: the core's
+/// [`BodyCounter`], which decides for each part, and the refusal the body leaves when it cuts
+/// itself off, which the future answers with instead of the application's response. Only on
+/// routes with body limits.
+pub(crate) struct BodyMeter {
+    hook: Option<RefusalHook>,
+    // Locked by the body for each part it reads, and by the response future once.
+    progress: Mutex<Progress>,
 }
 
-impl Overflow {
-    pub(crate) fn new(max: u64, options: HeaderOptions) -> Arc<Self> {
-        Arc::new(Self { hit: AtomicBool::new(false), max, options })
+/// How far a body counted while it streams got.
+struct Progress {
+    counter: BodyCounter,
+    /// The refusal it was cut off with, until the response future takes it.
+    refusal: Option<Box<Refusal>>,
+}
+
+impl fmt::Debug for BodyMeter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("BodyMeter");
+        // Not waiting for the body's reader to show how far it got.
+        if let Ok(progress) = self.progress.try_lock() {
+            debug.field("counter", &progress.counter);
+        }
+        debug.finish_non_exhaustive()
+    }
+}
+
+impl BodyMeter {
+    /// The meter of a body admitted with `max_body` and `charge` (the engine's plan), refusals
+    /// rendered in the `options` style and through `hook`. `None` (nothing allocated) on a
+    /// route without body limits.
+    #[inline(always)]
+    pub(crate) fn of(
+        max_body: Option<u64>,
+        charge: Option<BodyCharge>,
+        options: &HeaderOptions,
+        hook: Option<&RefusalHook>,
+    ) -> Option<Arc<Self>> {
+        if max_body.is_none() && charge.is_none() {
+            return None;
+        }
+        Self::new(max_body, charge, options, hook)
     }
 
-    pub(crate) fn hit(&self) -> bool {
-        self.hit.load(Ordering::Acquire)
+    #[inline(never)]
+    fn new(
+        max_body: Option<u64>,
+        charge: Option<BodyCharge>,
+        options: &HeaderOptions,
+        hook: Option<&RefusalHook>,
+    ) -> Option<Arc<Self>> {
+        let counter = BodyCounter::new(max_body, charge, options, sleep)?;
+        Some(Arc::new(Self { hook: hook.cloned(), progress: Mutex::new(Progress { counter, refusal: None }) }))
     }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The response to a body cut off, when it was: the core's refusal, through the refusal hook.
+    pub(crate) fn refused(&self) -> Option<Response<Full<Bytes>>> {
+        let refusal = self.progress().refusal.take()?;
+        Some(respond(&refusal, self.hook.as_ref()))
+    }
+}
+
+impl Progress {
+    /// Cuts the body off: `refusal` kept for the response, the error for the reader.
+    #[cold]
+    fn cut_off(&mut self, refusal: Box<Refusal>) -> BoxError {
+        let error: BoxError = match self.counter.passed_max_body() {
+            Some(max) => Box::new(BodyTooLarge { max }),
+            None => Box::new(BodyRefused { status: refusal.status() }),
+        };
+        self.refusal.get_or_insert(refusal);
+        error
+    }
+}
+
+/// The core's timer for the delay action: tokio's.
+fn sleep(wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(tokio::time::sleep(wait))
 }
 
 /// A request body over the route's largest body: the error its reader gets.
@@ -57,29 +128,56 @@ impl fmt::Display for BodyTooLarge {
 
 impl std::error::Error for BodyTooLarge {}
 
+/// A request body whose next part the route's body-bytes limit refused (429 over the budget;
+/// 413 for more than it can ever admit; or its policy's answer to a failed store): the error
+/// its reader gets.
+#[derive(Debug)]
+pub struct BodyRefused {
+    status: StatusCode,
+}
+
+impl BodyRefused {
+    /// The status of the refusal the client gets instead of the application's response.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl fmt::Display for BodyRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body refused by its body-bytes limit ({})", self.status)
+    }
+}
+
+impl std::error::Error for BodyRefused {}
+
 pin_project! {
-    /// The request body the warp filter gets: the client's body, cut off with a [`BodyTooLarge`]
-    /// error once it passes the route's largest body (the response is then the 413 refusal).
+    /// The request body the warp filter gets: the client's body, counted while it streams
+    /// against the route's largest body and, when its length was not known up front (a chunked
+    /// upload, an HTTP/2 request without `Content-Length`), charged to the route's body-bytes
+    /// limit part by part as it is read — so a body costs what it turns out to be, nothing when
+    /// it has none. A body that passes either limit is cut off with a [`BodyTooLarge`] or
+    /// [`BodyRefused`] error, and the response is the core's refusal (413, or 429 with the
+    /// rate-limit headers) whatever the filter made of the error. On other routes, the client's
+    /// body as it is.
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
-        remaining: u64,
-        overflow: Option<Arc<Overflow>>,
+        meter: Option<Arc<BodyMeter>>,
     }
 }
 
 impl<B> fmt::Debug for RequestBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestBody").field("remaining", &self.remaining).finish_non_exhaustive()
+        f.debug_struct("RequestBody").field("meter", &self.meter).finish_non_exhaustive()
     }
 }
 
 impl<B> RequestBody<B> {
-    /// `inner`, counted against `overflow.max` bytes when there is a largest body.
+    /// `inner`, counted against `meter`'s limits (passed on as it is without).
     #[inline(always)]
-    pub(crate) fn new(inner: B, overflow: Option<Arc<Overflow>>) -> Self {
-        let remaining = overflow.as_ref().map_or(u64::MAX, |o| o.max);
-        Self { inner, remaining, overflow }
+    pub(crate) fn new(inner: B, meter: Option<Arc<BodyMeter>>) -> Self {
+        Self { inner, meter }
     }
 }
 
@@ -93,35 +191,47 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let this = self.project();
-        let frame = match this.inner.poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(Some(Ok(frame))) => frame,
+        let Some(meter) = this.meter.as_deref() else {
+            return this.inner.poll_frame(cx).map_err(Into::into);
         };
-        if let Some(data) = frame.data_ref() {
-            let len = u64::try_from(data.remaining()).unwrap_or(u64::MAX);
-            match this.remaining.checked_sub(len) {
-                Some(left) => *this.remaining = left,
-                None => {
-                    *this.remaining = 0;
-                    let max = this.overflow.as_ref().map_or(0, |o| o.max);
-                    if let Some(overflow) = this.overflow.as_ref() {
-                        overflow.hit.store(true, Ordering::Release);
-                    }
-                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge { max }))));
-                }
-            }
+        let mut progress = meter.progress();
+        if progress.counter.is_cut_off() {
+            // Ended after its error, not repeating it: a reader that skips errors must not spin.
+            return Poll::Ready(None);
+        }
+        // The last part's charge is decided before anything more is read, its end included: a
+        // body over its budget never ends cleanly.
+        if let Err(refusal) = ready!(progress.counter.poll_ready(cx)) {
+            return Poll::Ready(Some(Err(progress.cut_off(refusal))));
+        }
+        let frame = match ready!(this.inner.poll_frame(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+            Some(Ok(frame)) => frame,
+        };
+        if let Some(data) = frame.data_ref()
+            && let Err(refusal) = progress.counter.count(u64::try_from(data.remaining()).unwrap_or(u64::MAX))
+        {
+            return Poll::Ready(Some(Err(progress.cut_off(refusal))));
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.meter {
+            None => self.inner.is_end_stream(),
+            Some(meter) => {
+                let progress = meter.progress();
+                progress.counter.is_cut_off() || (!progress.counter.is_pending() && self.inner.is_end_stream())
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.meter {
+            Some(meter) if meter.progress().counter.is_cut_off() => SizeHint::with_exact(0),
+            _ => self.inner.size_hint(),
+        }
     }
 }
 
@@ -215,18 +325,26 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
+    fn meter(max: u64) -> Arc<BodyMeter> {
+        BodyMeter::of(Some(max), None, &HeaderOptions::default(), None).unwrap()
+    }
+
     #[tokio::test]
     async fn a_body_of_exactly_the_largest_passes_one_byte_more_is_cut_off() {
-        let overflow = Overflow::new(6, HeaderOptions::default());
-        let body = RequestBody::new(chunks(&[b"abc", b"def"]), Some(Arc::clone(&overflow)));
+        let fits = meter(6);
+        let body = RequestBody::new(chunks(&[b"abc", b"def"]), Some(Arc::clone(&fits)));
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdef");
-        assert!(!overflow.hit());
+        assert!(fits.refused().is_none());
 
-        let overflow = Overflow::new(6, HeaderOptions::default());
-        let body = RequestBody::new(chunks(&[b"abc", b"defg"]), Some(Arc::clone(&overflow)));
-        let err = body.collect().await.unwrap_err();
+        let over = meter(6);
+        let mut body = RequestBody::new(chunks(&[b"abc", b"defg", b"h"]), Some(Arc::clone(&over)));
+        assert!(body.frame().await.unwrap().is_ok());
+        let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.downcast_ref::<BodyTooLarge>().map(BodyTooLarge::max), Some(6));
-        assert!(overflow.hit(), "the response future learns of it");
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none(), "ended after its error, not repeating it");
+        let refused = over.refused().expect("the response future learns of it");
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
         let unlimited = RequestBody::new(chunks(&[b"abc", b"defg"]), None);
         assert_eq!(unlimited.collect().await.unwrap().to_bytes().len(), 7);

@@ -44,12 +44,17 @@ impl<St: Store> Config<St> {
     /// the allow path.
     #[inline(never)]
     pub(crate) fn respond(&self, refusal: &Refusal) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Bytes::new());
-        *response.body_mut() = refusal.render_into(response.headers_mut());
-        *response.status_mut() = refusal.status();
-        if let (Some(hook), Some(decision)) = (&self.refusal, refusal.decision()) {
-            response = hook(decision, response);
-        }
-        response.map(Full::new)
+        respond(refusal, self.refusal.as_ref())
     }
+}
+
+/// The engine's refusal as a response, through `hook` when it refused a decision.
+pub(crate) fn respond(refusal: &Refusal, hook: Option<&RefusalHook>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Bytes::new());
+    *response.body_mut() = refusal.render_into(response.headers_mut());
+    *response.status_mut() = refusal.status();
+    if let (Some(hook), Some(decision)) = (hook, refusal.decision()) {
+        response = hook(decision, response);
+    }
+    response.map(Full::new)
 }

@@ -14,7 +14,8 @@ use tollgate::HeaderOptions;
 use tollgate::engine::{Refusal, ResponsePlan};
 use tower_service::Service;
 
-use super::body::{Overflow, RequestBody, ResponseBody};
+use super::body::{BodyMeter, RequestBody, ResponseBody};
+use super::config::respond;
 use super::service::Prepared;
 
 /// Checks still running (a remote store, an asynchronous identify hook, or the delay action's
@@ -23,9 +24,10 @@ pub(crate) type BoxPrepare<B> = Pin<Box<dyn Future<Output = Prepared<B>> + Send>
 
 pin_project! {
     /// The response future of [`RateLimitService`](super::RateLimitService): a refusal, or the
-    /// inner service's response with the rate-limit headers added. It holds any concurrency
-    /// lease until the response body takes it over, so dropping the future releases it. `B` is
-    /// the request body type.
+    /// inner service's response with the rate-limit headers added — or, when the request body was
+    /// cut off while it streamed ([`RequestBody`](super::RequestBody)), the core's refusal in its
+    /// place. It holds any concurrency lease until the response body takes it over, so dropping
+    /// the future releases it. `B` is the request body type.
     pub struct ResponseFuture<F, S, B> {
         #[pin]
         state: State<F, S, B>,
@@ -37,7 +39,7 @@ pin_project! {
     enum State<F, S, B> {
         Refused { response: Option<Response<Full<Bytes>>> },
         Preparing { prep: BoxPrepare<B>, service: Option<S> },
-        Inner { #[pin] future: F, plan: ResponsePlan, overflow: Option<Arc<Overflow>> },
+        Inner { #[pin] future: F, plan: ResponsePlan, meter: Option<Arc<BodyMeter>> },
     }
 }
 
@@ -62,8 +64,8 @@ impl<F, S, B> ResponseFuture<F, S, B> {
     }
 
     #[inline(always)]
-    pub(crate) fn inner(future: F, plan: ResponsePlan, overflow: Option<Arc<Overflow>>) -> Self {
-        Self { state: State::Inner { future, plan, overflow } }
+    pub(crate) fn inner(future: F, plan: ResponsePlan, meter: Option<Arc<BodyMeter>>) -> Self {
+        Self { state: State::Inner { future, plan, meter } }
     }
 }
 
@@ -84,12 +86,12 @@ where
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
                 StateProj::Preparing { prep, service } => match ready!(prep.as_mut().poll(cx)) {
-                    Prepared::Go { request, response: plan, overflow } => {
+                    Prepared::Go { request, response: plan, meter } => {
                         let Some(mut service) = service.take() else {
                             return Poll::Ready(Ok(plain_error("polled_after_completion").map(ResponseBody::full)));
                         };
                         let future = service.call(request);
-                        state.set(State::Inner { future, plan, overflow });
+                        state.set(State::Inner { future, plan, meter });
                     }
                     Prepared::Refuse(response) => {
                         // Finished: a later poll must not resume the completed checks.
@@ -97,15 +99,14 @@ where
                         return Poll::Ready(Ok(response.map(ResponseBody::full)));
                     }
                 },
-                StateProj::Inner { future, plan, overflow } => {
+                StateProj::Inner { future, plan, meter } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(overflow) = overflow.as_ref()
-                        && overflow.hit()
-                    {
-                        // The body went over its limit while the application read it: whatever
-                        // it answered (warp rejects a body it could not read with 400), the
-                        // client gets the 413 the engine would have given a declared length.
-                        return Poll::Ready(Ok(too_large(&overflow.options, overflow.max).map(ResponseBody::full)));
+                    // The body was cut off while the application read it: whatever it answered
+                    // (warp rejects a body it could not read with 400), the client gets the
+                    // core's refusal — the 413 a declared length over the largest body gets, the
+                    // 429 of the body-bytes limit. The request's leases go with the plan.
+                    if let Some(refused) = meter.as_deref().and_then(BodyMeter::refused) {
+                        return Poll::Ready(Ok(refused.map(ResponseBody::full)));
                     }
                     let lease = std::mem::take(plan).apply(response.status(), response.headers_mut());
                     return Poll::Ready(Ok(response.map(|body| ResponseBody::inner(body, lease))));
@@ -115,20 +116,7 @@ where
     }
 }
 
-/// The 413 of a body over `max` bytes.
-#[inline(never)]
-fn too_large(options: &HeaderOptions, max: u64) -> Response<Full<Bytes>> {
-    render(&Refusal::body_too_large(options, max))
-}
-
 /// An answer without a decision (a 500 when the response future is misused).
 fn plain_error(error: &'static str) -> Response<Full<Bytes>> {
-    render(&Refusal::error(&HeaderOptions::default(), http::StatusCode::INTERNAL_SERVER_ERROR, error, None))
-}
-
-fn render(refusal: &Refusal) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Bytes::new());
-    *response.body_mut() = refusal.render_into(response.headers_mut());
-    *response.status_mut() = refusal.status();
-    response.map(Full::new)
+    respond(&Refusal::error(&HeaderOptions::default(), http::StatusCode::INTERNAL_SERVER_ERROR, error, None), None)
 }

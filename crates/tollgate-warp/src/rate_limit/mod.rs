@@ -8,9 +8,19 @@
 //! applies the plan. A refusal — 429 over a rate, 413 for a body over its largest size, 503 when
 //! a global cap is full or a store failed closed — is the response itself, with its status,
 //! headers and JSON body: no warp rejection, so no `recover` to write, no `or` branch tried, no
-//! 500. An admitted request gets its rate-limit headers on the response, its body counted
-//! against the route's largest body while it streams (413 once it passes it), and its in-flight
-//! lease held by the response body until it is finished or dropped.
+//! 500. An admitted request gets its rate-limit headers on the response, its body counted while
+//! it streams ([`RequestBody`]), and its in-flight lease held by the response body until it is
+//! finished or dropped.
+//!
+//! The body is counted by the core's [`BodyCounter`](tollgate::engine::BodyCounter): past the
+//! largest body it is cut off and the response is the core's 413. A body of unknown length — a
+//! chunked HTTP/1.1 upload, or an HTTP/2 request without `Content-Length` ([`serve`](crate::serve)
+//! speaks HTTP/2 to clients with prior knowledge) — is charged to the body-bytes limit part by
+//! part as the filter reads it: a request without a body costs nothing, an upload what it turns
+//! out to be, and one that passes the budget is cut off there and answered with the core's 429
+//! (its parts read before stay charged). It is never refused 411 nor charged the route's largest
+//! body. A body whose length is known up front (`Content-Length`, or hyper's exact size hint — 0
+//! for an HTTP/2 request that ended with its headers) is charged it before any filter runs.
 //!
 //! ```
 //! use warp::Filter;
@@ -48,7 +58,7 @@ mod config;
 mod future;
 mod service;
 
-pub use body::{BodyTooLarge, BoxError, RequestBody, ResponseBody};
+pub use body::{BodyRefused, BodyTooLarge, BoxError, RequestBody, ResponseBody};
 pub use config::{IdentifyFuture, RefusalHook};
 pub use future::ResponseFuture;
 pub use service::RateLimitService;

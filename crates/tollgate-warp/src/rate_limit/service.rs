@@ -13,7 +13,7 @@ use tollgate::websocket::UpgradeLease;
 use tollgate::{MemoryStore, Store};
 use tower_service::Service;
 
-use super::body::{Overflow, RequestBody, ResponseBody};
+use super::body::{BodyMeter, RequestBody, ResponseBody};
 use super::config::{Config, Identify};
 use super::future::{BoxPrepare, ResponseFuture};
 use tollgate::request::HttpView;
@@ -64,7 +64,7 @@ impl<S, St: Store> RateLimitService<S, St> {
 // Moved once per request on the asynchronous path; boxing the large variant would allocate.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Prepared<B> {
-    Go { request: Request<RequestBody<B>>, response: ResponsePlan, overflow: Option<Arc<Overflow>> },
+    Go { request: Request<RequestBody<B>>, response: ResponsePlan, meter: Option<Arc<BodyMeter>> },
     Refuse(Response<Full<Bytes>>),
 }
 
@@ -102,27 +102,29 @@ where
             }
         }
         let engine = &self.config.engine;
-        let view = HttpView::<_>::of(&request, || request.body().size_hint().exact());
+        // Every body is counted while it streams: one of unknown length is charged what it turns
+        // out to be (nothing, for an HTTP/2 GET), never refused 411.
+        let view = HttpView::<_>::of(&request, || request.body().size_hint().exact()).counting_body();
         let limits = engine.limits_for(&view);
         if !limits.decides_at_once() {
             return ResponseFuture::preparing(prepare(&self.config, request), self.take_ready_inner());
         }
         // The stores decide at once: check inside `call`, with nothing boxed.
-        let Admit { wait, max_body, response, .. } = match engine.check_now(limits, &view) {
+        let Admit { wait, max_body, body_bytes, response, .. } = match engine.check_now(limits, &view) {
             Ok(admit) => admit,
             Err(refusal) => return ResponseFuture::refused(self.config.respond(&refusal)),
         };
         if let Some(upgrade) = response.upgrade() {
             hand_upgrade(request.extensions_mut(), upgrade);
         }
-        let overflow = max_body.map(|max| Overflow::new(max, *engine.header_options()));
-        let request = request.map(|body| RequestBody::new(body, overflow.clone()));
+        let meter = BodyMeter::of(max_body, body_bytes, engine.header_options(), self.config.refusal.as_ref());
+        let request = request.map(|body| RequestBody::new(body, meter.clone()));
         if wait.is_zero() {
-            return ResponseFuture::inner(self.inner.call(request), response, overflow);
+            return ResponseFuture::inner(self.inner.call(request), response, meter);
         }
         let prep: BoxPrepare<B> = Box::pin(async move {
             tokio::time::sleep(wait).await;
-            Prepared::Go { request, response, overflow }
+            Prepared::Go { request, response, meter }
         });
         ResponseFuture::preparing(prep, self.take_ready_inner())
     }
@@ -151,7 +153,7 @@ fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, reques
         }
         let exact = body.size_hint().exact();
         let checked = {
-            let view = HttpView::<_>::of_parts(&parts, move || exact);
+            let view = HttpView::<_>::of_parts(&parts, move || exact).counting_body();
             let limits = config.engine.limits_for(&view);
             if limits.decides_at_once() {
                 config.engine.check_now(limits, &view)
@@ -159,7 +161,7 @@ fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, reques
                 config.engine.check(limits, &view).await
             }
         };
-        let Admit { wait, max_body, response, .. } = match checked {
+        let Admit { wait, max_body, body_bytes, response, .. } = match checked {
             Ok(admit) => admit,
             Err(refusal) => return Prepared::Refuse(config.respond(&refusal)),
         };
@@ -169,9 +171,9 @@ fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, reques
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let overflow = max_body.map(|max| Overflow::new(max, *config.engine.header_options()));
-        let body = RequestBody::new(body, overflow.clone());
-        Prepared::Go { request: Request::from_parts(parts, body), response, overflow }
+        let meter = BodyMeter::of(max_body, body_bytes, config.engine.header_options(), config.refusal.as_ref());
+        let body = RequestBody::new(body, meter.clone());
+        Prepared::Go { request: Request::from_parts(parts, body), response, meter }
     })
 }
 

@@ -92,3 +92,26 @@ pub async fn get_from(from: &str, addr: SocketAddr, path: &str, extra: &str) -> 
     let raw = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n{extra}\r\n");
     send_from(from, addr, raw.as_bytes()).await
 }
+
+/// `POST path` from `from` with a `Content-Length` body.
+pub async fn post_from(from: &str, addr: SocketAddr, path: &str, body: &[u8]) -> Reply {
+    let mut raw =
+        format!("POST {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len())
+            .into_bytes();
+    raw.extend_from_slice(body);
+    send_from(from, addr, &raw).await
+}
+
+/// `POST path` from `from` with a chunked body of `chunks` (no `Content-Length`).
+pub async fn post_chunked_from(from: &str, addr: SocketAddr, path: &str, chunks: &[&[u8]]) -> Reply {
+    let mut raw =
+        format!("POST {path} HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+            .into_bytes();
+    for chunk in chunks {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    send_from(from, addr, &raw).await
+}
