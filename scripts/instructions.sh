@@ -16,9 +16,9 @@ BIN=$(cargo bench -p tollgate-tower --features axum,tungstenite --bench middlewa
 [ -x "$BIN" ] || { echo "could not build the middleware bench" >&2; exit 1; }
 CASES=("$@")
 if [ ${#CASES[@]} -eq 0 ]; then
-  CASES=(bare no-op_layer tollgate tollgate_no_headers tollgate_wrapped_bodies tower_governor
+  CASES=(bare no-op_layer tollgate tollgate_no_headers tollgate_wrapped_bodies tollgate_live tower_governor
     tower_governor_headers tollgate_refusal tower_governor_refusal fixed_headers around/no-op_layer around/tollgate
-    around/tollgate_no_headers around/tower_governor around/tower_governor_headers around/tollgate_refusal
+    around/tollgate_no_headers around/tollgate_live around/tower_governor around/tower_governor_headers around/tollgate_refusal
     around/tower_governor_refusal around/fixed_headers around/keyed_limiter)
 fi
 printf "%-30s %14s %8s %14s\n" case instructions "vs bare" allocations

@@ -31,8 +31,9 @@ use futures_util::future::Either;
 use http::{Request, StatusCode};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::runtime::Runtime;
-use tollgate::HeaderOptions;
-use tollgate_tower::RateLimitLayer;
+use tollgate::engine::{Engine, Limits};
+use tollgate::{HeaderOptions, KeyKind, Limit, MemoryStore, Policy};
+use tollgate_tower::{AxumBody, LiveEngine, RateLimitLayer};
 use tower::{Layer, Service, ServiceExt};
 
 #[macro_use]
@@ -71,6 +72,7 @@ fn cases(r: &mut impl Runner) {
     r.run("tollgate", app().layer(tollgate(ALLOW, on)).into_service(), ok);
     r.run("tollgate_no_headers", app().layer(tollgate(ALLOW, no_headers)).into_service(), ok);
     r.run("tollgate_wrapped_bodies", app().layer(RateLimitLayer::new(per_ip(ALLOW).unwrap())).into_service(), ok);
+    r.run("tollgate_live", app().layer(tollgate_live(ALLOW, on)).into_service(), ok);
     r.run("tower_governor", app().layer(governor!(true).unwrap()).into_service(), ok);
     r.run("tower_governor_headers", app().layer(governor!(true, headers).unwrap()).into_service(), ok);
     r.run("tollgate_refusal", app().layer(tollgate(REFUSE, on)).into_service(), too_many);
@@ -82,10 +84,22 @@ fn cases(r: &mut impl Runner) {
     r.run("around/fixed_headers", fixed_headers().layer(app().into_service()), ok);
     r.run("around/tollgate", tollgate(ALLOW, on).layer(app().into_service()), ok);
     r.run("around/tollgate_no_headers", tollgate(ALLOW, no_headers).layer(app().into_service()), ok);
+    r.run("around/tollgate_live", tollgate_live(ALLOW, on).layer(app().into_service()), ok);
     r.run("around/tower_governor", governor!(true).unwrap().layer(app().into_service()), ok);
     r.run("around/tower_governor_headers", governor!(true, headers).unwrap().layer(app().into_service()), ok);
     r.run("around/tollgate_refusal", tollgate(REFUSE, on).layer(app().into_service()), too_many);
     r.run("around/tower_governor_refusal", governor!(false).unwrap().layer(app().into_service()), too_many);
+}
+
+/// [`tollgate`]'s layer on a [`LiveEngine`]: the same limits, the engine loaded per request from
+/// the live engine's cell (what a live configuration costs the allow path).
+fn tollgate_live(quota: &'static str, headers: HeaderOptions) -> RateLimitLayer<MemoryStore, AxumBody> {
+    let build = move |_: &tollgate::Config| {
+        let policy = Policy::builder("api").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
+        Ok(Engine::new(Limits::empty().policy(policy)).headers(headers))
+    };
+    let live = LiveEngine::new(tollgate::Config::default(), build).unwrap();
+    RateLimitLayer::with_engine(live).axum_body()
 }
 
 /// One request through the service, its status checked.

@@ -40,6 +40,11 @@
 //! (`KeyKind::Header`) or insert the peer address with a layer of your own. Both are tested over
 //! real sockets in `tests/hyper_tonic.rs`.
 //!
+//! **Live limits.** [`RateLimitLayer::with_engine`] takes a [`LiveEngine`] as well as an engine:
+//! the limits can then be changed, or reloaded from the configuration file (with `SIGHUP` and on
+//! change, tollgate's `reload` feature), while the server runs; each request is decided by the
+//! engine current when it arrives (see `tollgate::live`).
+//!
 //! Features: `axum` (axum's `ConnectInfo`/`MatchedPath` keys, [`LimitedUpgrade`] and limits on
 //! axum's `WebSocket`), `tungstenite` (limits on tokio-tungstenite's `WebSocketStream`),
 //! `metrics` (the core's metrics, see `tollgate::observe`).
@@ -58,6 +63,7 @@ pub use rate_limit::{
     Bodies, BodyError, Limits, RateLimit, RateLimitLayer, RequestBodies, RequestBody, ResponseBodies, ResponseBody,
     ResponseFuture, WebSocketLimits, Wrapped,
 };
+pub use tollgate::live::LiveEngine;
 #[cfg(feature = "axum")]
 pub use websocket::LimitedUpgrade;
 pub use websocket::{LimitedWebSocket, UpgradeLease, WsMessage};

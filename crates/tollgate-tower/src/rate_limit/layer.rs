@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Method, Response};
 use http_body_util::Full;
 use tollgate::engine::{BodyCharge, BodyCounter, Engine, Limits, Refusal};
+use tollgate::live::{CurrentEngine, EngineSource};
 use tollgate::{ClientIpResolver, Decision, HeaderOptions, KeyKind, MemoryStore, Policy, Store};
 use tower::Layer;
 
@@ -29,10 +30,10 @@ pub struct RateLimitLayer<St: Store = MemoryStore, M = Wrapped> {
     bodies: PhantomData<fn() -> M>,
 }
 
-/// What the service shares: the core's engine, which decides, and how refusals are turned into
-/// responses.
+/// What the service shares: the core's engine, which decides (fixed, or a live engine's
+/// current one), and how refusals are turned into responses.
 pub(crate) struct Config<St: Store> {
-    pub(crate) engine: Engine<St>,
+    pub(crate) engine: EngineSource<St>,
     refusal: Option<RefusalHook>,
 }
 
@@ -68,9 +69,24 @@ impl<St: Store> RateLimitLayer<St> {
         Self::with_engine(Engine::new(limits))
     }
 
-    /// Applies the decisions of `engine` (e.g. [`Engine::from_config`]), as every adapter does.
-    pub fn with_engine(engine: Engine<St>) -> Self {
-        Self { config: Arc::new(Config { engine, refusal: None }), bodies: PhantomData }
+    /// Applies the decisions of `engine`, as every adapter does: an [`Engine`] (e.g.
+    /// [`Engine::from_config`]), or a [`LiveEngine`](tollgate::live::LiveEngine), whose limits can
+    /// change while it serves — each request is decided by the engine current when it arrives,
+    /// loaded without a lock (see [`tollgate::live`]).
+    ///
+    /// ```
+    /// use tollgate::live::LiveEngine;
+    /// use tollgate_tower::RateLimitLayer;
+    ///
+    /// let live = LiveEngine::from_config("[policies.api]\nlimits = [{ name = \"per_ip\", quota = \"10/s\" }]\n[[routes]]\npath = \"/api\"\npolicy = \"api\"".parse()?)?;
+    /// let layer = RateLimitLayer::with_engine(live.clone());
+    /// // Later, while serving: the layer decides with the new limits from the next request.
+    /// live.set_key_quota("api", "per_ip", "203.0.113.9", Some("100/s".parse()?))?;
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_engine(engine: impl Into<EngineSource<St>>) -> Self {
+        Self { config: Arc::new(Config { engine: engine.into(), refusal: None }), bodies: PhantomData }
     }
 }
 
@@ -96,9 +112,9 @@ impl<St: Store, M> RateLimitLayer<St, M> {
         RateLimitLayer { config: self.config, bodies: PhantomData }
     }
 
-    /// The engine deciding for this layer.
-    pub fn engine(&self) -> &Engine<St> {
-        &self.config.engine
+    /// The engine deciding for this layer now (a live engine's current one).
+    pub fn engine(&self) -> CurrentEngine<'_, St> {
+        self.config.engine.load_owned()
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Config<St>)) -> Self {
@@ -106,8 +122,10 @@ impl<St: Store, M> RateLimitLayer<St, M> {
         self
     }
 
+    /// Changes a fixed engine; a live engine's routes, keys and headers come from its
+    /// configuration (see [`EngineSource::edit`]).
     fn edit_engine(self, f: impl FnOnce(Engine<St>) -> Engine<St>) -> Self {
-        self.edit(|c| c.engine = f(c.engine.clone()))
+        self.edit(|c| c.engine = c.engine.clone().edit(f))
     }
 
     /// Applies `limits` instead of the default ones to the route `path`, a pattern in axum's syntax
@@ -206,16 +224,26 @@ impl<St: Store> Config<St> {
     /// future: the route's largest body and the body-bytes charge of a body of unknown length.
     /// `None` (nothing allocated) on a route without body limits.
     #[inline(always)]
-    pub(crate) fn body_meter(&self, max_body: Option<u64>, charge: Option<BodyCharge>) -> Option<Arc<BodyMeter>> {
+    pub(crate) fn body_meter(
+        &self,
+        options: &HeaderOptions,
+        max_body: Option<u64>,
+        charge: Option<BodyCharge>,
+    ) -> Option<Arc<BodyMeter>> {
         if max_body.is_none() && charge.is_none() {
             return None;
         }
-        self.new_body_meter(max_body, charge)
+        self.new_body_meter(options, max_body, charge)
     }
 
     #[inline(never)]
-    fn new_body_meter(&self, max_body: Option<u64>, charge: Option<BodyCharge>) -> Option<Arc<BodyMeter>> {
-        let counter = BodyCounter::new(max_body, charge, self.engine.header_options(), sleep)?;
+    fn new_body_meter(
+        &self,
+        options: &HeaderOptions,
+        max_body: Option<u64>,
+        charge: Option<BodyCharge>,
+    ) -> Option<Arc<BodyMeter>> {
+        let counter = BodyCounter::new(max_body, charge, options, sleep)?;
         Some(Arc::new(BodyMeter::new(counter, self.refusal.clone())))
     }
 }

@@ -98,7 +98,8 @@ where
     // future fewer (about 130 instructions per request around an axum `Router`, measured).
     #[inline(always)]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let engine = &self.config.engine;
+        // The engine deciding this request: the layer's, or a live engine's current one.
+        let engine = self.config.engine.load();
         // The middleware counts every body while it streams: one of unknown length is charged
         // what it turns out to be (nothing, for an HTTP/2 GET), never refused 411.
         let view = View::of(&request, || M::exact_len(request.body())).counting_body();
@@ -117,7 +118,10 @@ where
         if let Some(upgrade) = response.upgrade() {
             request.extensions_mut().insert(upgrade.clone());
         }
-        let meter = self.config.body_meter(max_body, body_bytes);
+        let meter = self.config.body_meter(engine.header_options(), max_body, body_bytes);
+        // Let go of a live engine before the application runs: a request holds only what its
+        // plan took (the leases, the body charge), so a reload is never held up by it.
+        drop(engine);
         let request = M::pass_on(request, meter.clone());
         if wait.is_zero() {
             return ResponseFuture::inner(self.inner.call(request), response, meter);
@@ -152,10 +156,12 @@ where
         // Only the parts are borrowed across the awaits: the body need not be `Sync`.
         let (mut parts, body) = request.into_parts();
         let exact = M::exact_len(&body);
+        // Held across the checks' awaits: a live engine's current one, owned.
+        let engine = config.engine.load_owned();
         let checked = {
             let view = View::of_parts(&parts, move || exact).counting_body();
-            let limits = config.engine.limits_for(&view);
-            config.engine.check(limits, &view).await
+            let limits = engine.limits_for(&view);
+            engine.check(limits, &view).await
         };
         let Admit { wait, max_body, body_bytes, response, .. } = match checked {
             Ok(admit) => admit,
@@ -167,7 +173,7 @@ where
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let meter = config.body_meter(max_body, body_bytes);
+        let meter = config.body_meter(engine.header_options(), max_body, body_bytes);
         Prepared::Go { request: Request::from_parts(parts, M::request(body, meter.clone())), response, meter }
     })
 }
