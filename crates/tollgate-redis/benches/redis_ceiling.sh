@@ -1,39 +1,156 @@
 #!/usr/bin/env bash
-# The ceiling for one round trip per decision: redis-benchmark running tollgate's own check script
-# (src/lua/check.lua) by EVALSHA, with the arguments the store sends for one GCRA check
-# (1000000/s, cost 1, keys spread over 100000 clients), at 50 connections; without pipelining
-# (-P 1) and with pipelining (-P 16). Compare with `cargo bench -p tollgate-redis --bench redis_store`.
+# What each of tollgate's Lua scripts costs Redis, beside a plain GCRA script (gcra_reference.lua),
+# on the same redis-server in the same run: redis-benchmark runs each script by EVALSHA with the
+# arguments the store sends (quota 1000000/s, cost 1, keys spread over 100000 clients, CLIENTS
+# connections, each PIPELINE deep), the cases interleaved, ROUNDS times. Per case it prints the
+# median of: requests per second, INFO commandstats usec_per_call of EVALSHA (time inside the
+# script, as Redis measures it), and, when the server runs on this machine, the CPU time of its
+# main thread per request (from /proc: parsing, the script and the reply; unlike usec_per_call it
+# does not count time the thread was descheduled, so it is the steadier figure on a busy machine).
+# With CALLGRIND=1 it starts its own redis-server under valgrind and prints instructions per
+# request instead (deterministic: the figure to compare scripts by; slow).
+#
+# Cases (CASES to choose; default all):
+#   reference       gcra_reference.lua (plain GCRA, 1 key)
+#   check-gcra      check.lua, one GCRA check (the general script)
+#   gcra            gcra.lua, one GCRA check (what the store sends)
+#   check-gcra-2    check.lua, two GCRA checks
+#   gcra-batch-2    gcra_batch.lua, two GCRA checks (what the store sends)
+#   check-window    check.lua, one sliding-window check (what the store sends)
+#   lease           lease.lua, acquire (per-key cap 10, 1 s TTL; leases expire, never released)
 #
 # Usage: redis_ceiling.sh [port]   (without a port it starts its own redis-server)
-# Environment: REQUESTS (default 200000), CLIENTS (default 50), PIPELINE (default 16).
+# Environment: REQUESTS (default 100000), CLIENTS (50), PIPELINE (16), ROUNDS (3), CASES; TAG
+# puts every key under that Redis Cluster hash tag (for a run against one master of a cluster,
+# with a tag it serves: redis-benchmark does not follow a script's keys across slots).
+# Output: one line per case: "<case> <requests/s> <usec_per_call> <cpu us/request>" (or
+# "<case> <instructions/request>" with CALLGRIND=1), after a line naming the server and CPU.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-script="$here/../src/lua/check.lua"
-requests="${REQUESTS:-200000}"
+lua="$here/../src/lua"
+requests="${REQUESTS:-100000}"
 clients="${CLIENTS:-50}"
 pipeline="${PIPELINE:-16}"
+rounds="${ROUNDS:-3}"
+cases=(${CASES:-reference check-gcra gcra check-gcra-2 gcra-batch-2 check-window lease})
+callgrind="${CALLGRIND:-0}"
 
-command -v redis-benchmark >/dev/null || { echo "redis-benchmark not found (apt-get install redis-tools)" >&2; exit 1; }
+for tool in redis-server redis-cli redis-benchmark; do
+  command -v "$tool" >/dev/null || { echo "$tool not found (apt-get install redis-server redis-tools)" >&2; exit 1; }
+done
+if [[ "$callgrind" == 1 ]]; then
+  command -v callgrind_control >/dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 1; }
+  [[ $# -eq 0 ]] || { echo "CALLGRIND=1 starts its own server: give no port" >&2; exit 1; }
+  requests="${REQUESTS:-20000}"
+  clients="${CLIENTS:-10}"
+  rounds=1
+fi
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+cli() { redis-cli -p "$port" "$@"; }
 
 if [[ $# -ge 1 ]]; then
   port="$1"
 else
-  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  port="$(free_port)"
   dir="$(mktemp -d)"
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
+  wrap=()
+  [[ "$callgrind" == 1 ]] && wrap=(valgrind --tool=callgrind "--callgrind-out-file=$dir/callgrind.%p")
+  "${wrap[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+    >"$dir/log" 2>&1 &
   server=$!
-  trap 'kill "$server" 2>/dev/null; rm -rf "$dir"' EXIT
-  for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$dir"' EXIT
+  for _ in $(seq 600); do cli ping >/dev/null 2>&1 && break; sleep 0.05; done
 fi
 
-sha="$(redis-cli -p "$port" -x SCRIPT LOAD < "$script")"
-# The arguments of one check: mode, now ('' = server TIME), TTL floor, count, then the check:
-# algorithm, period ns, emission interval ns, amount, burst, cost, max wait ns.
-args=(EVALSHA "$sha" 2 "bench:{__rand_int__}:s" "bench:{__rand_int__}:b" c "" 0 1 g 1000000000 1000 1000000 1000000 1 0)
+pid="$(cli INFO server | tr -d '\r' | sed -n 's/^process_id://p')"
+# The main thread's on-CPU nanoseconds, when the server runs here.
+cpu_ns() { if [[ -r "/proc/$pid/task/$pid/schedstat" ]]; then cut -d' ' -f1 "/proc/$pid/task/$pid/schedstat"; else echo 0; fi; }
+echo "# $(redis-server --version | cut -d' ' -f1-3) on $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) CPUs; $requests requests, $clients clients, -P $pipeline"
 
-for p in 1 "$pipeline"; do
-  rps="$(redis-benchmark -p "$port" -c "$clients" -n "$requests" -r 100000 -P "$p" -q "${args[@]}" \
-    | tr '\r' '\n' | grep -o '[0-9.]* requests per second.*' | tail -n 1)"
-  echo "redis-benchmark EVALSHA check.lua, $clients clients, -P $p: $rps"
+load() { cli -x SCRIPT LOAD <"$1"; }
+ref="$(load "$here/gcra_reference.lua")"
+check="$(load "$lua/check.lua")"
+gcra="$(load "$lua/gcra.lua")"
+batch="$(load "$lua/gcra_batch.lua")"
+lease="$(load "$lua/lease.lua")"
+
+# The keys of one check: its state and block keys (each __rand_int__ is drawn on its own; both
+# keys miss or hit alike in cost).
+tag="${TAG:-}"
+if [[ -n "$tag" ]]; then
+  k0="bench:{$tag}:__rand_int__:s"
+  k1=("bench:{$tag}:__rand_int__:s" "bench:{$tag}:__rand_int__:b")
+  k2=("bench:{$tag}:__rand_int__:s2" "bench:{$tag}:__rand_int__:b2")
+  lk=("lease:{$tag}:k:__rand_int__" "lease:{$tag}:g" "lease:{$tag}:r")
+else
+  k0="bench:{__rand_int__}:s"
+  k1=("bench:{__rand_int__}:s" "bench:{__rand_int__}:b")
+  k2=("bench:{__rand_int__}:s2" "bench:{__rand_int__}:b2")
+  lk=("lease:{bench}:k:__rand_int__" "lease:{bench}:g" "lease:{bench}:r")
+fi
+# check.lua's arguments: mode, now ('' = TIME), TTL floor, count, then per check: algorithm,
+# period ns, emission interval ns, amount, burst, cost, max wait ns. gcra.lua's: per check
+# emission interval, burst, cost, max wait; gcra_batch.lua's: emission interval, burst, cost.
+g=(1000000000 1000 1000000 1000000 1 0)
+args() {
+  case "$1" in
+    reference) echo EVALSHA "$ref" 1 "$k0" 1000000 1000000 1 1 ;;
+    check-gcra) echo EVALSHA "$check" 2 "${k1[@]}" c "''" 0 1 g "${g[@]}" ;;
+    gcra) echo EVALSHA "$gcra" 2 "${k1[@]}" 1000 1000000 1 0 ;;
+    check-gcra-2) echo EVALSHA "$check" 4 "${k1[@]}" "${k2[@]}" c "''" 0 2 g "${g[@]}" g "${g[@]}" ;;
+    gcra-batch-2) echo EVALSHA "$batch" 4 "${k1[@]}" "${k2[@]}" 1000 1000000 1 1000 1000000 1 ;;
+    check-window) echo EVALSHA "$check" 2 "${k1[@]}" c "''" 0 1 w "${g[@]}" ;;
+    lease) echo EVALSHA "$lease" 3 "${lk[@]}" a __rand_int__ 1000 10 -1 ;;
+    *) echo "unknown case $1" >&2; exit 1 ;;
+  esac
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# One run of a case: prints "requests/s usec_per_call cpu_us_per_request".
+run() {
+  local cmd
+  eval "cmd=($(args "$1"))"
+  cli CONFIG RESETSTAT >/dev/null
+  local before after rps usec
+  before="$(cpu_ns)"
+  rps="$(redis-benchmark -p "$port" -c "$clients" -n "$requests" -r 100000 -P "$pipeline" -q "${cmd[@]}" |
+    tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -n 1 | cut -d' ' -f1)"
+  after="$(cpu_ns)"
+  usec="$(cli INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p')"
+  echo "$rps ${usec:-0} $(awk -v a="$before" -v b="$after" -v n="$requests" 'BEGIN { printf "%.2f", (b - a) / n / 1000 }')"
+}
+
+# Under callgrind: instructions of the whole server per request, from zeroed counters to a dump.
+run_callgrind() {
+  local cmd
+  eval "cmd=($(args "$1"))"
+  callgrind_control -z "$server" >/dev/null 2>&1
+  redis-benchmark -p "$port" -c "$clients" -n "$requests" -r 100000 -P "$pipeline" -q "${cmd[@]}" >/dev/null
+  rm -f "$dir"/callgrind.*.[0-9]*
+  callgrind_control -d "$server" >/dev/null 2>&1
+  local out
+  out="$(ls -t "$dir"/callgrind.*.[0-9]* | head -n 1)"
+  awk -v n="$requests" '/^(summary|totals):/ { printf "%d\n", $2 / n; exit }' "$out"
+}
+
+if [[ "$callgrind" == 1 ]]; then
+  # valgrind runs the server as a child of its own launcher: signal the server's pid.
+  server="$pid"
+  for c in "${cases[@]}"; do echo "$c $(run_callgrind "$c")"; done
+  exit 0
+fi
+
+results="$(mktemp)"
+for _ in $(seq "$rounds"); do
+  for c in "${cases[@]}"; do echo "$c $(run "$c")" >>"$results"; done
 done
+for c in "${cases[@]}"; do
+  rps="$(awk -v c="$c" '$1 == c { print $2 }' "$results" | median)"
+  usec="$(awk -v c="$c" '$1 == c { print $3 }' "$results" | median)"
+  cpu="$(awk -v c="$c" '$1 == c { print $4 }' "$results" | median)"
+  echo "$c $rps $usec $cpu"
+done
+rm -f "$results"
