@@ -148,6 +148,34 @@ impl BodyCounter {
         Ok(())
     }
 
+    /// Reads the body's next part through the counter, as every adapter reads it: first what
+    /// the last part left ([`BodyCounter::poll_ready`]: a body over its budget never ends
+    /// cleanly), then the part (`read`, the body's own poll), counted by its `len`. A part the
+    /// counter refuses is [`ReadError::CutOff`] in its place, and after it the body has ended
+    /// (`None`, not the error again: a reader that skips errors must not spin).
+    pub fn poll_read<T, E>(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: impl FnOnce(&mut Context<'_>) -> Poll<Option<Result<T, E>>>,
+        len: impl FnOnce(&T) -> u64,
+    ) -> Poll<Option<Result<T, ReadError<E>>>> {
+        if self.cut_off {
+            return Poll::Ready(None);
+        }
+        if let Err(refusal) = ready!(self.poll_ready(cx)) {
+            return Poll::Ready(Some(Err(ReadError::CutOff(refusal))));
+        }
+        let part = match ready!(read(cx)) {
+            Some(Ok(part)) => part,
+            Some(Err(err)) => return Poll::Ready(Some(Err(ReadError::Body(err)))),
+            None => return Poll::Ready(None),
+        };
+        Poll::Ready(Some(match self.count(len(&part)) {
+            Ok(()) => Ok(part),
+            Err(refusal) => Err(ReadError::CutOff(refusal)),
+        }))
+    }
+
     /// Finishes what the last part left — its charge being decided, the delay action's wait:
     /// ready with `Ok` when the body may read on, or with the refusal that cuts it off.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Box<Refusal>>> {
@@ -204,6 +232,16 @@ impl BodyCounter {
         self.pending = None;
         refusal
     }
+}
+
+/// Why a read through [`BodyCounter::poll_read`] failed.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    /// The body's own error, passed on.
+    Body(E),
+    /// The counter cut the body off at this part: the adapter gives the application an error and
+    /// answers this refusal instead of the application's response.
+    CutOff(Box<Refusal>),
 }
 
 impl fmt::Debug for BodyCounter {
@@ -285,11 +323,12 @@ mod tests {
     use std::net::SocketAddr;
     use std::pin::Pin;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll};
     use std::time::Duration;
 
     use http::Request;
 
-    use super::BodyCounter;
+    use super::{BodyCounter, ReadError};
     use crate::engine::{Engine, Limits};
     use crate::request::HttpView;
     use crate::{KeyKind, Limit, OnExceed, Policy};
@@ -467,6 +506,27 @@ mod tests {
         let view = HttpView::<_>::of(&get, || None).counting_body();
         let charge = engine.check_now(engine.limits_for(&view), &view).unwrap().body_bytes.unwrap();
         assert!(charge.try_charge_now(3096).unwrap().is_ok());
+    }
+
+    fn noop_context() -> Context<'static> {
+        Context::from_waker(std::task::Waker::noop())
+    }
+
+    #[test]
+    fn reads_through_the_counter_end_after_the_cut_off_and_pass_the_bodys_errors_on() {
+        let engine = engine();
+        let post = h2("POST", "/both", None);
+        let view = HttpView::<_>::of(&post, || None).counting_body();
+        let admit = engine.check_now(engine.limits_for(&view), &view).unwrap();
+        let mut counter = BodyCounter::new(admit.max_body, admit.body_bytes, engine.header_options(), sleep).unwrap();
+        let mut parts = vec![Err("reset"), Ok(600), Ok(600), Ok(1)].into_iter();
+        let mut next = || counter.poll_read(&mut noop_context(), |_| Poll::Ready(parts.next()), |len| *len);
+        assert!(matches!(next(), Poll::Ready(Some(Err(ReadError::Body("reset"))))));
+        assert!(matches!(next(), Poll::Ready(Some(Ok(600)))));
+        let Poll::Ready(Some(Err(ReadError::CutOff(refusal)))) = next() else { panic!("cut off past 1024 bytes") };
+        assert_eq!(refusal.status(), 413);
+        assert!(matches!(next(), Poll::Ready(None)), "ended after its error, not repeating it");
+        assert_eq!(parts.len(), 1, "nothing more read");
     }
 
     #[tokio::test]

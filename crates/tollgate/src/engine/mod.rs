@@ -79,7 +79,7 @@ mod limits;
 mod plan;
 mod stats;
 
-pub use body::{BodyCharge, BodyCounter, ChargeFuture, Sleep};
+pub use body::{BodyCharge, BodyCounter, ChargeFuture, ReadError, Sleep};
 pub use limits::{Limits, WebSocketLimits};
 pub use plan::{Admit, Refusal, ResponsePlan};
 
