@@ -15,7 +15,7 @@ use actix_web::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
 use pin_project_lite::pin_project;
-use tollgate::engine::{BodyCharge, BodyCounter, Refusal};
+use tollgate::engine::{BodyCharge, BodyCounter, ReadError, Refusal};
 use tollgate::{ConnectionLease, HeaderOptions};
 
 use super::transform::{RefusalHook, respond};
@@ -147,21 +147,14 @@ impl<S: Stream<Item = Result<Bytes, PayloadError>>> Stream for LimitedPayload<S>
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.project();
-        if this.counter.is_cut_off() {
-            return Poll::Ready(None);
-        }
-        // The last chunk's charge is decided before anything more is read, the end included: a
-        // payload over its budget never ends cleanly.
-        if let Err(refusal) = ready!(this.counter.poll_ready(cx)) {
-            return Poll::Ready(Some(Err(cut(this.cut_off, refusal))));
-        }
-        match ready!(this.inner.poll_next(cx)) {
-            Some(Ok(chunk)) => match this.counter.count(u64::try_from(chunk.len()).unwrap_or(u64::MAX)) {
-                Ok(()) => Poll::Ready(Some(Ok(chunk))),
-                Err(refusal) => Poll::Ready(Some(Err(cut(this.cut_off, refusal)))),
-            },
-            other => Poll::Ready(other),
-        }
+        let len = |chunk: &Bytes| u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+        let read = ready!(this.counter.poll_read(cx, |cx| this.inner.poll_next(cx), len));
+        Poll::Ready(read.map(|read| {
+            read.map_err(|err| match err {
+                ReadError::Body(err) => err,
+                ReadError::CutOff(refusal) => cut(this.cut_off, refusal),
+            })
+        }))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tollgate::ConnectionLease;
-use tollgate::engine::{BodyCounter, Refusal};
+use tollgate::engine::{BodyCounter, ReadError, Refusal};
 
 use super::bodies::BoxError;
 use super::layer::{RefusalHook, response};
@@ -96,6 +96,11 @@ impl Progress {
     }
 }
 
+/// The bytes of data a frame carries (none in trailers).
+fn data_len<D: Buf>(frame: &Frame<D>) -> u64 {
+    frame.data_ref().map_or(0, |data| u64::try_from(data.remaining()).unwrap_or(u64::MAX))
+}
+
 /// The core's timer for the delay action: tokio's.
 pub(crate) fn sleep(wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(tokio::time::sleep(wait))
@@ -147,26 +152,13 @@ where
             return this.inner.poll_frame(cx).map_err(Into::into);
         };
         let mut progress = meter.progress();
-        if progress.counter.is_cut_off() {
-            // Ended after its error, not repeating it: a reader that skips errors must not spin.
-            return Poll::Ready(None);
-        }
-        // The last part's charge is decided before anything more is read, its end included: a
-        // body over its budget never ends cleanly.
-        if let Err(refusal) = ready!(progress.counter.poll_ready(cx)) {
-            return Poll::Ready(Some(Err(progress.cut_off(refusal))));
-        }
-        let frame = match ready!(this.inner.poll_frame(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
-            Some(Ok(frame)) => frame,
-        };
-        if let Some(data) = frame.data_ref()
-            && let Err(refusal) = progress.counter.count(u64::try_from(data.remaining()).unwrap_or(u64::MAX))
-        {
-            return Poll::Ready(Some(Err(progress.cut_off(refusal))));
-        }
-        Poll::Ready(Some(Ok(frame)))
+        let read = ready!(progress.counter.poll_read(cx, |cx| this.inner.poll_frame(cx), data_len));
+        Poll::Ready(read.map(|read| {
+            read.map_err(|err| match err {
+                ReadError::Body(err) => err.into(),
+                ReadError::CutOff(refusal) => progress.cut_off(refusal),
+            })
+        }))
     }
 
     fn is_end_stream(&self) -> bool {
