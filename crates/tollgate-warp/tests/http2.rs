@@ -130,6 +130,31 @@ async fn bodyless_http2_gets_cost_no_body_bytes() {
     assert_eq!((whole.status, whole.header("x-ratelimit-remaining")), (StatusCode::OK, "0"));
 }
 
+/// A GET whose headers do not end its stream (the client ends it later, or never): its length is
+/// unknown when the request arrives, and it turns out to carry nothing the filter reads.
+fn open_get(addr: SocketAddr, path: &str) -> Request<BoxBody<Bytes, Infallible>> {
+    let never = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+    Request::get(uri(addr, path)).body(StreamBody::new(never).boxed()).unwrap()
+}
+
+#[tokio::test]
+async fn http2_gets_of_unknown_length_cost_what_they_carry() {
+    let addr = serve::<MemoryStore>().await;
+    let mut client = connect(addr).await;
+    // Were each charged the largest body (1 KiB), the fifth GET on `/both` would be refused;
+    // were each refused 411, none would pass on `/bytes`.
+    for i in 0..20 {
+        for path in ["/both", "/bytes"] {
+            let reply = send(&mut client, open_get(addr, path)).await;
+            assert_eq!((reply.status, reply.text()), (StatusCode::OK, "ok"), "GET {path} #{i}");
+        }
+    }
+    let first = send(&mut client, sized_post(addr, "/both", 1024)).await;
+    assert_eq!((first.status, first.header("x-ratelimit-remaining")), (StatusCode::OK, "3072"));
+    let whole = send(&mut client, sized_post(addr, "/bytes", 4096)).await;
+    assert_eq!((whole.status, whole.header("x-ratelimit-remaining")), (StatusCode::OK, "0"));
+}
+
 #[tokio::test]
 async fn streamed_http2_upload_over_the_largest_body_is_413() {
     let addr = serve::<MemoryStore>().await;
