@@ -45,4 +45,5 @@ pub use keys::{CustomKey, Identity, RouteName, Tier};
 pub use rate_limit::{
     LimitedResponse, Limits, RateLimit, RateLimitMiddleware, RefusalHook, ResponseBody, ResponseFuture, WebSocketLimits,
 };
+pub use tollgate::live::LiveEngine;
 pub use tollgate::websocket::UpgradeLease;

@@ -52,5 +52,6 @@ pub use keys::{CustomKey, Identified, Identity, RouteName, Tier, remote};
 pub use rate_limit::{RateLimit, RateLimitService, RequestBody, ResponseBody, ResponseFuture};
 pub use serve::{ServeOptions, serve, serve_with_shutdown};
 pub use tollgate::engine::{Limits, WebSocketLimits};
+pub use tollgate::live::LiveEngine;
 #[cfg(feature = "websocket")]
 pub use websocket::{LimitedWebSocket, LimitedWs, UpgradeLease, ws};

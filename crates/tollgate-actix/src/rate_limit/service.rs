@@ -13,7 +13,7 @@ use actix_web::{Error, HttpMessage};
 use futures_util::future::LocalBoxFuture;
 use pin_project_lite::pin_project;
 use tollgate::engine::{Admit, BodyCharge, ResponsePlan};
-use tollgate::{MemoryStore, Store};
+use tollgate::{HeaderOptions, MemoryStore, Store};
 
 use super::body::{CutOff, LimitedPayload, ResponseBody};
 use super::fields;
@@ -56,7 +56,8 @@ where
 
     #[inline]
     fn call(&self, mut request: ServiceRequest) -> Self::Future {
-        let engine = &self.config.engine;
+        // The engine deciding this request: the middleware's, or a live engine's current one.
+        let engine = self.config.engine.load();
         // The extensions are borrowed only within this block, where nothing awaits.
         let checked = {
             let view = View::borrowing(&request);
@@ -75,7 +76,10 @@ where
                 return ResponseFuture::refused(refused);
             }
         };
-        let body = pass_on(&mut request, &response, max_body, body_bytes, &self.config);
+        let body = pass_on(&mut request, &response, max_body, body_bytes, engine.header_options(), &self.config);
+        // Let go of a live engine before the application runs: the request holds what its plan
+        // took (the leases, the body charge), not the engine.
+        drop(engine);
         if wait.is_zero() {
             return ResponseFuture::inner(self.service.call(request), response, body);
         }
@@ -100,16 +104,19 @@ where
     St: Store,
 {
     let copied = CopiedKeys::of(&request.extensions());
+    // Held across the checks' awaits: a live engine's current one, owned.
+    let engine = config.engine.load_owned();
     let checked = {
         let view = View::with(&request, copied);
-        let limits = config.engine.limits_for(&view);
-        config.engine.check(limits, &view).await
+        let limits = engine.limits_for(&view);
+        engine.check(limits, &view).await
     };
     let Admit { wait, max_body, body_bytes, response, .. } = match checked {
         Ok(admit) => admit,
         Err(refusal) => return Ok(request.into_response(config.respond(&refusal)).map_into_right_body()),
     };
-    let body = pass_on(&mut request, &response, max_body, body_bytes, &config);
+    let body = pass_on(&mut request, &response, max_body, body_bytes, engine.header_options(), &config);
+    drop(engine);
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
@@ -127,6 +134,7 @@ fn pass_on<St: Store>(
     response: &ResponsePlan,
     max_body: Option<u64>,
     charge: Option<BodyCharge>,
+    options: &HeaderOptions,
     config: &Config<St>,
 ) -> Option<Rc<CutOff>> {
     if let Some(upgrade) = response.upgrade() {
@@ -135,7 +143,7 @@ fn pass_on<St: Store>(
     if max_body.is_none() && charge.is_none() {
         return None;
     }
-    count_payload(request, max_body, charge, config)
+    count_payload(request, max_body, charge, options, config)
 }
 
 /// [`pass_on`]'s payload, on routes with body limits.
@@ -144,10 +152,11 @@ fn count_payload<St: Store>(
     request: &mut ServiceRequest,
     max_body: Option<u64>,
     charge: Option<BodyCharge>,
+    options: &HeaderOptions,
     config: &Config<St>,
 ) -> Option<Rc<CutOff>> {
     let payload = request.take_payload();
-    match LimitedPayload::new(payload, max_body, charge, config.engine.header_options(), config.hook()) {
+    match LimitedPayload::new(payload, max_body, charge, options, config.hook()) {
         Ok((payload, cut_off)) => {
             request.set_payload(Payload::Stream { payload: Box::pin(payload) });
             Some(cut_off)

@@ -11,6 +11,7 @@ use actix_web::http::Method;
 use actix_web::{Error, HttpResponse};
 use tollgate::config::{Config as LimitsConfig, RouteLimits};
 use tollgate::engine::{Engine, Limits, Refusal};
+use tollgate::live::{CurrentEngine, EngineSource};
 use tollgate::{ClientIpResolver, Decision, HeaderOptions, KeyKind, LeaseStore, MemoryStore, Policy, Store};
 
 use super::body::ResponseBody;
@@ -30,10 +31,10 @@ pub struct RateLimit<St: Store = MemoryStore> {
     pub(crate) config: Arc<Config<St>>,
 }
 
-/// What every worker's middleware shares: the core's engine, which decides, and how refusals are
-/// turned into responses.
+/// What every worker's middleware shares: the core's engine, which decides (fixed, or a live
+/// engine's current one), and how refusals are turned into responses.
 pub(crate) struct Config<St: Store> {
-    pub(crate) engine: Engine<St>,
+    pub(crate) engine: EngineSource<St>,
     refusal: Option<RefusalHook>,
 }
 
@@ -71,14 +72,29 @@ impl<St: Store> RateLimit<St> {
         Self::with_engine(Engine::new(limits))
     }
 
-    /// Applies the decisions of `engine` (e.g. [`Engine::from_config`]), as every adapter does.
-    pub fn with_engine(engine: Engine<St>) -> Self {
-        Self { config: Arc::new(Config { engine, refusal: None }) }
+    /// Applies the decisions of `engine`, as every adapter does: an [`Engine`] (e.g.
+    /// [`Engine::from_config`]), or a [`LiveEngine`](tollgate::live::LiveEngine), whose limits can
+    /// change while it serves — each request is decided by the engine current when it arrives,
+    /// loaded without a lock (see [`tollgate::live`]).
+    ///
+    /// ```
+    /// use tollgate::live::LiveEngine;
+    /// use tollgate_actix::RateLimit;
+    ///
+    /// let live = LiveEngine::from_config("[policies.api]\nlimits = [{ name = \"per_ip\", quota = \"10/s\" }]\n[[routes]]\npath = \"/api\"\npolicy = \"api\"".parse()?)?;
+    /// let middleware = RateLimit::with_engine(live.clone());
+    /// // Later, while serving: every worker decides with the new limits from the next request.
+    /// live.add_denied("api", "198.51.100.0/24")?;
+    /// # let _ = middleware;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_engine(engine: impl Into<EngineSource<St>>) -> Self {
+        Self { config: Arc::new(Config { engine: engine.into(), refusal: None }) }
     }
 
-    /// The engine deciding for this middleware.
-    pub fn engine(&self) -> &Engine<St> {
-        &self.config.engine
+    /// The engine deciding for this middleware now (a live engine's current one).
+    pub fn engine(&self) -> CurrentEngine<'_, St> {
+        self.config.engine.load_owned()
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Config<St>)) -> Self {
@@ -86,8 +102,10 @@ impl<St: Store> RateLimit<St> {
         self
     }
 
+    /// Changes a fixed engine; a live engine's routes, keys and headers come from its
+    /// configuration (see [`EngineSource::edit`]).
     fn edit_engine(self, f: impl FnOnce(Engine<St>) -> Engine<St>) -> Self {
-        self.edit(|c| c.engine = f(c.engine.clone()))
+        self.edit(|c| c.engine = c.engine.clone().edit(f))
     }
 
     /// Applies `limits` instead of the default ones to the route `path`, a pattern in the core's

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::Response;
 use http::request::Parts;
 use http_body_util::Full;
-use tollgate::engine::{Engine, Refusal};
+use tollgate::engine::Refusal;
+use tollgate::live::EngineSource;
 use tollgate::{Decision, Store};
 
 use crate::keys::Identified;
@@ -28,7 +29,8 @@ pub(crate) enum Identify {
 }
 
 pub(crate) struct Config<St: Store> {
-    pub(crate) engine: Engine<St>,
+    /// Fixed, or a live engine's current one.
+    pub(crate) engine: EngineSource<St>,
     pub(crate) refusal: Option<RefusalHook>,
     pub(crate) identify: Option<Identify>,
 }

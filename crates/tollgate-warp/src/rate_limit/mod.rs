@@ -74,6 +74,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tollgate::config::{Config as TomlConfig, RouteLimits};
 use tollgate::engine::{Engine, Limits};
+use tollgate::live::{CurrentEngine, EngineSource};
 use tollgate::{ClientIpResolver, Decision, Error, HeaderOptions, KeyKind, LeaseStore, MemoryStore, Policy, Store};
 use tower_service::Service;
 use warp::Filter;
@@ -114,14 +115,29 @@ impl<St: Store> RateLimit<St> {
         Self::with_engine(Engine::new(limits))
     }
 
-    /// Applies the decisions of `engine` (e.g. [`Engine::from_config`]), as every adapter does.
-    pub fn with_engine(engine: Engine<St>) -> Self {
-        Self { config: Arc::new(Config { engine, refusal: None, identify: None }) }
+    /// Applies the decisions of `engine`, as every adapter does: an [`Engine`] (e.g.
+    /// [`Engine::from_config`]), or a [`LiveEngine`](tollgate::live::LiveEngine), whose limits can
+    /// change while it serves — each request is decided by the engine current when it arrives,
+    /// loaded without a lock (see [`tollgate::live`]).
+    ///
+    /// ```
+    /// use tollgate::live::LiveEngine;
+    /// use tollgate_warp::RateLimit;
+    ///
+    /// let live = LiveEngine::from_config("[policies.api]\nlimits = [{ name = \"per_ip\", quota = \"10/s\" }]\n[[routes]]\npath = \"/api\"\npolicy = \"api\"".parse()?)?;
+    /// let limits = RateLimit::with_engine(live.clone());
+    /// // Later, while serving: the service decides with the new limits from the next request.
+    /// live.set_key_quota("api", "per_ip", "203.0.113.9", Some("100/s".parse()?))?;
+    /// # let _ = limits;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_engine(engine: impl Into<EngineSource<St>>) -> Self {
+        Self { config: Arc::new(Config { engine: engine.into(), refusal: None, identify: None }) }
     }
 
-    /// The engine deciding for these limits.
-    pub fn engine(&self) -> &Engine<St> {
-        &self.config.engine
+    /// The engine deciding for these limits now (a live engine's current one).
+    pub fn engine(&self) -> CurrentEngine<'_, St> {
+        self.config.engine.load_owned()
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Config<St>)) -> Self {
@@ -129,8 +145,10 @@ impl<St: Store> RateLimit<St> {
         self
     }
 
+    /// Changes a fixed engine; a live engine's routes, keys and headers come from its
+    /// configuration (see [`EngineSource::edit`]).
     fn edit_engine(self, f: impl FnOnce(Engine<St>) -> Engine<St>) -> Self {
-        self.edit(|c| c.engine = f(c.engine.clone()))
+        self.edit(|c| c.engine = c.engine.clone().edit(f))
     }
 
     /// Applies `limits` instead of the default ones to the route `path`, a pattern in the core's

@@ -101,7 +101,8 @@ where
                 return ResponseFuture::preparing(prepare(&self.config, request), self.take_ready_inner());
             }
         }
-        let engine = &self.config.engine;
+        // The engine deciding this request: the service's, or a live engine's current one.
+        let engine = self.config.engine.load();
         // Every body is counted while it streams: one of unknown length is charged what it turns
         // out to be (nothing, for an HTTP/2 GET), never refused 411.
         let view = HttpView::<_>::of(&request, || request.body().size_hint().exact()).counting_body();
@@ -118,6 +119,9 @@ where
             hand_upgrade(request.extensions_mut(), upgrade);
         }
         let meter = BodyMeter::of(max_body, body_bytes, engine.header_options(), self.config.refusal.as_ref());
+        // Let go of a live engine before the application runs: the request holds what its plan
+        // took (the leases, the body charge), not the engine.
+        drop(engine);
         let request = request.map(|body| RequestBody::new(body, meter.clone()));
         if wait.is_zero() {
             return ResponseFuture::inner(self.inner.call(request), response, meter);
@@ -152,14 +156,12 @@ fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, reques
             None => {}
         }
         let exact = body.size_hint().exact();
+        // Held across the checks' awaits: a live engine's current one, owned.
+        let engine = config.engine.load_owned();
         let checked = {
             let view = HttpView::<_>::of_parts(&parts, move || exact).counting_body();
-            let limits = config.engine.limits_for(&view);
-            if limits.decides_at_once() {
-                config.engine.check_now(limits, &view)
-            } else {
-                config.engine.check(limits, &view).await
-            }
+            let limits = engine.limits_for(&view);
+            if limits.decides_at_once() { engine.check_now(limits, &view) } else { engine.check(limits, &view).await }
         };
         let Admit { wait, max_body, body_bytes, response, .. } = match checked {
             Ok(admit) => admit,
@@ -171,7 +173,8 @@ fn prepare<St: Store, B: Body + Send + 'static>(config: &Arc<Config<St>>, reques
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let meter = BodyMeter::of(max_body, body_bytes, config.engine.header_options(), config.refusal.as_ref());
+        let meter = BodyMeter::of(max_body, body_bytes, engine.header_options(), config.refusal.as_ref());
+        drop(engine);
         let body = RequestBody::new(body, meter.clone());
         Prepared::Go { request: Request::from_parts(parts, body), response, meter }
     })
