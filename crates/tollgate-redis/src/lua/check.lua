@@ -182,429 +182,432 @@ local function windows()
   return windows_made
 end
 
-local makers = {}
+-- The functions of algorithm `code`, made when a check needs them (nil for an unknown code):
+-- one closure per call instead of one per algorithm (each costs Redis time on every call).
+local function make(code)
+  ---------------------------------------------------------------------------------------------
+  -- GCRA (gcra.rs). State: the theoretical arrival time, as a decimal string.
+  if code == 'g' then
+    local gcra = {}
 
----------------------------------------------------------------------------------------------
--- GCRA (gcra.rs). State: the theoretical arrival time, as a decimal string.
-function makers.g()
-  local gcra = {}
+    function gcra.load(key)
+      local v = redis.call('GET', key)
+      return { tat = v and rel(v) or nil }
+    end
 
-  function gcra.load(key)
-    local v = redis.call('GET', key)
-    return { tat = v and rel(v) or nil }
-  end
-
-  function gcra.save(key, st)
-    local ms = ttl_ms(st.tat)
-    if ms then
-      redis.call('SET', key, abs(st.tat), 'PX', ms)
-    else
-      redis.call('DEL', key)
-    end
-  end
-
-  -- `at` (>= now): the time the check goes at the earliest (another limit may delay it).
-  function gcra.apply(st, q, c, at, max_wait, peek)
-    local t = q.T
-    local cap = t * q.burst
-    local base = at
-    if st.tat and st.tat > at then
-      base = st.tat
-    end
-    local new_tat = base + t * c
-    local allow_at = math.max(new_tat - cap, at)
-    if allow_at - now <= max_wait then
-      local remaining = idiv(math.max(now + cap - new_tat, 0), t)
-      if not peek then
-        st.tat = new_tat
-        st.dirty = true
-      end
-      return snap(1, 0, q.burst, remaining, new_tat - now, 0, allow_at - now)
-    end
-    local held = now
-    if st.tat and st.tat > now then
-      held = st.tat
-    end
-    local remaining = idiv(math.max(now + cap - held, 0), t)
-    return snap(0, 0, q.burst, remaining, held - now, allow_at - now, 0)
-  end
-
-  function gcra.refund(st, q, c, _)
-    if not st.tat then
-      return
-    end
-    local v = st.tat - q.T * c
-    if v < ZERO then
-      v = ZERO
-    end
-    st.tat = v
-    st.dirty = true
-  end
-  return gcra
-end
-
----------------------------------------------------------------------------------------------
--- Fixed window (fixed_window.rs). State: "end count next", end as a decimal string.
-function makers.f()
-  local fixed = {}
-  local window_start = windows().window_start
-
-  function fixed.load(key)
-    local v = redis.call('GET', key)
-    if not v then
-      return { e = nil, c = 0, x = 0 }
-    end
-    local e, c, x = string.match(v, '^(%d+) (%d+) (%d+)$')
-    if not e then
-      return { e = nil, c = 0, x = 0 }
-    end
-    return { e = rel(e), c = tonumber(c), x = tonumber(x) }
-  end
-
-  function fixed.save(key, st, P)
-    local idle_at = st.e
-    if st.x > 0 then
-      -- Delayed checks reserved the next window: idle once that one is over too.
-      idle_at = st.e + P
-    end
-    local ms = ttl_ms(idle_at)
-    if ms then
-      redis.call('SET', key, abs(st.e) .. ' ' .. string.format('%d %d', st.c, st.x), 'PX', ms)
-    else
-      redis.call('DEL', key)
-    end
-  end
-
-  local function fixed_roll(st, P)
-    if st.e and now < st.e then
-      return
-    end
-    local e = window_start(now, P) + P
-    if st.e and now < st.e + P then
-      st.c = st.x
-    else
-      st.c = 0
-    end
-    st.x = 0
-    st.e = e
-    st.dirty = true
-  end
-
-  function fixed.apply(st, q, c, at, max_wait, peek)
-    local P, n = q.P, q.n
-    fixed_roll(st, P)
-    local to_end = st.e - now
-    local reset = to_end
-    if st.x > 0 then
-      reset = to_end + P
-    end
-    -- A check told to go later than the next window cannot be counted here: refused.
-    local next_fits = st.x + c <= n and at < st.e + P
-    local go_next = math.max(at, st.e) - now
-    if at < st.e and st.c + c <= n and at - now <= max_wait then
-      local pending = 0
-      if peek then
-        pending = c
+    function gcra.save(key, st)
+      local ms = ttl_ms(st.tat)
+      if ms then
+        redis.call('SET', key, abs(st.tat), 'PX', ms)
       else
-        st.c = st.c + c
-        st.dirty = true
-      end
-      return snap(1, 0, n, n - st.c - pending, reset, 0, at - now)
-    elseif next_fits and go_next <= max_wait then
-      if not peek then
-        st.x = st.x + c
-        st.dirty = true
-      end
-      return snap(1, 0, n, 0, to_end + P, 0, go_next)
-    end
-    local retry = math.max(to_end + P, at - now)
-    if next_fits then
-      retry = go_next
-    end
-    return snap(0, 0, n, math.max(n - st.c, 0), reset, math.max(retry, 1), 0)
-  end
-
-  -- `now` is the commit's time, read inside the commit's script: the refund, a round trip
-  -- later, undoes the commit in the window it counted in (its own, or the next one for a
-  -- delayed check), where that window still counts, and not at all once another check has
-  -- moved the state past it. (The in-memory store refunds at once, into the state's window.)
-  function fixed.refund(st, q, c, wait)
-    local P = q.P
-    fixed_roll(st, P)
-    -- The end of the window of the time it went.
-    local counted = window_start(now + wait, P) + P
-    if counted == st.e then
-      st.c = math.max(st.c - c, 0)
-    elseif counted == st.e + P then
-      st.x = math.max(st.x - c, 0)
-    end
-    st.dirty = true
-  end
-  return fixed
-end
-
----------------------------------------------------------------------------------------------
--- Sliding-window counter (sliding_window.rs). State: "start prev cur next idle_at".
-function makers.w()
-  local window = {}
-  local W = windows()
-  local muldiv, window_start = W.muldiv, W.window_start
-
-  function window.load(key)
-    local v = redis.call('GET', key)
-    if v then
-      local s, p, c, x, i = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
-      if s then
-        return { s = rel(s), p = tonumber(p), c = tonumber(c), x = tonumber(x), i = rel(i) }
+        redis.call('DEL', key)
       end
     end
-    return { s = ZERO, p = 0, c = 0, x = 0, i = ZERO }
-  end
 
-  function window.save(key, st)
-    local ms = ttl_ms(st.i)
-    if ms then
-      local v = abs(st.s) .. ' ' .. string.format('%d %d %d ', st.p, st.c, st.x) .. abs(st.i)
-      redis.call('SET', key, v, 'PX', ms)
-    else
-      redis.call('DEL', key)
-    end
-  end
-
-  -- ceil(prev·(P−e)/P)
-  local function weighted(prev, elapsed, P)
-    local q, r = muldiv(prev, P - elapsed, P)
-    if r > 0 then
-      q = q + 1
-    end
-    return q
-  end
-
-  -- Smallest elapsed time e in a window at which ceil(prev·(P−e)/P) <= room.
-  local function elapsed_for_room(prev, room, P)
-    if prev <= room then
-      return 0
-    end
-    local fit = muldiv(room, P, prev)
-    return P - fit
-  end
-
-  local function window_roll(st, P)
-    local w = window_start(now, P)
-    if w <= st.s then
-      return
-    end
-    if w == st.s + P and (st.c ~= 0 or st.x ~= 0 or st.p ~= 0) then
-      st.p = st.c
-      st.c = st.x
-    elseif w == st.s + 2 * P then
-      st.p = st.x
-      st.c = 0
-    else
-      st.p = 0
-      st.c = 0
-    end
-    st.x = 0
-    st.s = w
-    st.dirty = true
-  end
-
-  function window.apply(st, q, c, not_before, max_wait, peek)
-    local P, n = q.P, q.n
-    window_roll(st, P)
-    local e_now = math.min(math.max(now - st.s, 0), P - 1)
-    local used = weighted(st.p, e_now, P) + st.c
-    local e_at = math.max(math.max(not_before, now) - st.s, 0)
-    local at = nil
-    if st.c + c <= n and e_at < P then
-      local e = math.max(elapsed_for_room(st.p, n - st.c - c, P), e_now, e_at)
-      if e < P then
-        at = st.s + e
+    -- `at` (>= now): the time the check goes at the earliest (another limit may delay it).
+    function gcra.apply(st, q, c, at, max_wait, peek)
+      local t = q.T
+      local cap = t * q.burst
+      local base = at
+      if st.tat and st.tat > at then
+        base = st.tat
       end
-    end
-    local in_next = false
-    local feasible = true
-    if at == nil then
-      in_next = true
-      local e = P
-      if st.x + c <= n then
-        e = elapsed_for_room(st.c, n - (st.x + c), P)
+      local new_tat = base + t * c
+      local allow_at = math.max(new_tat - cap, at)
+      if allow_at - now <= max_wait then
+        local remaining = idiv(math.max(now + cap - new_tat, 0), t)
+        if not peek then
+          st.tat = new_tat
+          st.dirty = true
+        end
+        return snap(1, 0, q.burst, remaining, new_tat - now, 0, allow_at - now)
       end
-      -- No room before the next window ends, or told to go later: refused (sliding_window.rs).
-      feasible = e < P and e_at < 2 * P
-      at = math.max(st.s + P + e, st.s + e_at)
-    end
-    local wait = math.max(at - now, 0)
-    local allowed = wait <= max_wait and feasible
-    if allowed and not peek then
-      if in_next then
-        st.x = st.x + c
-      else
-        st.c = st.c + c
+      local held = now
+      if st.tat and st.tat > now then
+        held = st.tat
       end
-      local span = 2
-      if st.x > 0 then
-        span = 3
-      end
-      st.i = st.s + P * span
-      st.dirty = true
+      local remaining = idiv(math.max(now + cap - held, 0), t)
+      return snap(0, 0, q.burst, remaining, held - now, allow_at - now, 0)
     end
-    local reset_at
-    if st.x > 0 or (allowed and in_next) then
-      reset_at = st.s + 3 * P
-    elseif st.c > 0 or (allowed and peek) then
-      reset_at = st.s + 2 * P
-    elseif st.p > 0 then
-      reset_at = st.s + P
-    else
-      reset_at = now
-    end
-    local spent = 0
-    if allowed and not in_next then
-      spent = c
-    end
-    -- The Rust side adds `spent` as pending (peek) or as committed (commit): the same sum.
-    local remaining = math.max(n - (used + spent), 0)
-    if allowed then
-      return snap(1, 0, n, remaining, math.max(reset_at - now, 0), 0, wait)
-    end
-    return snap(0, 0, n, remaining, math.max(reset_at - now, 0), math.max(wait, 1), 0)
-  end
 
-  -- As fixed.refund: the window the commit at `now` counted in, as the next, current or
-  -- previous one, or nothing once it is over.
-  function window.refund(st, q, c, wait)
-    local P = q.P
-    window_roll(st, P)
-    local counted = window_start(now, P)
-    if now + wait >= counted + P then
-      counted = counted + P
-    end
-    if counted == st.s then
-      st.c = math.max(st.c - c, 0)
-    elseif counted == st.s + P then
-      st.x = math.max(st.x - c, 0)
-    elseif counted + P == st.s then
-      st.p = math.max(st.p - c, 0)
-    end
-    st.dirty = true
-  end
-  return window
-end
-
----------------------------------------------------------------------------------------------
--- Sliding log (sliding_log.rs). State: a list of "time cost" entries sorted by time. Changes
--- are written to the list as they happen (the script is atomic), mirrored in `st.entries`.
-function makers.l()
-  local log = {}
-
-  function log.load(key)
-    local raw = redis.call('LRANGE', key, 0, -1)
-    local entries = {}
-    local sum = 0
-    for i = 1, #raw do
-      local ts, c = string.match(raw[i], '^(%d+) (%d+)$')
-      if ts then
-        local cost = tonumber(c)
-        entries[#entries + 1] = { ts = rel(ts), c = cost, s = raw[i] }
-        sum = sum + cost
-      end
-    end
-    return { key = key, entries = entries, sum = sum }
-  end
-
-  function log.save(key, st, P)
-    local last = st.entries[#st.entries]
-    local ms = last and ttl_ms(last.ts + P)
-    if ms then
-      redis.call('PEXPIRE', key, ms)
-    else
-      redis.call('DEL', key)
-    end
-  end
-
-  local function log_prune(st, P)
-    while st.entries[1] and st.entries[1].ts + P <= now do
-      local e = table.remove(st.entries, 1)
-      st.sum = st.sum - e.c
-      redis.call('LPOP', st.key)
-      st.dirty = true
-    end
-  end
-
-  -- The earliest time >= at at which c more fits (sliding_log.rs: LogState::earliest).
-  local function log_earliest(st, P, n, c, at)
-    local sum = st.sum
-    for i = 1, #st.entries do
-      local e = st.entries[i]
-      local gone = e.ts + P
-      if gone > at and sum + c <= n then
-        return at
-      end
-      sum = sum - e.c
-      if sum + c <= n then
-        return math.max(gone, at)
-      end
-    end
-    return at
-  end
-
-  local function log_insert(st, ts, c)
-    local at = #st.entries + 1
-    for i = 1, #st.entries do
-      if st.entries[i].ts > ts then
-        at = i
-        break
-      end
-    end
-    local s = abs(ts) .. ' ' .. string.format('%d', c)
-    if at > #st.entries then
-      redis.call('RPUSH', st.key, s)
-    else
-      redis.call('LINSERT', st.key, 'BEFORE', st.entries[at].s, s)
-    end
-    table.insert(st.entries, at, { ts = ts, c = c, s = s })
-    st.sum = st.sum + c
-    st.dirty = true
-  end
-
-  function log.apply(st, q, c, not_before, max_wait, peek)
-    local P, n = q.P, q.n
-    log_prune(st, P)
-    local at = log_earliest(st, P, n, c, math.max(not_before, now))
-    local wait = at - now
-    local last = ZERO
-    if st.entries[#st.entries] then
-      last = st.entries[#st.entries].ts
-    end
-    if wait <= max_wait then
-      if not peek then
-        log_insert(st, at, c)
-      end
-      local used = st.sum
-      if peek then
-        used = used + c
-      end
-      last = math.max(last, at)
-      return snap(1, 0, n, math.max(n - used, 0), math.max(last + P - now, 0), 0, wait)
-    end
-    return snap(0, 0, n, math.max(n - st.sum, 0), math.max(last + P - now, 0), wait, 0)
-  end
-
-  function log.refund(st, q, c, wait)
-    local ts = now + wait
-    for i = #st.entries, 1, -1 do
-      local e = st.entries[i]
-      if e.ts == ts and e.c == c then
-        redis.call('LREM', st.key, -1, e.s)
-        table.remove(st.entries, i)
-        st.sum = st.sum - c
-        st.dirty = true
+    function gcra.refund(st, q, c, _)
+      if not st.tat then
         return
       end
+      local v = st.tat - q.T * c
+      if v < ZERO then
+        v = ZERO
+      end
+      st.tat = v
+      st.dirty = true
     end
+    return gcra
   end
-  return log
+
+  ---------------------------------------------------------------------------------------------
+  -- Fixed window (fixed_window.rs). State: "end count next", end as a decimal string.
+  if code == 'f' then
+    local fixed = {}
+    local window_start = windows().window_start
+
+    function fixed.load(key)
+      local v = redis.call('GET', key)
+      if not v then
+        return { e = nil, c = 0, x = 0 }
+      end
+      local e, c, x = string.match(v, '^(%d+) (%d+) (%d+)$')
+      if not e then
+        return { e = nil, c = 0, x = 0 }
+      end
+      return { e = rel(e), c = tonumber(c), x = tonumber(x) }
+    end
+
+    function fixed.save(key, st, P)
+      local idle_at = st.e
+      if st.x > 0 then
+        -- Delayed checks reserved the next window: idle once that one is over too.
+        idle_at = st.e + P
+      end
+      local ms = ttl_ms(idle_at)
+      if ms then
+        redis.call('SET', key, abs(st.e) .. ' ' .. string.format('%d %d', st.c, st.x), 'PX', ms)
+      else
+        redis.call('DEL', key)
+      end
+    end
+
+    local function fixed_roll(st, P)
+      if st.e and now < st.e then
+        return
+      end
+      local e = window_start(now, P) + P
+      if st.e and now < st.e + P then
+        st.c = st.x
+      else
+        st.c = 0
+      end
+      st.x = 0
+      st.e = e
+      st.dirty = true
+    end
+
+    function fixed.apply(st, q, c, at, max_wait, peek)
+      local P, n = q.P, q.n
+      fixed_roll(st, P)
+      local to_end = st.e - now
+      local reset = to_end
+      if st.x > 0 then
+        reset = to_end + P
+      end
+      -- A check told to go later than the next window cannot be counted here: refused.
+      local next_fits = st.x + c <= n and at < st.e + P
+      local go_next = math.max(at, st.e) - now
+      if at < st.e and st.c + c <= n and at - now <= max_wait then
+        local pending = 0
+        if peek then
+          pending = c
+        else
+          st.c = st.c + c
+          st.dirty = true
+        end
+        return snap(1, 0, n, n - st.c - pending, reset, 0, at - now)
+      elseif next_fits and go_next <= max_wait then
+        if not peek then
+          st.x = st.x + c
+          st.dirty = true
+        end
+        return snap(1, 0, n, 0, to_end + P, 0, go_next)
+      end
+      local retry = math.max(to_end + P, at - now)
+      if next_fits then
+        retry = go_next
+      end
+      return snap(0, 0, n, math.max(n - st.c, 0), reset, math.max(retry, 1), 0)
+    end
+
+    -- `now` is the commit's time, read inside the commit's script: the refund, a round trip
+    -- later, undoes the commit in the window it counted in (its own, or the next one for a
+    -- delayed check), where that window still counts, and not at all once another check has
+    -- moved the state past it. (The in-memory store refunds at once, into the state's window.)
+    function fixed.refund(st, q, c, wait)
+      local P = q.P
+      fixed_roll(st, P)
+      -- The end of the window of the time it went.
+      local counted = window_start(now + wait, P) + P
+      if counted == st.e then
+        st.c = math.max(st.c - c, 0)
+      elseif counted == st.e + P then
+        st.x = math.max(st.x - c, 0)
+      end
+      st.dirty = true
+    end
+    return fixed
+  end
+
+  ---------------------------------------------------------------------------------------------
+  -- Sliding-window counter (sliding_window.rs). State: "start prev cur next idle_at".
+  if code == 'w' then
+    local window = {}
+    local W = windows()
+    local muldiv, window_start = W.muldiv, W.window_start
+
+    function window.load(key)
+      local v = redis.call('GET', key)
+      if v then
+        local s, p, c, x, i = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
+        if s then
+          return { s = rel(s), p = tonumber(p), c = tonumber(c), x = tonumber(x), i = rel(i) }
+        end
+      end
+      return { s = ZERO, p = 0, c = 0, x = 0, i = ZERO }
+    end
+
+    function window.save(key, st)
+      local ms = ttl_ms(st.i)
+      if ms then
+        local v = abs(st.s) .. ' ' .. string.format('%d %d %d ', st.p, st.c, st.x) .. abs(st.i)
+        redis.call('SET', key, v, 'PX', ms)
+      else
+        redis.call('DEL', key)
+      end
+    end
+
+    -- ceil(prev·(P−e)/P)
+    local function weighted(prev, elapsed, P)
+      local q, r = muldiv(prev, P - elapsed, P)
+      if r > 0 then
+        q = q + 1
+      end
+      return q
+    end
+
+    -- Smallest elapsed time e in a window at which ceil(prev·(P−e)/P) <= room.
+    local function elapsed_for_room(prev, room, P)
+      if prev <= room then
+        return 0
+      end
+      local fit = muldiv(room, P, prev)
+      return P - fit
+    end
+
+    local function window_roll(st, P)
+      local w = window_start(now, P)
+      if w <= st.s then
+        return
+      end
+      if w == st.s + P and (st.c ~= 0 or st.x ~= 0 or st.p ~= 0) then
+        st.p = st.c
+        st.c = st.x
+      elseif w == st.s + 2 * P then
+        st.p = st.x
+        st.c = 0
+      else
+        st.p = 0
+        st.c = 0
+      end
+      st.x = 0
+      st.s = w
+      st.dirty = true
+    end
+
+    function window.apply(st, q, c, not_before, max_wait, peek)
+      local P, n = q.P, q.n
+      window_roll(st, P)
+      local e_now = math.min(math.max(now - st.s, 0), P - 1)
+      local used = weighted(st.p, e_now, P) + st.c
+      local e_at = math.max(math.max(not_before, now) - st.s, 0)
+      local at = nil
+      if st.c + c <= n and e_at < P then
+        local e = math.max(elapsed_for_room(st.p, n - st.c - c, P), e_now, e_at)
+        if e < P then
+          at = st.s + e
+        end
+      end
+      local in_next = false
+      local feasible = true
+      if at == nil then
+        in_next = true
+        local e = P
+        if st.x + c <= n then
+          e = elapsed_for_room(st.c, n - (st.x + c), P)
+        end
+        -- No room before the next window ends, or told to go later: refused (sliding_window.rs).
+        feasible = e < P and e_at < 2 * P
+        at = math.max(st.s + P + e, st.s + e_at)
+      end
+      local wait = math.max(at - now, 0)
+      local allowed = wait <= max_wait and feasible
+      if allowed and not peek then
+        if in_next then
+          st.x = st.x + c
+        else
+          st.c = st.c + c
+        end
+        local span = 2
+        if st.x > 0 then
+          span = 3
+        end
+        st.i = st.s + P * span
+        st.dirty = true
+      end
+      local reset_at
+      if st.x > 0 or (allowed and in_next) then
+        reset_at = st.s + 3 * P
+      elseif st.c > 0 or (allowed and peek) then
+        reset_at = st.s + 2 * P
+      elseif st.p > 0 then
+        reset_at = st.s + P
+      else
+        reset_at = now
+      end
+      local spent = 0
+      if allowed and not in_next then
+        spent = c
+      end
+      -- The Rust side adds `spent` as pending (peek) or as committed (commit): the same sum.
+      local remaining = math.max(n - (used + spent), 0)
+      if allowed then
+        return snap(1, 0, n, remaining, math.max(reset_at - now, 0), 0, wait)
+      end
+      return snap(0, 0, n, remaining, math.max(reset_at - now, 0), math.max(wait, 1), 0)
+    end
+
+    -- As fixed.refund: the window the commit at `now` counted in, as the next, current or
+    -- previous one, or nothing once it is over.
+    function window.refund(st, q, c, wait)
+      local P = q.P
+      window_roll(st, P)
+      local counted = window_start(now, P)
+      if now + wait >= counted + P then
+        counted = counted + P
+      end
+      if counted == st.s then
+        st.c = math.max(st.c - c, 0)
+      elseif counted == st.s + P then
+        st.x = math.max(st.x - c, 0)
+      elseif counted + P == st.s then
+        st.p = math.max(st.p - c, 0)
+      end
+      st.dirty = true
+    end
+    return window
+  end
+
+  ---------------------------------------------------------------------------------------------
+  -- Sliding log (sliding_log.rs). State: a list of "time cost" entries sorted by time. Changes
+  -- are written to the list as they happen (the script is atomic), mirrored in `st.entries`.
+  if code == 'l' then
+    local log = {}
+
+    function log.load(key)
+      local raw = redis.call('LRANGE', key, 0, -1)
+      local entries = {}
+      local sum = 0
+      for i = 1, #raw do
+        local ts, c = string.match(raw[i], '^(%d+) (%d+)$')
+        if ts then
+          local cost = tonumber(c)
+          entries[#entries + 1] = { ts = rel(ts), c = cost, s = raw[i] }
+          sum = sum + cost
+        end
+      end
+      return { key = key, entries = entries, sum = sum }
+    end
+
+    function log.save(key, st, P)
+      local last = st.entries[#st.entries]
+      local ms = last and ttl_ms(last.ts + P)
+      if ms then
+        redis.call('PEXPIRE', key, ms)
+      else
+        redis.call('DEL', key)
+      end
+    end
+
+    local function log_prune(st, P)
+      while st.entries[1] and st.entries[1].ts + P <= now do
+        local e = table.remove(st.entries, 1)
+        st.sum = st.sum - e.c
+        redis.call('LPOP', st.key)
+        st.dirty = true
+      end
+    end
+
+    -- The earliest time >= at at which c more fits (sliding_log.rs: LogState::earliest).
+    local function log_earliest(st, P, n, c, at)
+      local sum = st.sum
+      for i = 1, #st.entries do
+        local e = st.entries[i]
+        local gone = e.ts + P
+        if gone > at and sum + c <= n then
+          return at
+        end
+        sum = sum - e.c
+        if sum + c <= n then
+          return math.max(gone, at)
+        end
+      end
+      return at
+    end
+
+    local function log_insert(st, ts, c)
+      local at = #st.entries + 1
+      for i = 1, #st.entries do
+        if st.entries[i].ts > ts then
+          at = i
+          break
+        end
+      end
+      local s = abs(ts) .. ' ' .. string.format('%d', c)
+      if at > #st.entries then
+        redis.call('RPUSH', st.key, s)
+      else
+        redis.call('LINSERT', st.key, 'BEFORE', st.entries[at].s, s)
+      end
+      table.insert(st.entries, at, { ts = ts, c = c, s = s })
+      st.sum = st.sum + c
+      st.dirty = true
+    end
+
+    function log.apply(st, q, c, not_before, max_wait, peek)
+      local P, n = q.P, q.n
+      log_prune(st, P)
+      local at = log_earliest(st, P, n, c, math.max(not_before, now))
+      local wait = at - now
+      local last = ZERO
+      if st.entries[#st.entries] then
+        last = st.entries[#st.entries].ts
+      end
+      if wait <= max_wait then
+        if not peek then
+          log_insert(st, at, c)
+        end
+        local used = st.sum
+        if peek then
+          used = used + c
+        end
+        last = math.max(last, at)
+        return snap(1, 0, n, math.max(n - used, 0), math.max(last + P - now, 0), 0, wait)
+      end
+      return snap(0, 0, n, math.max(n - st.sum, 0), math.max(last + P - now, 0), wait, 0)
+    end
+
+    function log.refund(st, q, c, wait)
+      local ts = now + wait
+      for i = #st.entries, 1, -1 do
+        local e = st.entries[i]
+        if e.ts == ts and e.c == c then
+          redis.call('LREM', st.key, -1, e.s)
+          table.remove(st.entries, i)
+          st.sum = st.sum - c
+          st.dirty = true
+          return
+        end
+      end
+    end
+    return log
+  end
+  return nil
 end
 
 ---------------------------------------------------------------------------------------------
@@ -651,8 +654,8 @@ for i = 1, count do
   local a = 4 + (i - 1) * 7
   local code = ARGV[a + 1]
   local alg = algorithms[code]
-  if not alg and makers[code] then
-    alg = makers[code]()
+  if not alg then
+    alg = make(code)
     algorithms[code] = alg
   end
   if not alg then
@@ -831,6 +834,11 @@ for i = 1, #states do
   end
 end
 
+-- One check (the common case): the reply in one constructor (growing a table costs more).
+if count == 1 then
+  local s = out[1]
+  return { all, abs(now), s[1], s[2], s[3], s[4], s[5], s[6], s[7] }
+end
 local reply = { all, abs(now) }
 for i = 1, count do
   local s = out[i]
