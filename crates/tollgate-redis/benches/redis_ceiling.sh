@@ -16,7 +16,8 @@
 #   gcra            gcra.lua, one GCRA check (what the store sends)
 #   check-gcra-2    check.lua, two GCRA checks
 #   gcra-batch-2    gcra_batch.lua, two GCRA checks (what the store sends)
-#   check-window    check.lua, one sliding-window check (what the store sends)
+#   check-window    check.lua, one sliding-window check (the general script)
+#   window          window.lua, one sliding-window check (what the store sends)
 #   lease           lease.lua, acquire (per-key cap 10, 1 s TTL; leases expire, never released)
 #
 # Usage: redis_ceiling.sh [port]   (without a port it starts its own redis-server)
@@ -33,7 +34,7 @@ requests="${REQUESTS:-100000}"
 clients="${CLIENTS:-50}"
 pipeline="${PIPELINE:-16}"
 rounds="${ROUNDS:-3}"
-cases=(${CASES:-reference check-gcra gcra check-gcra-2 gcra-batch-2 check-window lease})
+cases=(${CASES:-reference check-gcra gcra check-gcra-2 gcra-batch-2 check-window window lease})
 callgrind="${CALLGRIND:-0}"
 
 for tool in redis-server redis-cli redis-benchmark; do
@@ -74,6 +75,7 @@ ref="$(load "$here/gcra_reference.lua")"
 check="$(load "$lua/check.lua")"
 gcra="$(load "$lua/gcra.lua")"
 batch="$(load "$lua/gcra_batch.lua")"
+window="$(load "$lua/window.lua")"
 lease="$(load "$lua/lease.lua")"
 
 # The keys of one check: its state and block keys (each __rand_int__ is drawn on its own; both
@@ -92,7 +94,8 @@ else
 fi
 # check.lua's arguments: mode, now ('' = TIME), TTL floor, count, then per check: algorithm,
 # period ns, emission interval ns, amount, burst, cost, max wait ns. gcra.lua's: per check
-# emission interval, burst, cost, max wait; gcra_batch.lua's: emission interval, burst, cost.
+# emission interval, burst, cost, max wait; gcra_batch.lua's: emission interval, burst, cost;
+# window.lua's: period, amount, cost, max wait.
 g=(1000000000 1000 1000000 1000000 1 0)
 args() {
   case "$1" in
@@ -102,6 +105,7 @@ args() {
     check-gcra-2) echo EVALSHA "$check" 4 "${k1[@]}" "${k2[@]}" c "''" 0 2 g "${g[@]}" g "${g[@]}" ;;
     gcra-batch-2) echo EVALSHA "$batch" 4 "${k1[@]}" "${k2[@]}" 1000 1000000 1 1000 1000000 1 ;;
     check-window) echo EVALSHA "$check" 2 "${k1[@]}" c "''" 0 1 w "${g[@]}" ;;
+    window) echo EVALSHA "$window" 2 "${k1[@]}" 1000000000 1000000 1 0 ;;
     lease) echo EVALSHA "$lease" 3 "${lk[@]}" a __rand_int__ 1000 10 -1 ;;
     *) echo "unknown case $1" >&2; exit 1 ;;
   esac

@@ -8,7 +8,7 @@
 //! it. Redis runs a script's whole body on every call, so the general script pays for all it can
 //! do each time (about twice the Redis CPU of a plain GCRA script): checks that cannot use that
 //! generality go to a script that does only what they need, with the same decisions, snapshots
-//! and state (`lua/gcra.lua`, `lua/gcra_batch.lua`).
+//! and state (`lua/gcra.lua`, `lua/gcra_batch.lua`, `lua/window.lua`).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -29,6 +29,9 @@ pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_
 /// Several GCRA checks in mode `c` on distinct state keys, none of which may wait (see the top
 /// of `lua/gcra_batch.lua`).
 pub(crate) static GCRA_BATCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/gcra_batch.lua")));
+
+/// One sliding-window check in mode `c` (see the top of `lua/window.lua`).
+pub(crate) static WINDOW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/window.lua")));
 
 /// Distributed concurrency leases.
 pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/lease.lua")));
@@ -145,9 +148,9 @@ impl Call {
         call
     }
 
-    /// The script that runs this call: [`GCRA`] for one GCRA check in mode `c`;
-    /// [`GCRA_BATCH`] for several in mode `c` on distinct state keys with no max wait; [`CHECK`]
-    /// for every other call. For those batches `check.lua` decides each check alone at now (its
+    /// The script that runs this call: [`GCRA`] for one GCRA check in mode `c`, [`WINDOW`] for
+    /// one sliding-window check; [`GCRA_BATCH`] for several GCRA checks in mode `c` on distinct
+    /// state keys with no max wait; [`CHECK`] for every other call. For those batches `check.lua` decides each check alone at now (its
     /// search for a common time settles at once, and its peeks equal its commits), which is all
     /// the two small scripts do; `tests` below compares them with `check.lua` on random
     /// sequences.
@@ -161,6 +164,9 @@ impl Call {
             return &CHECK;
         }
         let check = |i: usize| &self.args[4 + i * CHECK_ARGS..4 + (i + 1) * CHECK_ARGS];
+        if checks == 1 && check(0)[0] == b"w" {
+            return &WINDOW;
+        }
         if !(0..checks).all(|i| check(i)[0] == b"g") {
             return &CHECK;
         }
@@ -173,23 +179,31 @@ impl Call {
         if no_wait && distinct { &GCRA_BATCH } else { &CHECK }
     }
 
-    /// The call as `script` takes it: `check.lua`'s layout, or that of `gcra.lua` /
-    /// `gcra_batch.lua` (now and the least TTL with a test clock only; then per check emission
-    /// interval, burst, cost, and for `gcra.lua` max wait): each argument costs Redis to parse.
+    /// The call as `script` takes it: `check.lua`'s layout, or that of the small scripts (now
+    /// and the least TTL with a test clock only; then per check emission interval, burst, cost,
+    /// and for `gcra.lua` max wait; for `window.lua` period, amount, cost, max wait): each
+    /// argument costs Redis to parse.
     pub(crate) fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         for k in &self.keys {
             inv.key(k.as_slice());
         }
-        let single = std::ptr::eq(script, &*GCRA);
-        if single || std::ptr::eq(script, &*GCRA_BATCH) {
+        let (single, window) = (std::ptr::eq(script, &*GCRA), std::ptr::eq(script, &*WINDOW));
+        if single || window || std::ptr::eq(script, &*GCRA_BATCH) {
             if !(self.args[1].is_empty() && self.args[2] == b"0") {
                 inv.arg(self.args[1].as_slice()).arg(self.args[2].as_slice());
             }
             for check in self.args[4..].chunks_exact(CHECK_ARGS) {
-                inv.arg(check[2].as_slice()).arg(check[4].as_slice()).arg(check[5].as_slice());
-                if single {
-                    inv.arg(check[6].as_slice());
+                // Check arguments: algorithm, period, emission interval, amount, burst, cost, wait.
+                let picked: &[usize] = if window {
+                    &[1, 3, 5, 6]
+                } else if single {
+                    &[2, 4, 5, 6]
+                } else {
+                    &[2, 4, 5]
+                };
+                for &i in picked {
+                    inv.arg(check[i].as_slice());
                 }
             }
             return inv;
@@ -311,8 +325,9 @@ mod agreement {
 
     use redis::Value;
     use redis::aio::MultiplexedConnection;
+    use tollgate::Snapshot;
 
-    use super::{CHECK, CHECK_ARGS, Call, GCRA, GCRA_BATCH, Mode, decode};
+    use super::{CHECK, CHECK_ARGS, Call, GCRA, GCRA_BATCH, Mode, WINDOW, decode};
     use crate::test_support::{RedisServer, redis_available};
 
     /// A seeded generator (xorshift64*), so that a failure names its sequence.
@@ -342,12 +357,21 @@ mod agreement {
         }
     }
 
-    /// One GCRA limit on one key: its keys in a namespace, and its quota.
+    /// One limit on one key: its keys in a namespace, and its quota: GCRA (emission interval
+    /// `t`, `burst`) or a sliding window (period `t`, amount `burst`).
     #[derive(Clone, Copy, Debug)]
     struct Limit {
         id: usize,
+        window: bool,
         t: u64,
         burst: u64,
+    }
+
+    impl Limit {
+        /// How long it takes to come back full.
+        fn full(self) -> u64 {
+            if self.window { self.t } else { self.t * self.burst }
+        }
     }
 
     fn keys(ns: &str, l: Limit) -> (Vec<u8>, Vec<u8>) {
@@ -364,8 +388,8 @@ mod agreement {
             let (s, b) = keys(ns, l);
             c.keys.push(s);
             c.keys.push(b);
-            let period = l.t * l.burst;
-            for a in ["g".to_owned(), period.to_string(), l.t.to_string(), l.burst.to_string()] {
+            let (code, period, t) = if l.window { ("w", l.t, (l.t / l.burst).max(1)) } else { ("g", l.full(), l.t) };
+            for a in [code.to_owned(), period.to_string(), t.to_string(), l.burst.to_string()] {
                 c.args.push(a.into_bytes());
             }
             for a in [l.burst.to_string(), cost.to_string(), last.to_string()] {
@@ -401,25 +425,30 @@ mod agreement {
     async fn sequence(con: &mut MultiplexedConnection, seed: u64, start: u64) -> usize {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let (general, small) = (format!("g{seed}"), format!("f{seed}"));
-        let limits: Vec<Limit> = (0..4)
+        // Four GCRA limits and two sliding windows.
+        let limits: Vec<Limit> = (0..6)
             .map(|id| {
                 let burst = 1 + rng.log_uniform(60);
+                if id >= 4 {
+                    return Limit { id, window: true, t: rng.log_uniform(1 << 45).max(1), burst };
+                }
                 let t = rng.log_uniform((1u64 << 51) / burst / 4).max(1);
-                Limit { id, t, burst }
+                Limit { id, window: false, t, burst }
             })
             .collect();
+        let pick = |rng: &mut Rng| limits[rng.below(limits.len() as u64) as usize];
         let mut now = start;
         let mut small_calls = 0;
         // The last committed check batch, for refunds: its limits, costs and snapshots' waits.
         let mut last: Option<Committed> = None;
-        // Edges, so that comparisons meet equality: when a refusal or a block ends (the clock
-        // steps to it, or 1 ns short), and a refused check with its retry-after as max wait
-        // (or 1 ns less).
+        // Edges, so that comparisons meet equality: when a refusal or a block ends or a state
+        // goes idle (the clock steps to it, or 1 ns short), and a refused check with its
+        // retry-after as max wait (or 1 ns less).
         let mut edge: Option<u64> = None;
         let mut redo: Option<(Limit, u64, u64)> = None;
         for step in 0..250 {
-            let span = limits[rng.below(4) as usize];
-            let full = span.t * span.burst;
+            let span = pick(&mut rng);
+            let full = span.full();
             let stepped = match edge.take() {
                 Some(e) if e >= now && rng.chance(40) => e - now - u64::from(e > now && rng.chance(50)),
                 _ => match rng.below(10) {
@@ -445,18 +474,17 @@ mod agreement {
                     }
                     for _ in 0..n {
                         // Now and then the same limit twice (check.lua's shared state).
-                        let l = if rng.chance(10) && !picked.is_empty() {
-                            picked[0].0
-                        } else {
-                            limits[rng.below(4) as usize]
-                        };
+                        let l = if rng.chance(10) && !picked.is_empty() { picked[0].0 } else { pick(&mut rng) };
                         let cost = match rng.below(6) {
                             0 => 0,
                             1 => rng.below(l.burst + 2),
                             _ => 1,
                         };
-                        let wait =
-                            if rng.chance(if n == 1 { 50 } else { 75 }) { 0 } else { rng.below(l.t * (l.burst + 2)) };
+                        let wait = if rng.chance(if n == 1 { 50 } else { 75 }) {
+                            0
+                        } else {
+                            rng.below(l.full() + l.full() / l.burst * 2)
+                        };
                         picked.push((l, cost, wait));
                     }
                     let n = picked.len();
@@ -464,7 +492,7 @@ mod agreement {
                     let f = call("c", &now_s, &small, &picked);
                     let script = f.script();
                     let eligible = n == 1
-                        || (picked.iter().all(|p| p.2 == 0)
+                        || (picked.iter().all(|p| p.2 == 0 && !p.0.window)
                             && (0..n).all(|i| (0..i).all(|j| picked[i].0.id != picked[j].0.id)));
                     assert_eq!(!std::ptr::eq(script, &*CHECK), eligible, "{ctx}: script choice");
                     if eligible {
@@ -479,6 +507,9 @@ mod agreement {
                         if n == 1 && !s.blocked {
                             redo = Some((picked[0].0, picked[0].1, retry));
                         }
+                    } else {
+                        // When the state goes idle (a window's end, a full bucket).
+                        edge = Some(now + reply.snapshots[0].reset_after.as_nanos() as u64);
                     }
                     if reply.all {
                         let waits = reply.snapshots.iter().map(|s| s.wait.as_nanos() as u64).collect();
@@ -487,7 +518,7 @@ mod agreement {
                 }
                 13 | 14 => {
                     // A penalty block, up to a few seconds with sub-second nanoseconds.
-                    let l = limits[rng.below(4) as usize];
+                    let l = pick(&mut rng);
                     let d = Duration::from_nanos(rng.below(3 * full.min(2_000_000_000)) + rng.below(2));
                     edge = Some(now + d.as_nanos() as u64);
                     let mut c = call("b", &now_s, &general, &[(l, 1, 0)]);
@@ -517,7 +548,7 @@ mod agreement {
                 }
                 _ => {
                     // The two phases of a cross-slot batch: peek, then commit at the time found.
-                    let l = limits[rng.below(4) as usize];
+                    let l = pick(&mut rng);
                     let wait = if rng.chance(50) { 0 } else { rng.below(full) };
                     let picked = [(l, 1, wait)];
                     let (g, f) = (call("p", &now_s, &general, &picked), call("p", &now_s, &small, &picked));
@@ -570,8 +601,16 @@ mod agreement {
         let server = RedisServer::start();
         let client = redis::Client::open(server.url()).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
-        let (a, b) = (Limit { id: 1, t: 1_000_000, burst: 5 }, Limit { id: 2, t: 3_000_000_000, burst: 2 });
-        let cases = [(1, vec![(a, 2, 0)]), (1, vec![(b, 1, 5_000_000_000)]), (2, vec![(a, 1, 0), (b, 2, 0)])];
+        // Quotas long enough that no key expires between the two calls and the reads.
+        let a = Limit { id: 1, window: false, t: 1_000_000_000, burst: 5 };
+        let b = Limit { id: 2, window: false, t: 3_000_000_000, burst: 2 };
+        let w = Limit { id: 3, window: true, t: 60_000_000_000, burst: 10 };
+        let cases = [
+            (1, vec![(a, 2, 0)]),
+            (1, vec![(b, 1, 5_000_000_000)]),
+            (2, vec![(a, 1, 0), (b, 2, 0)]),
+            (1, vec![(w, 3, 0)]),
+        ];
         for (i, (n, checks)) in cases.into_iter().enumerate() {
             let production = |ns: &str| {
                 let mut c = call("c", "", ns, &checks);
@@ -582,11 +621,21 @@ mod agreement {
             let (ng, nf) = (format!("pg{i}"), format!("pf{i}"));
             let (g, f) = (production(&ng), production(&nf));
             let small = f.script();
-            assert!(std::ptr::eq(small, if n == 1 { &*GCRA } else { &*GCRA_BATCH }));
+            let expected = match (n, checks[0].0.window) {
+                (1, true) => &*WINDOW,
+                (1, false) => &*GCRA,
+                _ => &*GCRA_BATCH,
+            };
+            assert!(std::ptr::eq(small, expected));
             let (rg, rf) = (run(&mut con, &CHECK, &g).await, run(&mut con, small, &f).await);
             let (rg, rf) = (decode(&rg, n).unwrap(), decode(&rf, n).unwrap());
             assert!(rg.all && rf.all);
-            assert_eq!(rg.snapshots, rf.snapshots);
+            // A window's reset counts down to the end of the window of now, which moved on
+            // between the two calls; everything else is the same.
+            for (g, f) in rg.snapshots.iter().zip(&rf.snapshots) {
+                assert!(g.reset_after.abs_diff(f.reset_after) < Duration::from_millis(100), "{g:?} {f:?}");
+                assert_eq!(Snapshot { reset_after: f.reset_after, ..*g }, *f);
+            }
             assert_eq!(rf.now.len(), 19, "now in nanoseconds: {}", rf.now);
             let (sg, sf) = (state(&mut con, &ng, &[checks[0].0]).await, state(&mut con, &nf, &[checks[0].0]).await);
             assert!(sg[0].0.is_some() && sf[0].0.is_some() && (sg[0].2 - sf[0].2).abs() <= 1_000, "{sg:?} {sf:?}");
