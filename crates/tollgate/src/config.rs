@@ -454,11 +454,15 @@ impl Config {
     /// Reads and validates a TOML file.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::ConfigFile { path: shown.clone(), source: Box::new(e) })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| Error::ConfigFile { path: shown, source: Box::new(e) })?;
+            .map_err(|e| Error::ConfigFile { path: path.display().to_string(), source: Box::new(e) })?;
+        Self::from_text_of(path, &text)
+    }
+
+    /// Parses and validates `text`, read from the file at `path` (named in errors).
+    pub(crate) fn from_text_of(path: &Path, text: &str) -> Result<Self, Error> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::ConfigFile { path: path.display().to_string(), source: Box::new(e) })?;
         config.validate()?;
         Ok(config)
     }

@@ -85,6 +85,9 @@ struct Shared<St: Store> {
     /// at a time and none is lost; requests never take it.
     config: Mutex<Config>,
     build: Build<St>,
+    /// The bytes of the configuration file last read by a reload from a path, so that a file
+    /// watch does not reload what `SIGHUP` (or a call) already did.
+    last_read: Mutex<Option<Vec<u8>>>,
 }
 
 impl<St: Store> Clone for LiveEngine<St> {
@@ -152,6 +155,7 @@ impl<St: Store + Clone> LiveEngine<St> {
                 current: ArcSwap::from_pointee(engine),
                 config: Mutex::new(config),
                 build: Box::new(build),
+                last_read: Mutex::new(None),
             }),
         })
     }
@@ -188,10 +192,27 @@ impl<St: Store + Clone> LiveEngine<St> {
     }
 
     pub(crate) fn reload_path(&self, path: &Path, source: &'static str) -> Result<Changes, Error> {
-        match Config::from_path(path) {
+        let read = std::fs::read(path)
+            .map_err(|e| Error::ConfigFile { path: path.display().to_string(), source: Box::new(e) })
+            .map_err(|error| refused(error, source))?;
+        self.remember_read(Some(read.clone()));
+        let text = String::from_utf8(read)
+            .map_err(|e| Error::ConfigFile { path: path.display().to_string(), source: Box::new(e) });
+        match text.and_then(|text| Config::from_text_of(path, &text)) {
             Ok(config) => self.reload_from(config, source),
             Err(error) => Err(refused(error, source)),
         }
+    }
+
+    /// The bytes of the configuration file last read by a reload from a path.
+    #[cfg(feature = "reload")]
+    pub(crate) fn last_read(&self) -> Option<Vec<u8>> {
+        self.shared.last_read.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Records `read` as the configuration file's bytes last read; `None` forgets them.
+    pub(crate) fn remember_read(&self, read: Option<Vec<u8>>) {
+        *self.shared.last_read.lock().unwrap_or_else(PoisonError::into_inner) = read;
     }
 
     /// Edits the running configuration with `edit` and reloads it (see [`LiveEngine::reload`]):

@@ -148,7 +148,11 @@ impl<St: Store + Clone> Watch<St> {
         };
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         let (live, path, quiet) = (self.live.clone(), self.path.clone(), self.debounce);
-        let mut last = std::fs::read(&path).ok();
+        // What is running now came from the file as it is (or from elsewhere): only a change of
+        // it reloads.
+        if live.last_read().is_none() {
+            live.remember_read(std::fs::read(&path).ok());
+        }
         std::thread::Builder::new().name("tollgate-reload".into()).spawn(move || {
             // Ends when the watcher is dropped with its sender.
             while received.recv().is_ok() {
@@ -157,9 +161,10 @@ impl<St: Store + Clone> Watch<St> {
                 if stopped.load(Ordering::Acquire) {
                     break;
                 }
+                // Read again by the reload, which records what it read: a `SIGHUP` that already
+                // reloaded these bytes leaves nothing to do here.
                 let now = std::fs::read(&path).ok();
-                if now.is_some() && now != last {
-                    last = now;
+                if now.is_some() && now != live.last_read() {
                     // Refusals are logged and counted where they are decided.
                     let _ = live.reload_path(&path, "file");
                 }
