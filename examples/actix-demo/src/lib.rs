@@ -22,6 +22,10 @@ use tollgate_redis::RedisStore;
 #[path = "../../server_options.rs"]
 mod server_options;
 
+#[path = "../../live_config.rs"]
+mod live_config;
+
+pub use live_config::{Reload, log_to_stderr};
 pub use server_options::ServerOptions;
 
 /// The built-in limits, shared with the other demos.
@@ -109,9 +113,10 @@ pub fn serve_with<S: Store + Clone>(
 ) -> std::io::Result<Server> {
     let request_timeout = options.request_timeout;
     // One sampler for every worker, so that they share one series of snapshots.
-    let engine = limit.engine().clone();
+    // The engine deciding now, at each sample: a live engine's current one.
+    let deciding = limit.clone();
     let stats = web::Data::new(StatsState {
-        sampler: Arc::new(Sampler::new(move || engine.stats())),
+        sampler: Arc::new(Sampler::new(move || deciding.engine().stats())),
         access: stats_access_from_env(),
     });
     let server = HttpServer::new(move || {

@@ -2,8 +2,10 @@
 //!
 //! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
-//! built-in ones (printed at start-up), on two workers sharing one limiter, with the slow-client
-//! guards of `TOLLGATE_HEADER_TIMEOUT`, `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS`
+//! built-in ones (printed at start-up) — the file reloaded while it serves, when it changes and
+//! on `SIGHUP` (`TOLLGATE_RELOAD=file`, `signal` or `off` to choose; a file that does not
+//! validate is refused, logged on stderr, and the running limits stay) — on two workers sharing
+//! one limiter, with the slow-client guards of `TOLLGATE_HEADER_TIMEOUT`, `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS`
 //! (see `actix_demo::ServerOptions`). With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`),
 //! the limits live in Redis and every instance pointed at it shares them, open WebSocket
 //! connections per client included. `GET /metrics` shows tollgate's decisions, leases and
@@ -14,10 +16,12 @@
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tollgate::config::Config;
+use tollgate::live::LiveEngine;
 
 #[actix_web::main]
 async fn main() -> ExitCode {
@@ -31,10 +35,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    actix_demo::log_to_stderr();
     let options = actix_demo::ServerOptions::from_env()?;
-    let config = match std::env::var_os("TOLLGATE_CONFIG") {
+    let reload = actix_demo::Reload::from_env()?;
+    let path = std::env::var_os("TOLLGATE_CONFIG").map(PathBuf::from);
+    let config = match &path {
         Some(path) => {
-            println!("limits from {}", path.to_string_lossy());
+            println!("limits from {} (reloaded {reload})", path.display());
             Config::from_path(path)?
         }
         None => {
@@ -50,16 +57,23 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
     // The limiter is built once, here, outside the server's per-worker factory: both workers
     // count against the same limits.
+    let reloading;
     let server = match actix_demo::redis_url(&config, std::env::var("REDIS_URL").ok()) {
         Some(url) => {
             let store = actix_demo::build_redis_store(&config, &url).await?;
             println!("state in Redis at {}", store.url());
-            let limit = actix_demo::limits_with_redis(&config, &store)?;
+            let live = LiveEngine::from_config_with_leases(config, store.clone(), store)?;
+            // The limits live: the file is reloaded while the server runs (see actix_demo::Reload).
+            reloading = reload.start(&live, path.as_deref())?;
+            let limit = tollgate_actix::RateLimit::with_engine(live);
             actix_demo::serve_with(listener, limit, Some(recorder), actix_demo::WORKERS, options)?
         }
         None => {
             println!("state in memory (set REDIS_URL to share it between instances)");
-            let limit = actix_demo::limits(&config)?;
+            let store = actix_demo::build_store(&config);
+            let live = LiveEngine::from_config_with(config, store)?;
+            reloading = reload.start(&live, path.as_deref())?;
+            let limit = tollgate_actix::RateLimit::with_engine(live);
             actix_demo::serve_with(listener, limit, Some(recorder), actix_demo::WORKERS, options)?
         }
     };
@@ -72,5 +86,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("live dashboard at http://{local}/dashboard (JSON at /stats; {who})");
     server.await?;
+    drop(reloading);
     Ok(())
 }

@@ -27,12 +27,16 @@ use tollgate::config::{Config, StoreKind};
 use tollgate::stats::{Sampler, StatsAccess, dashboard};
 use tollgate::{Error, MemoryStore, Store};
 use tollgate_redis::RedisStore;
-use tollgate_tower::{LimitedUpgrade, RateLimitLayer};
+use tollgate_tower::{LimitedUpgrade, LiveEngine, RateLimitLayer};
 use tower::ServiceExt;
 
 #[path = "../../server_options.rs"]
 mod server_options;
 
+#[path = "../../live_config.rs"]
+mod live_config;
+
+pub use live_config::{Reload, log_to_stderr};
 pub use server_options::ServerOptions;
 
 /// The built-in limits, shared with the other demos.
@@ -79,12 +83,19 @@ pub fn app_with_redis(config: &Config, store: &RedisStore) -> Result<Router, Err
     Ok(limited(RateLimitLayer::from_config_with_leases(config, store, store)?))
 }
 
+/// The demo's routes with the limits of `live`, which can change while it serves (see
+/// [`Reload`]): the demo binary's app, on whichever store `live` was built.
+pub fn app_live<S: Store + Clone>(live: LiveEngine<S>) -> Router {
+    limited(RateLimitLayer::with_engine(live))
+}
+
 /// The demo's routes behind `layer`, and beside them, outside the limits, the stats of its
 /// engine: `GET /stats`, `GET /stats/events` and `GET /dashboard` (see [`stats_routes`]), for
 /// loopback clients and the holders of `TOLLGATE_STATS_TOKEN`.
 fn limited<S: Store + Clone>(layer: RateLimitLayer<S>) -> Router {
-    let engine = layer.engine().clone();
-    let sampler = Arc::new(Sampler::new(move || engine.stats()));
+    // The engine deciding now, at each sample: a live engine's current one.
+    let deciding = layer.clone();
+    let sampler = Arc::new(Sampler::new(move || deciding.engine().stats()));
     routes().layer(layer.axum_body()).merge(stats_routes(sampler, stats_access_from_env()))
 }
 

@@ -2,8 +2,11 @@
 //!
 //! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
-//! built-in ones (printed at start-up), and the slow-client guards of `TOLLGATE_HEADER_TIMEOUT`,
-//! `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS` (see `axum_demo::ServerOptions`).
+//! built-in ones (printed at start-up) — the file reloaded while it serves, when it changes and
+//! on `SIGHUP` (`TOLLGATE_RELOAD=file`, `signal` or `off` to choose; a file that does not
+//! validate is refused, logged on stderr, and the running limits stay) — and the slow-client
+//! guards of `TOLLGATE_HEADER_TIMEOUT`, `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS`
+//! (see `axum_demo::ServerOptions`).
 //! With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`), the limits live in Redis and every
 //! instance pointed at it shares them, open WebSocket connections per client included.
 //! `GET /metrics` shows tollgate's decisions, leases and WebSocket verdicts in Prometheus's
@@ -14,10 +17,12 @@
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tollgate::config::Config;
+use tollgate::live::LiveEngine;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -31,10 +36,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    axum_demo::log_to_stderr();
     let options = axum_demo::ServerOptions::from_env()?;
-    let config = match std::env::var_os("TOLLGATE_CONFIG") {
+    let reload = axum_demo::Reload::from_env()?;
+    let path = std::env::var_os("TOLLGATE_CONFIG").map(PathBuf::from);
+    let config = match &path {
         Some(path) => {
-            println!("limits from {}", path.to_string_lossy());
+            println!("limits from {} (reloaded {reload})", path.display());
             Config::from_path(path)?
         }
         None => {
@@ -43,15 +51,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             axum_demo::DEFAULT_CONFIG.parse()?
         }
     };
-    let app = match axum_demo::redis_url(&config, std::env::var("REDIS_URL").ok()) {
+    // The limits live: the file is reloaded while the server runs (see axum_demo::Reload).
+    let (app, _reloading) = match axum_demo::redis_url(&config, std::env::var("REDIS_URL").ok()) {
         Some(url) => {
             let store = axum_demo::build_redis_store(&config, &url).await?;
             println!("state in Redis at {}", store.url());
-            axum_demo::app_with_redis(&config, &store)?
+            let live = LiveEngine::from_config_with_leases(config, store.clone(), store)?;
+            let reloading = reload.start(&live, path.as_deref())?;
+            (axum_demo::app_live(live), reloading)
         }
         None => {
             println!("state in memory (set REDIS_URL to share it between instances)");
-            axum_demo::app(&config)?
+            let store = axum_demo::build_store(&config);
+            let live = LiveEngine::from_config_with(config, store)?;
+            let reloading = reload.start(&live, path.as_deref())?;
+            (axum_demo::app_live(live), reloading)
         }
     };
     let recorder = PrometheusBuilder::new().install_recorder()?;

@@ -22,6 +22,10 @@ use warp::{Filter, Reply};
 #[path = "../../server_options.rs"]
 mod server_options;
 
+#[path = "../../live_config.rs"]
+mod live_config;
+
+pub use live_config::{Reload, log_to_stderr};
 pub use server_options::ServerOptions;
 
 /// The built-in limits, shared with the other demos.
@@ -130,8 +134,9 @@ pub async fn serve_with<St: Store>(
 /// `TOLLGATE_STATS_TOKEN`. No limit applies to them (they are in no route entry of the
 /// configuration, as `/metrics`).
 pub fn with_stats<St: Store>(routes: BoxedFilter<(Response,)>, limits: &RateLimit<St>) -> BoxedFilter<(Response,)> {
-    let engine = limits.engine().clone();
-    let sampler = Arc::new(Sampler::new(move || engine.stats()));
+    // The engine deciding now, at each sample: a live engine's current one.
+    let deciding = limits.clone();
+    let sampler = Arc::new(Sampler::new(move || deciding.engine().stats()));
     routes.or(stats_routes(sampler, stats_access_from_env())).unify().boxed()
 }
 

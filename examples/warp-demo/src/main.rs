@@ -2,8 +2,11 @@
 //!
 //! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
-//! built-in ones (printed at start-up), and the slow-client guards of `TOLLGATE_HEADER_TIMEOUT`,
-//! `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS` (see `warp_demo::ServerOptions`).
+//! built-in ones (printed at start-up) — the file reloaded while it serves, when it changes and
+//! on `SIGHUP` (`TOLLGATE_RELOAD=file`, `signal` or `off` to choose; a file that does not
+//! validate is refused, logged on stderr, and the running limits stay) — and the slow-client
+//! guards of `TOLLGATE_HEADER_TIMEOUT`, `TOLLGATE_REQUEST_TIMEOUT` and `TOLLGATE_MAX_CONNECTIONS`
+//! (see `warp_demo::ServerOptions`).
 //! With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`), the limits live in Redis and every
 //! instance pointed at it shares them, open WebSocket connections per client included.
 //! `GET /metrics` shows tollgate's decisions, leases and WebSocket verdicts in Prometheus's
@@ -14,10 +17,12 @@
 // A console demo: it talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tollgate::config::Config;
+use tollgate::live::LiveEngine;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -31,10 +36,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    warp_demo::log_to_stderr();
     let options = warp_demo::ServerOptions::from_env()?;
-    let config = match std::env::var_os("TOLLGATE_CONFIG") {
+    let reload = warp_demo::Reload::from_env()?;
+    let path = std::env::var_os("TOLLGATE_CONFIG").map(PathBuf::from);
+    let config = match &path {
         Some(path) => {
-            println!("limits from {}", path.to_string_lossy());
+            println!("limits from {} (reloaded {reload})", path.display());
             Config::from_path(path)?
         }
         None => {
@@ -51,7 +59,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => {
             let store = warp_demo::build_redis_store(&config, &url).await?;
             println!("state in Redis at {}", store.url());
-            let limits = warp_demo::limits_with_redis(&config, &store)?;
+            let live = LiveEngine::from_config_with_leases(config, store.clone(), store)?;
+            // The limits live: the file is reloaded while the server runs (see warp_demo::Reload).
+            let _reloading = reload.start(&live, path.as_deref())?;
+            let limits = tollgate_warp::RateLimit::with_engine(live);
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             println!("{options}");
             println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
@@ -60,7 +71,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => {
             println!("state in memory (set REDIS_URL to share it between instances)");
-            let limits = warp_demo::limits(&config)?;
+            let store = warp_demo::build_store(&config);
+            let live = LiveEngine::from_config_with(config, store)?;
+            let _reloading = reload.start(&live, path.as_deref())?;
+            let limits = tollgate_warp::RateLimit::with_engine(live);
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             println!("{options}");
             println!("listening on http://{} (metrics at /metrics)", listener.local_addr()?);
