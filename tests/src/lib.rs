@@ -298,6 +298,17 @@ impl Demo {
     /// [`Demo::start`] with the environment variables `env` set for the demo (the server
     /// settings of [`SERVER_ENV`] are otherwise left to the demo's defaults).
     pub async fn start_with(name: &'static str, mode: Mode, env: &[(&str, &str)]) -> Demo {
+        let config = (mode == Mode::ConfigFile).then(config_path);
+        Demo::spawn(name, mode, config.as_deref(), env).await
+    }
+
+    /// [`Demo::start_with`] with `TOLLGATE_CONFIG` naming `config`, a file of the scenario's own
+    /// (which it may rewrite while the demo runs: see [`Demo::hang_up`]).
+    pub async fn start_with_config(name: &'static str, config: &Path, env: &[(&str, &str)]) -> Demo {
+        Demo::spawn(name, Mode::ConfigFile, Some(config), env).await
+    }
+
+    async fn spawn(name: &'static str, mode: Mode, config: Option<&Path>, env: &[(&str, &str)]) -> Demo {
         let binary = binary(name);
         let mut attempt = 0;
         loop {
@@ -317,8 +328,8 @@ impl Demo {
                 command.env_remove(variable);
             }
             command.envs(env.iter().copied());
-            if mode == Mode::ConfigFile {
-                command.env("TOLLGATE_CONFIG", config_path());
+            if let Some(config) = config {
+                command.env("TOLLGATE_CONFIG", config);
             }
             let mut child =
                 command.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({}): {e}", binary.display()));
@@ -369,6 +380,22 @@ impl Demo {
     /// How it got its limits.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Sends it `SIGHUP` (with `kill`, as an operator would), which the demos take as "reload
+    /// the configuration file".
+    pub fn hang_up(&self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill -HUP {pid}: {e}"));
+        assert!(status.success(), "kill -HUP {pid} failed ({status})");
+    }
+
+    /// What it wrote to stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        self.stderr.text()
     }
 }
 
