@@ -248,6 +248,11 @@ impl NearCache {
         self.insert(&keys.state, entry);
     }
 
+    /// Forgets what is remembered of the state key `key` (its block lifted by an operator).
+    pub(crate) fn forget(&self, key: &[u8]) {
+        self.shard(key).remove(key);
+    }
+
     fn insert(&self, key: &[u8], entry: Entry) {
         let mut shard = self.shard(key);
         if let Some(old) = shard.get_mut(key) {

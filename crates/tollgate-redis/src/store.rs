@@ -602,6 +602,26 @@ impl RedisStore {
         }
         Ok(())
     }
+
+    /// Deletes the block key of `key` on `limit` (an operator lifting a penalty), and forgets
+    /// what the near cache remembers of the key, so that Redis decides its next check.
+    async fn unblock_key(&self, limit: &RedisLimit, key: Key<'_>) -> Result<(), StoreError> {
+        let keys = check_keys(&self.inner.prefix, &limit.segment, key);
+        self.guarded(async {
+            let mut del = redis::cmd("DEL");
+            del.arg(&keys.block[..]);
+            let deleted: Result<i64, RedisError> = match &self.inner.conn {
+                Connection::Single(c) => del.query_async(&mut c.clone()).await,
+                Connection::Cluster(c) => del.query_async(&mut c.clone()).await,
+            };
+            deleted.map(drop).map_err(|e| store_error(e, &self.inner.url))
+        })
+        .await?;
+        if let Some(near) = &self.near {
+            near.forget(&keys.state);
+        }
+        Ok(())
+    }
 }
 
 /// Maps a client error to a [`StoreError`] naming the URL.
@@ -674,6 +694,14 @@ impl Store for RedisStore {
         duration: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
         self.block_key(limit, key, duration)
+    }
+
+    fn unblock<'a>(
+        &'a self,
+        limit: &'a RedisLimit,
+        key: Key<'a>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        self.unblock_key(limit, key)
     }
 }
 

@@ -101,6 +101,15 @@ impl<S: Store> Pair<S> {
         }
     }
 
+    async fn unblock(&self, limit: &(S::Limit, <MemoryStore as Store>::Limit), key: Key<'_>) {
+        if let Err(e) = self.store.unblock(&limit.0, key).await {
+            panic!("{}: unblock: {e}", self.scenario);
+        }
+        if let Err(e) = self.reference.unblock(&limit.1, key).await {
+            panic!("{}: reference unblock: {e}", self.scenario);
+        }
+    }
+
     fn advance_ms(&self, ms: u64) {
         self.clock.advance(Duration::from_millis(ms));
     }
@@ -230,6 +239,16 @@ async fn penalty_block<S: Store>(make: &mut impl FnMut(ManualClock) -> S, algori
     p.advance_ms(1);
     let (all, _) = p.check(&[&l], &[(Key::Int(9), q, 1, Duration::ZERO)], "block over").await;
     assert!(all, "{}: the block ends on time", p.scenario);
+    // An operator lifts a block (Store::unblock): the key's next check is its quota's alone.
+    p.block(&l, Key::Int(11), Duration::from_secs(600)).await;
+    let (all, _) = p.check(&[&l], &[(Key::Int(11), q, 1, Duration::ZERO)], "blocked for 10 min").await;
+    assert!(!all, "{}", p.scenario);
+    p.unblock(&l, Key::Int(11)).await;
+    let (all, _) = p.check(&[&l], &[(Key::Int(11), q, 1, Duration::ZERO)], "block lifted").await;
+    assert!(all, "{}: a lifted block refuses no more", p.scenario);
+    p.unblock(&l, Key::Int(12)).await;
+    let (all, _) = p.check(&[&l], &[(Key::Int(12), q, 1, Duration::ZERO)], "nothing to lift").await;
+    assert!(all, "{}: lifting no block changes nothing", p.scenario);
 }
 
 async fn hostile_keys<S: Store>(make: &mut impl FnMut(ManualClock) -> S, algorithm: Algorithm, run: u64) {
