@@ -8,9 +8,9 @@ cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 REQUESTS=${REQUESTS:-5000}
 cargo build --release -q -p actix-demo --bin actix-bench-count
-BIN=target/release/actix-bench-count
+BIN=${CARGO_TARGET_DIR:-target}/release/actix-bench-count
 CASES=("$@")
-[ ${#CASES[@]} -eq 0 ] && CASES=(bare noop fixed_headers tollgate tollgate_no_headers governor governor_headers tollgate_refusal governor_refusal)
+[ ${#CASES[@]} -eq 0 ] && CASES=(bare noop fixed_headers tollgate tollgate_no_headers tollgate_live governor governor_headers tollgate_refusal governor_refusal)
 printf "%-22s %12s %9s %12s\n" case instructions "vs bare" allocations
 bare=""
 for case in "${CASES[@]}"; do

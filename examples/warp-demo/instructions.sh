@@ -8,9 +8,9 @@ cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 REQUESTS=${REQUESTS:-10000}
 cargo build --release -q -p warp-demo --bin bench-server
-BIN=target/release/bench-server
+BIN=${CARGO_TARGET_DIR:-target}/release/bench-server
 CASES=("$@")
-[ ${#CASES[@]} -eq 0 ] && CASES=(bare fixed_headers tollgate tollgate_no_headers tollgate_refusal)
+[ ${#CASES[@]} -eq 0 ] && CASES=(bare fixed_headers tollgate tollgate_no_headers tollgate_live tollgate_refusal)
 printf "%-22s %12s %10s\n" case instructions "vs bare"
 bare=""
 for case in "${CASES[@]}"; do

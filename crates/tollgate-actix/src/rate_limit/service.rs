@@ -12,7 +12,7 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, forward_
 use actix_web::{Error, HttpMessage};
 use futures_util::future::LocalBoxFuture;
 use pin_project_lite::pin_project;
-use tollgate::engine::{Admit, BodyCharge, ResponsePlan};
+use tollgate::engine::{Admit, BodyCharge, Engine, ResponsePlan};
 use tollgate::{HeaderOptions, MemoryStore, Store};
 
 use super::body::{CutOff, LimitedPayload, ResponseBody};
@@ -57,7 +57,9 @@ where
     #[inline]
     fn call(&self, mut request: ServiceRequest) -> Self::Future {
         // The engine deciding this request: the middleware's, or a live engine's current one.
-        let engine = self.config.engine.load();
+        let current = self.config.engine.load();
+        // Dereferenced once: every use below reads the engine through a plain reference.
+        let engine: &Engine<St> = &current;
         // The extensions are borrowed only within this block, where nothing awaits.
         let checked = {
             let view = View::borrowing(&request);
@@ -79,7 +81,7 @@ where
         let body = pass_on(&mut request, &response, max_body, body_bytes, engine.header_options(), &self.config);
         // Let go of a live engine before the application runs: the request holds what its plan
         // took (the leases, the body charge), not the engine.
-        drop(engine);
+        drop(current);
         if wait.is_zero() {
             return ResponseFuture::inner(self.service.call(request), response, body);
         }

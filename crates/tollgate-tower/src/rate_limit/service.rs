@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use tollgate::engine::{Admit, ResponsePlan};
+use tollgate::engine::{Admit, Engine, ResponsePlan};
 use tollgate::{MemoryStore, Store};
 use tower::Service;
 
@@ -99,7 +99,9 @@ where
     #[inline(always)]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // The engine deciding this request: the layer's, or a live engine's current one.
-        let engine = self.config.engine.load();
+        let current = self.config.engine.load();
+        // Dereferenced once: every use below reads the engine through a plain reference.
+        let engine: &Engine<St> = &current;
         // The middleware counts every body while it streams: one of unknown length is charged
         // what it turns out to be (nothing, for an HTTP/2 GET), never refused 411.
         let view = View::of(&request, || M::exact_len(request.body())).counting_body();
@@ -121,7 +123,7 @@ where
         let meter = self.config.body_meter(engine.header_options(), max_body, body_bytes);
         // Let go of a live engine before the application runs: a request holds only what its
         // plan took (the leases, the body charge), so a reload is never held up by it.
-        drop(engine);
+        drop(current);
         let request = M::pass_on(request, meter.clone());
         if wait.is_zero() {
             return ResponseFuture::inner(self.inner.call(request), response, meter);

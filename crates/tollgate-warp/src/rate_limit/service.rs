@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use tollgate::engine::{Admit, ResponsePlan};
+use tollgate::engine::{Admit, Engine, ResponsePlan};
 use tollgate::websocket::UpgradeLease;
 use tollgate::{MemoryStore, Store};
 use tower_service::Service;
@@ -102,7 +102,9 @@ where
             }
         }
         // The engine deciding this request: the service's, or a live engine's current one.
-        let engine = self.config.engine.load();
+        let current = self.config.engine.load();
+        // Dereferenced once: every use below reads the engine through a plain reference.
+        let engine: &Engine<St> = &current;
         // Every body is counted while it streams: one of unknown length is charged what it turns
         // out to be (nothing, for an HTTP/2 GET), never refused 411.
         let view = HttpView::<_>::of(&request, || request.body().size_hint().exact()).counting_body();
@@ -121,7 +123,7 @@ where
         let meter = BodyMeter::of(max_body, body_bytes, engine.header_options(), self.config.refusal.as_ref());
         // Let go of a live engine before the application runs: the request holds what its plan
         // took (the leases, the body charge), not the engine.
-        drop(engine);
+        drop(current);
         let request = request.map(|body| RequestBody::new(body, meter.clone()));
         if wait.is_zero() {
             return ResponseFuture::inner(self.inner.call(request), response, meter);

@@ -1,8 +1,9 @@
 //! The in-process count of the actix-web benchmark: `actix-bench-count CASE N` sends N requests
 //! through one case's app as a service (`actix_web::test`, no sockets) inside `measured`, for
 //! callgrind (`--toggle-collect='*measured*'`), and prints the heap allocations per request.
-//! Cases: bare, noop, fixed_headers, tollgate, tollgate_no_headers, tollgate_refusal, governor,
-//! governor_headers, governor_refusal. Driven by `count.sh`.
+//! Cases: bare, noop, fixed_headers, tollgate, tollgate_no_headers, tollgate_refusal,
+//! tollgate_live (tollgate's limits on a live engine), governor, governor_headers,
+//! governor_refusal. Driven by `count.sh`.
 
 // A console tool.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -14,10 +15,22 @@ use actix_governor::Governor;
 use actix_web::dev::Service;
 use actix_web::{App, web};
 use apps::{ALLOW, BoxError, REFUSE, fixed_headers, governor_builder, hello, tollgate};
-use tollgate::HeaderOptions;
+use tollgate::engine::{Engine, Limits};
+use tollgate::live::LiveEngine;
+use tollgate::{HeaderOptions, KeyKind, Limit, Policy};
+use tollgate_actix::RateLimit;
 
 #[global_allocator]
 static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// [`tollgate`]'s limits on a live engine: what a live configuration costs the allow path.
+fn tollgate_live(quota: &'static str, headers: HeaderOptions) -> Result<RateLimit, BoxError> {
+    let build = move |_: &tollgate::Config| {
+        let policy = Policy::builder("api").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
+        Ok(Engine::new(Limits::empty().policy(policy)).headers(headers))
+    };
+    Ok(RateLimit::with_engine(LiveEngine::new(tollgate::Config::default(), build)?))
+}
 
 /// `requests` requests through `app`; how many were allowed.
 async fn send<S, B>(app: &S, requests: usize) -> usize
@@ -75,6 +88,7 @@ async fn count(case: &str, requests: usize) -> Result<(), BoxError> {
         "tollgate" => count!(requests, App::new().wrap(tollgate(ALLOW, headers)?)),
         "tollgate_no_headers" => count!(requests, App::new().wrap(tollgate(ALLOW, no_headers)?)),
         "tollgate_refusal" => count!(requests, App::new().wrap(tollgate(REFUSE, headers)?)),
+        "tollgate_live" => count!(requests, App::new().wrap(tollgate_live(ALLOW, headers)?)),
         "governor" => {
             count!(requests, App::new().wrap(Governor::new(&governor_builder(true).finish().ok_or("config")?)));
         }

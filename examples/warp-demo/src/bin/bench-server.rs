@@ -7,8 +7,9 @@
 //! `warp::service` without limits (what the server loop alone costs). Driven by `bench.sh`.
 //!
 //! `bench-server count CASE N` sends N requests through one case as a service, without sockets
-//! (`bare`, `fixed_headers`, `tollgate`, `tollgate_no_headers`, `tollgate_refusal`), for
-//! callgrind to count instructions per request (`instructions.sh`).
+//! (`bare`, `fixed_headers`, `tollgate`, `tollgate_no_headers`, `tollgate_refusal`, and
+//! `tollgate_live`: tollgate's limits on a live engine), for callgrind to count instructions per
+//! request (`instructions.sh`).
 
 // A console tool.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -18,6 +19,8 @@ use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
 use tokio::net::TcpListener;
+use tollgate::engine::{Engine, Limits};
+use tollgate::live::LiveEngine;
 use tollgate::{HeaderOptions, KeyKind, Limit, Policy};
 use tollgate_warp::RateLimit;
 use tower_service::Service;
@@ -40,6 +43,15 @@ fn app() -> impl Filter<Extract = (&'static str,), Error = warp::Rejection> + Cl
 fn limits(quota: &str, headers: HeaderOptions) -> Result<RateLimit, BoxError> {
     let policy = Policy::builder("api").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
     Ok(RateLimit::new(policy).headers(headers))
+}
+
+/// [`limits`] on a live engine: what a live configuration costs the allow path.
+fn live_limits(quota: &'static str, headers: HeaderOptions) -> Result<RateLimit, BoxError> {
+    let build = move |_: &tollgate::Config| {
+        let policy = Policy::builder("api").limit(Limit::new("per_ip", quota.parse()?).key(KeyKind::ip())).build()?;
+        Ok(Engine::new(Limits::empty().policy(policy)).headers(headers))
+    };
+    Ok(RateLimit::with_engine(LiveEngine::new(tollgate::Config::default(), build)?))
 }
 
 /// The reply with three fixed rate-limit headers, as a limiter would write them.
@@ -124,6 +136,7 @@ async fn count(case: &str, requests: u32) -> Result<(), BoxError> {
         "tollgate" => run_count(limits(ALLOW, headers)?.layer(warp::service(app())), requests).await,
         "tollgate_no_headers" => run_count(limits(ALLOW, no_headers)?.layer(warp::service(app())), requests).await,
         "tollgate_refusal" => run_count(limits(REFUSE, headers)?.layer(warp::service(app())), requests).await,
+        "tollgate_live" => run_count(live_limits(ALLOW, headers)?.layer(warp::service(app())), requests).await,
         "fixed_headers" => run_count(warp::service(app().map(fixed_headers)), requests).await,
         other => Err(format!("no case {other}").into()),
     }
