@@ -19,6 +19,10 @@
 #   check-window    check.lua, one sliding-window check (the general script)
 #   window          window.lua, one sliding-window check (what the store sends)
 #   lease           lease.lua, acquire (per-key cap 10, 1 s TTL; leases expire, never released)
+#   before-gcra, before-gcra-2, before-window
+#                   with BEFORE=<an older check.lua>: that script's one GCRA check, two, and one
+#                   sliding-window check (e.g. BEFORE=<(git show REV:crates/tollgate-redis/src/lua/check.lua)),
+#                   measured in the same rounds as the rest
 #
 # Usage: redis_ceiling.sh [port]   (without a port it starts its own redis-server)
 # Environment: REQUESTS (default 100000), CLIENTS (50), PIPELINE (16), ROUNDS (3), CASES; TAG
@@ -34,7 +38,10 @@ requests="${REQUESTS:-100000}"
 clients="${CLIENTS:-50}"
 pipeline="${PIPELINE:-16}"
 rounds="${ROUNDS:-3}"
-cases=(${CASES:-reference check-gcra gcra check-gcra-2 gcra-batch-2 check-window window lease})
+before_lua="${BEFORE:-}"
+default_cases="reference check-gcra gcra check-gcra-2 gcra-batch-2 check-window window lease"
+[[ -n "$before_lua" ]] && default_cases="$default_cases before-gcra before-gcra-2 before-window"
+cases=(${CASES:-$default_cases})
 callgrind="${CALLGRIND:-0}"
 
 for tool in redis-server redis-cli redis-benchmark; do
@@ -76,20 +83,25 @@ check="$(load "$lua/check.lua")"
 gcra="$(load "$lua/gcra.lua")"
 batch="$(load "$lua/gcra_batch.lua")"
 window="$(load "$lua/window.lua")"
+before="none"
+[[ -n "$before_lua" ]] && before="$(load "$before_lua")"
 lease="$(load "$lua/lease.lua")"
 
-# The keys of one check: its state and block keys (each __rand_int__ is drawn on its own; both
-# keys miss or hit alike in cost).
+# The keys of one check: its state and block keys, in a namespace per case (the scripts keep
+# different states; each __rand_int__ is drawn on its own, and both keys miss or hit alike in
+# cost).
 tag="${TAG:-}"
+keys() {
+  local n="$1" c="$2"
+  if [[ -n "$tag" ]]; then
+    echo "bench:{$tag}:$c:__rand_int__:s$n" "bench:{$tag}:$c:__rand_int__:b$n"
+  else
+    echo "bench:{__rand_int__}:$c:s$n" "bench:{__rand_int__}:$c:b$n"
+  fi
+}
 if [[ -n "$tag" ]]; then
-  k0="bench:{$tag}:__rand_int__:s"
-  k1=("bench:{$tag}:__rand_int__:s" "bench:{$tag}:__rand_int__:b")
-  k2=("bench:{$tag}:__rand_int__:s2" "bench:{$tag}:__rand_int__:b2")
   lk=("lease:{$tag}:k:__rand_int__" "lease:{$tag}:g" "lease:{$tag}:r")
 else
-  k0="bench:{__rand_int__}:s"
-  k1=("bench:{__rand_int__}:s" "bench:{__rand_int__}:b")
-  k2=("bench:{__rand_int__}:s2" "bench:{__rand_int__}:b2")
   lk=("lease:{bench}:k:__rand_int__" "lease:{bench}:g" "lease:{bench}:r")
 fi
 # check.lua's arguments: mode, now ('' = TIME), TTL floor, count, then per check: algorithm,
@@ -98,6 +110,10 @@ fi
 # window.lua's: period, amount, cost, max wait.
 g=(1000000000 1000 1000000 1000000 1 0)
 args() {
+  local k0 k1 k2
+  k0="$(keys "" "$1" | cut -d' ' -f1)"
+  read -ra k1 <<<"$(keys 1 "$1")"
+  read -ra k2 <<<"$(keys 2 "$1")"
   case "$1" in
     reference) echo EVALSHA "$ref" 1 "$k0" 1000000 1000000 1 1 ;;
     check-gcra) echo EVALSHA "$check" 2 "${k1[@]}" c "''" 0 1 g "${g[@]}" ;;
@@ -107,6 +123,9 @@ args() {
     check-window) echo EVALSHA "$check" 2 "${k1[@]}" c "''" 0 1 w "${g[@]}" ;;
     window) echo EVALSHA "$window" 2 "${k1[@]}" 1000000000 1000000 1 0 ;;
     lease) echo EVALSHA "$lease" 3 "${lk[@]}" a __rand_int__ 1000 10 -1 ;;
+    before-gcra) echo EVALSHA "$before" 2 "${k1[@]}" c "''" 0 1 g "${g[@]}" ;;
+    before-gcra-2) echo EVALSHA "$before" 4 "${k1[@]}" "${k2[@]}" c "''" 0 2 g "${g[@]}" g "${g[@]}" ;;
+    before-window) echo EVALSHA "$before" 2 "${k1[@]}" c "''" 0 1 w "${g[@]}" ;;
     *) echo "unknown case $1" >&2; exit 1 ;;
   esac
 }
@@ -123,7 +142,12 @@ run() {
   rps="$(redis-benchmark -p "$port" -c "$clients" -n "$requests" -r 100000 -P "$pipeline" -q "${cmd[@]}" |
     tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -n 1 | cut -d' ' -f1)"
   after="$(cpu_ns)"
-  usec="$(cli INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p')"
+  local stats failed
+  stats="$(cli INFO commandstats | tr -d '\r' | grep '^cmdstat_evalsha:')"
+  usec="$(sed -n 's/.*usec_per_call=\([0-9.]*\).*/\1/p' <<<"$stats")"
+  # A script error is a cheap reply, not a decision: say so rather than count it as one.
+  failed="$(sed -n 's/.*failed_calls=\([0-9]*\).*/\1/p' <<<"$stats")"
+  [[ "${failed:-0}" == 0 ]] || echo "warning: $1: $failed of $requests calls failed" >&2
   echo "$rps ${usec:-0} $(awk -v a="$before" -v b="$after" -v n="$requests" 'BEGIN { printf "%.2f", (b - a) / n / 1000 }')"
 }
 
