@@ -601,9 +601,10 @@ mod agreement {
         let server = RedisServer::start();
         let client = redis::Client::open(server.url()).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
-        // Quotas long enough that no key expires between the two calls and the reads.
-        let a = Limit { id: 1, window: false, t: 1_000_000_000, burst: 5 };
-        let b = Limit { id: 2, window: false, t: 3_000_000_000, burst: 2 };
+        // Quotas long enough that no key expires between the two calls and the reads, even on a
+        // loaded machine (a 1 s emission interval let a key of cost 2 expire before the read).
+        let a = Limit { id: 1, window: false, t: 60_000_000_000, burst: 5 };
+        let b = Limit { id: 2, window: false, t: 180_000_000_000, burst: 2 };
         let w = Limit { id: 3, window: true, t: 60_000_000_000, burst: 10 };
         let cases = [
             (1, vec![(a, 2, 0)]),
