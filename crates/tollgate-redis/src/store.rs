@@ -17,7 +17,7 @@ use crate::breaker::Breaker;
 use crate::error::{Error, redact};
 use crate::keys::{CheckKeys, check_keys, limit_segment, valid_prefix};
 use crate::near_cache::{DEFAULT_NEAR_CACHE_MAX_KEYS, NearCache, NearCacheStats};
-use crate::script::{CHECK, Call, Mode, Reply, decode, validate};
+use crate::script::{CHECK, Call, GCRA, GCRA_BATCH, Mode, Reply, WINDOW, decode, validate};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate";
@@ -299,11 +299,14 @@ impl RedisStoreBuilder {
             if pong != "PONG" {
                 return Err(RedisError::from((redis::ErrorKind::Client, "unexpected PING reply", pong)));
             }
-            let loaded: String = match conn.clone() {
-                Connection::Single(mut c) => CHECK.load_async(&mut c).await?,
-                Connection::Cluster(mut c) => CHECK.load_async(&mut c).await?,
-            };
-            drop(loaded);
+            // Every decision script, so that no first check of a kind pays a NOSCRIPT round trip.
+            for script in [&*CHECK, &*GCRA, &*GCRA_BATCH, &*WINDOW] {
+                let loaded: String = match conn.clone() {
+                    Connection::Single(mut c) => script.load_async(&mut c).await?,
+                    Connection::Cluster(mut c) => script.load_async(&mut c).await?,
+                };
+                drop(loaded);
+            }
             Ok(conn)
         };
         let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
@@ -711,6 +714,22 @@ mod tests {
     use super::*;
     use crate::test_support::{RedisServer, redis_available};
     use tollgate::{ManualClock, Quota};
+
+    /// `build()` loads every decision script, so no first check of a kind pays a NOSCRIPT round
+    /// trip.
+    #[tokio::test]
+    async fn build_loads_every_decision_script() {
+        if !redis_available() {
+            return;
+        }
+        let server = RedisServer::start();
+        let _store = RedisStore::connect(server.url()).await.unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let hashes = [CHECK.get_hash(), GCRA.get_hash(), GCRA_BATCH.get_hash(), WINDOW.get_hash()];
+        let exists: Vec<u8> = redis::cmd("SCRIPT").arg("EXISTS").arg(&hashes[..]).query_async(&mut con).await.unwrap();
+        assert_eq!(exists, [1, 1, 1, 1]);
+    }
 
     /// The refund of the cross-slot path gives back exactly what a commit took: afterwards the
     /// limit answers as one that never saw the commit (immediate and delayed commits alike).
