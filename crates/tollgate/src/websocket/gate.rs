@@ -467,13 +467,17 @@ impl<C: Clock> MessageGate<C> {
         // spend only when all of them pass, at the time the message goes), then commit this
         // connection's at that time too, or none. Every step is GCRA, whose room comes at a time
         // of its own whatever the others say, so the message goes at the latest of those times.
+        let mut new_tats = [0u64; 3];
         let mut wait = Duration::ZERO;
         let mut refused: Option<Refusal> = None;
-        for step in steps.iter() {
+        for (i, step) in steps.iter().enumerate() {
             let Some(step) = step else { continue };
             let (snap, new_tat) = gcra::decide(self.tat(step.slot), &step.quota, now, now, step.cost, max_wait);
             match new_tat {
-                Some(_) => wait = wait.max(snap.wait),
+                Some(t) => {
+                    new_tats[i] = t;
+                    wait = wait.max(snap.wait);
+                }
                 None => {
                     if refused.as_ref().is_none_or(|r| snap.retry_after > r.retry_after) {
                         let limit = match step.slot {
@@ -516,9 +520,16 @@ impl<C: Clock> MessageGate<C> {
                 MessageAction::Drop | MessageAction::Delay { .. } => Verdict::Drop(refusal),
             };
         }
+        // Going now (the usual case), each step leaves what the first pass found; going later,
+        // each is decided again at that time.
         let go = now.saturating_add(crate::algorithm::nanos(wait));
-        for step in steps.iter().flatten() {
-            let (_, new_tat) = gcra::decide(self.tat(step.slot), &step.quota, now, go, step.cost, go - now);
+        for (i, step) in steps.iter().enumerate() {
+            let Some(step) = step else { continue };
+            let new_tat = if go == now {
+                Some(new_tats[i])
+            } else {
+                gcra::decide(self.tat(step.slot), &step.quota, now, go, step.cost, go - now).1
+            };
             if let Some(tat) = new_tat {
                 *self.tat_mut(step.slot) = tat;
             }

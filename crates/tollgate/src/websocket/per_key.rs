@@ -206,9 +206,11 @@ impl PerKeyLimits {
             // Every step is GCRA: each has room from a time of its own whatever `at` is, so the
             // message goes at the latest of those and `at`, and each step counts it then.
             let mut go = at;
+            let mut new_tats: SmallVec<[u64; 4]> = SmallVec::new();
             let mut refused: Option<(KeyStep, Duration)> = None;
             for step in steps.iter().flatten() {
                 let (snap, new_tat) = gcra::decide(tats[step.slot], &step.quota, now, at, step.cost, max_wait);
+                new_tats.push(new_tat.unwrap_or(0));
                 match new_tat {
                     Some(_) => go = go.max(now.saturating_add(nanos(snap.wait))),
                     None => {
@@ -221,8 +223,14 @@ impl PerKeyLimits {
             if let Some((step, retry_after)) = refused {
                 return Err(KeyRefusal::Over(step, retry_after));
             }
-            for step in steps.iter().flatten() {
-                let (_, new_tat) = gcra::decide(tats[step.slot], &step.quota, now, go, step.cost, go - now);
+            // Going at `at` (the usual case), each step leaves what the first pass found; going
+            // later, each is decided again at that time.
+            for (step, first) in steps.iter().flatten().zip(new_tats) {
+                let new_tat = if go == at {
+                    Some(first)
+                } else {
+                    gcra::decide(tats[step.slot], &step.quota, now, go, step.cost, go - now).1
+                };
                 if let Some(tat) = new_tat {
                     tats[step.slot] = tat;
                 }
