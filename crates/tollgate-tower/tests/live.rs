@@ -33,12 +33,14 @@ fn config(quota: u32, cap: u32) -> Config {
 }
 
 /// What the handlers saw: requests served on `/count`, and `/slow` requests running now and at
-/// most at once.
+/// most at once; and a switch the `/count` handler runs when it serves its `switch_at`-th request.
 #[derive(Default)]
 struct Seen {
     counted: AtomicUsize,
     running: AtomicUsize,
     most: AtomicUsize,
+    switch_at: AtomicUsize,
+    switch: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 async fn server(live: &LiveEngine) -> (SocketAddr, Arc<Seen>) {
@@ -48,7 +50,12 @@ async fn server(live: &LiveEngine) -> (SocketAddr, Arc<Seen>) {
         .route(
             "/count",
             get(move || async move {
-                a.counted.fetch_add(1, Ordering::AcqRel);
+                let n = a.counted.fetch_add(1, Ordering::AcqRel) + 1;
+                if n == a.switch_at.load(Ordering::Acquire) {
+                    if let Some(switch) = a.switch.lock().unwrap().take() {
+                        switch();
+                    }
+                }
                 "counted"
             }),
         )
@@ -120,14 +127,20 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 async fn a_quota_switched_under_load_counts_what_was_spent() {
     let live = LiveEngine::from_config(config(200, 4)).unwrap();
     let (addr, seen) = server(&live).await;
+    // Tighten to 100/h while 24 clients are in flight, a quarter of the way through 200: the
+    // handler serving the 50th request switches, so however the test's own task is scheduled, at
+    // most 50 + 23 (decided, not yet served) were spent under the old quota.
+    let (switched, changes) = (live.clone(), Arc::new(std::sync::Mutex::new(None)));
+    let seen_changes = Arc::clone(&changes);
+    seen.switch_at.store(50, Ordering::Release);
+    *seen.switch.lock().unwrap() = Some(Box::new(move || {
+        *seen_changes.lock().unwrap() = Some(switched.reload(config(100, 4)).unwrap().changed);
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = clients(addr, "/count", 24, &stop);
 
-    // Tighten to 100/h while 24 clients are in flight, a quarter of the way through 200.
-    until("50 admitted", || seen.counted.load(Ordering::Acquire) >= 50).await;
-    let changes = live.reload(config(100, 4)).unwrap();
-    assert_eq!(changes.changed, ["count/all: 200/1h -> 100/1h"]);
     until("100 admitted", || seen.counted.load(Ordering::Acquire) >= 100).await;
+    assert_eq!(changes.lock().unwrap().as_deref(), Some(&["count/all: 200/1h -> 100/1h".to_owned()][..]));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // What was admitted before the switch counts against the new quota: 100 in all, the
     // stricter quota — separate counts would have let 50 + 100 through.
