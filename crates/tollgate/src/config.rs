@@ -46,7 +46,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::algorithm::{Algorithm, OnExceed};
 use crate::client_ip::{ClientIpResolver, ForwardingHeader};
-use crate::concurrency::{ConcurrencyLimiter, LeaseStore};
+use crate::concurrency::{AdaptiveLimit, ConcurrencyLimiter, LeaseStore};
 use crate::error::Error;
 use crate::headers::HeaderOptions;
 use crate::key::OwnedKey;
@@ -198,6 +198,135 @@ impl From<FailureModeConfig> for FailureMode {
             FailureModeConfig::Closed => FailureMode::Closed,
             FailureModeConfig::Fallback => FailureMode::Fallback,
         }
+    }
+}
+
+/// Which algorithm an `adaptive` table uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdaptiveAlgorithmConfig {
+    /// See [`AdaptiveLimit::gradient`].
+    #[default]
+    Gradient,
+    /// See [`AdaptiveLimit::aimd`]; needs `latency_threshold`.
+    Aimd,
+}
+
+/// `adaptive = { ... }` on a route (requests in flight) or a WebSocket endpoint (open
+/// connections): a concurrency cap that follows the service's latency and failures, in this
+/// process (see [`adaptive`](crate::concurrency::adaptive)). Unset fields take the
+/// [`AdaptiveBuilder`](crate::concurrency::AdaptiveBuilder)'s defaults.
+///
+/// ```toml
+/// [[routes]]
+/// path = "/api/search"
+/// adaptive = { algorithm = "gradient", min = 4, max = 200, tolerance = 1.2 }
+///
+/// [[websocket]]
+/// path = "/ws"
+/// adaptive = { algorithm = "aimd", latency_threshold = "250ms", max = 5000 }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// `gradient` (the default) or `aimd`.
+    #[serde(default)]
+    pub algorithm: AdaptiveAlgorithmConfig,
+    /// The smallest cap (default 4).
+    pub min: Option<u32>,
+    /// The largest cap (default 1000).
+    pub max: Option<u32>,
+    /// The cap to start from (default 20).
+    pub initial: Option<u32>,
+    /// The shortest measuring window (default `100ms`).
+    pub window: Option<DurationText>,
+    /// The fewest latencies a window needs (default 10).
+    pub min_samples: Option<u32>,
+    /// What the cap is multiplied by on failures, and with AIMD over the threshold (default 0.9).
+    pub backoff: Option<f64>,
+    /// The share of failed (5xx) requests a window may have before the cap backs off (default
+    /// 0.05).
+    pub failure_ratio: Option<f64>,
+    /// Gradient: latency taken as normal, as a multiple of the minimum (default 1.2).
+    pub tolerance: Option<f64>,
+    /// Gradient: how often the minimum latency is measured again (default `60s`; `0s`: only at
+    /// startup).
+    pub probe_every: Option<DurationText>,
+    /// AIMD (required): the mean latency over which the cap shrinks.
+    pub latency_threshold: Option<DurationText>,
+    /// AIMD: how much the cap grows per window (default 1).
+    pub increase: Option<u32>,
+}
+
+impl AdaptiveConfig {
+    /// The limit, or an error naming `at.adaptive.<field>`.
+    pub fn limit(&self, at: &str) -> Result<AdaptiveLimit, Error> {
+        let wrong_algorithm = |field: &str, value: String, algorithm: &str| {
+            Err(Error::config(
+                format!("{at}.adaptive.{field}"),
+                value,
+                format!("applies to algorithm = \"{algorithm}\" only"),
+            ))
+        };
+        let mut builder = match self.algorithm {
+            AdaptiveAlgorithmConfig::Gradient => {
+                if let Some(t) = &self.latency_threshold {
+                    return wrong_algorithm("latency_threshold", format!("{:?}", t.0), "aimd");
+                }
+                if let Some(n) = self.increase {
+                    return wrong_algorithm("increase", n.to_string(), "aimd");
+                }
+                let mut b = AdaptiveLimit::gradient();
+                if let Some(t) = self.tolerance {
+                    b = b.tolerance(t);
+                }
+                if let Some(d) = &self.probe_every {
+                    b = b.probe_every(d.0);
+                }
+                b
+            }
+            AdaptiveAlgorithmConfig::Aimd => {
+                if let Some(t) = self.tolerance {
+                    return wrong_algorithm("tolerance", t.to_string(), "gradient");
+                }
+                if let Some(d) = &self.probe_every {
+                    return wrong_algorithm("probe_every", format!("{:?}", d.0), "gradient");
+                }
+                let Some(threshold) = &self.latency_threshold else {
+                    return Err(Error::config(
+                        format!("{at}.adaptive.latency_threshold"),
+                        "(missing)",
+                        "algorithm = \"aimd\" needs the latency over which the cap shrinks, e.g. \"200ms\"",
+                    ));
+                };
+                let mut b = AdaptiveLimit::aimd(threshold.0);
+                if let Some(n) = self.increase {
+                    b = b.increase(n);
+                }
+                b
+            }
+        };
+        let defaults = *builder.settings();
+        builder = builder.bounds(self.min.unwrap_or(defaults.min), self.max.unwrap_or(defaults.max));
+        if let Some(n) = self.initial {
+            builder = builder.initial(n);
+        }
+        if let Some(d) = &self.window {
+            builder = builder.window(d.0);
+        }
+        if let Some(n) = self.min_samples {
+            builder = builder.min_samples(n);
+        }
+        if let Some(f) = self.backoff {
+            builder = builder.backoff(f);
+        }
+        if let Some(r) = self.failure_ratio {
+            builder = builder.failure_ratio(r);
+        }
+        builder.build().map_err(|e| match e {
+            Error::Config { field, value, reason } => Error::Config { field: format!("{at}.{field}"), value, reason },
+            other => other,
+        })
     }
 }
 
@@ -362,6 +491,9 @@ pub struct RouteConfig {
     /// `fallback` (the default: each instance counts its own), `open` (admit uncounted) or
     /// `closed` (refuse with 503).
     pub lease_failure_mode: Option<FailureModeConfig>,
+    /// Requests in flight on the route in all, in this process, at most what an adaptive limit
+    /// allows now (503 above it): see [`AdaptiveConfig`].
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 /// What a WebSocket message over a rate limit does.
@@ -415,6 +547,10 @@ pub struct WebSocketConfig {
     pub concurrent_per_key: Option<u32>,
     /// Open connections in all (503 when full).
     pub concurrent_global: Option<u32>,
+    /// Open connections in all, in this process, at most what an adaptive limit allows now (503
+    /// above it), adapting to the latency and failures of the upgrade responses: see
+    /// [`AdaptiveConfig`].
+    pub adaptive: Option<AdaptiveConfig>,
     /// What the open-connection counts do when a shared store (Redis) counting them fails:
     /// `fallback` (the default: each instance counts its own), `open` (admit uncounted) or
     /// `closed` (refuse the upgrade with 503).
@@ -519,6 +655,9 @@ impl Config {
             {
                 return Err(Error::config(format!("routes[{i}].concurrent_per_key"), n, "must be at least 1"));
             }
+            if let Some(adaptive) = &r.adaptive {
+                adaptive.limit(&format!("routes[{i}]"))?;
+            }
             if let (Some(mode), None) = (r.lease_failure_mode, r.concurrent_per_key) {
                 return Err(Error::config(
                     format!("routes[{i}].lease_failure_mode"),
@@ -553,6 +692,9 @@ impl Config {
                 if v == Some(0) {
                     return Err(Error::config(format!("websocket[{i}].{field}"), 0, "must be at least 1"));
                 }
+            }
+            if let Some(adaptive) = &w.adaptive {
+                adaptive.limit(&format!("websocket[{i}]"))?;
             }
             if let (Some(mode), None, None) = (w.lease_failure_mode, w.concurrent_per_key, w.concurrent_global) {
                 return Err(Error::config(
@@ -767,10 +909,18 @@ impl Config {
                 ),
                 None => None,
             };
-            let in_flight = route.concurrent_per_key.map(|n| {
-                let limiter = self.bounded(ConcurrencyLimiter::new(format!("in_flight:{}", route.path)).per_key(n));
-                lease_failure(limiter, route.lease_failure_mode)
-            });
+            let in_flight = if route.concurrent_per_key.is_some() || route.adaptive.is_some() {
+                let mut limiter = self.bounded(ConcurrencyLimiter::new(format!("in_flight:{}", route.path)));
+                if let Some(n) = route.concurrent_per_key {
+                    limiter = limiter.per_key(n);
+                }
+                if let Some(adaptive) = &route.adaptive {
+                    limiter = limiter.adaptive(adaptive.limit(&format!("routes[{i}]"))?);
+                }
+                Some(lease_failure(limiter, route.lease_failure_mode))
+            } else {
+                None
+            };
             out.push(RouteLimits {
                 path: route.path.clone(),
                 methods: methods(&route.methods, i)?,
@@ -798,6 +948,9 @@ impl Config {
             }
             if let Some(n) = ws.concurrent_global {
                 connections = connections.global(n);
+            }
+            if let Some(adaptive) = &ws.adaptive {
+                connections = connections.adaptive(adaptive.limit(&format!("websocket[{i}]"))?);
             }
             connections = lease_failure(connections, ws.lease_failure_mode);
             let mut messages = MessageLimits::from_config(ws);
@@ -952,6 +1105,7 @@ impl<S: Store> std::fmt::Debug for RouteLimits<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::concurrency::AdaptiveAlgorithm;
 
     fn err(text: &str) -> String {
         text.parse::<Config>().expect_err(text).to_string()
@@ -972,6 +1126,41 @@ mod tests {
         assert!(e.contains("path"), "missing fields are errors: {e}");
         let e = err("[policies.p]\nlimits = [{ name = \"a\", quota = \"1/s\" }, { name = \"a\", quota = \"2/s\" }]");
         assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn adaptive_limits_reach_routes_and_websocket_endpoints() {
+        let config: Config = "[[routes]]\npath = \"/search\"\nconcurrent_per_key = 2\n\
+             adaptive = { min = 2, max = 50, tolerance = 1.5, probe_every = \"30s\" }\n\
+             [[websocket]]\npath = \"/ws\"\nadaptive = { algorithm = \"aimd\", latency_threshold = \"250ms\", initial = 8 }"
+            .parse()
+            .unwrap();
+        let limits = config.route_limits_with(&MemoryStore::default()).unwrap();
+        let search = limits[0].in_flight.as_ref().unwrap();
+        assert_eq!(search.per_key_cap(), Some(2));
+        let settings = *search.adaptive_limit().unwrap().settings();
+        assert_eq!((settings.min, settings.max, settings.initial), (2, 50, 20));
+        assert_eq!(
+            settings.algorithm,
+            AdaptiveAlgorithm::Gradient { tolerance: 1.5, probe_every: Duration::from_secs(30) }
+        );
+        let ws = limits[1].websocket.as_ref().unwrap().connections.adaptive_limit().unwrap();
+        assert_eq!(
+            ws.settings().algorithm,
+            AdaptiveAlgorithm::Aimd { latency_threshold: Duration::from_millis(250), increase: 1 }
+        );
+        assert_eq!(ws.current(), 8);
+
+        let e = err("[[routes]]\npath = \"/\"\nadaptive = { algorithm = \"aimd\" }");
+        assert!(e.contains("routes[0].adaptive.latency_threshold"), "{e}");
+        let e = err("[[routes]]\npath = \"/\"\nadaptive = { tolerance = 0.5 }");
+        assert!(e.contains("routes[0].adaptive.tolerance") && e.contains("0.5"), "{e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\nadaptive = { latency_threshold = \"1s\" }");
+        assert!(e.contains("websocket[0].adaptive.latency_threshold") && e.contains("aimd"), "{e}");
+        let e = err("[[websocket]]\npath = \"/ws\"\nadaptive = { min = 10, max = 5 }");
+        assert!(e.contains("websocket[0].adaptive.max"), "{e}");
+        let e = err("[[routes]]\npath = \"/\"\nadaptive = { algorithm = \"pid\" }");
+        assert!(e.contains("pid"), "{e}");
     }
 
     #[test]

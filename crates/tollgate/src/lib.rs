@@ -57,7 +57,7 @@ pub use algorithm::{Algorithm, OnExceed, Snapshot};
 pub use client_ip::{ClientIpResolver, ForwardingHeader};
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use concurrency::{
-    ConcurrencyDenied, ConcurrencyLimiter, ConcurrencyScope, ConnectionLease, LeaseRelease, LeaseStore,
+    AdaptiveLimit, ConcurrencyDenied, ConcurrencyLimiter, ConcurrencyScope, ConnectionLease, LeaseRelease, LeaseStore,
 };
 pub use config::Config;
 pub use decision::{Admission, Admitted, Decision, LimitHeaders, LimitState, Reason};

@@ -10,7 +10,10 @@
 //! | [`DECISION_SECONDS`] `tollgate_decision_seconds` | histogram | `policy` | how long [`Policy::check`](crate::Policy::check) took: the asynchronous path, which middleware takes for stores with I/O such as Redis (their in-memory checks, `try_check_now`/`try_admit_now`, take tens of nanoseconds and are not timed) |
 //! | [`STORE_FAILURES`] `tollgate_store_failures_total` | counter | `policy` (or the concurrency limiter's name), `mode` | store errors, with the [`FailureMode`] that decided (`open`, `closed`, `fallback`) |
 //! | [`LEASES_IN_USE`] `tollgate_leases_in_use` | gauge | `limiter` | concurrency leases held in this process |
-//! | [`LEASE_REFUSALS`] `tollgate_lease_refusals_total` | counter | `limiter`, `scope` | leases refused: `per_key`, `global`, `store_unavailable` |
+//! | [`LEASE_REFUSALS`] `tollgate_lease_refusals_total` | counter | `limiter`, `scope` | leases refused: `per_key`, `global`, `store_unavailable`, `adaptive` |
+//! | [`ADAPTIVE_LIMIT`] `tollgate_adaptive_limit` | gauge | `limiter` | an [adaptive limit](crate::AdaptiveLimit)'s cap, set each time a measuring window closes |
+//! | [`ADAPTIVE_LATENCY`] `tollgate_adaptive_latency_seconds` | gauge | `limiter` | the mean latency of its last window |
+//! | [`ADAPTIVE_MIN_LATENCY`] `tollgate_adaptive_min_latency_seconds` | gauge | `limiter` | the minimum latency a gradient limit measured (0 for AIMD) |
 //! | [`WEBSOCKET_MESSAGES`] `tollgate_websocket_messages_total` | counter | `outcome` | text and binary messages a [`MessageGate`](crate::websocket::MessageGate) decided: `allowed`, `delayed`, `dropped`, `closed` (a ping or pong flood that closes counts as `closed` too) |
 //! | [`WEBSOCKET_CLOSES`] `tollgate_websocket_closes_total` | counter | `code` | connections a gate closed, by close code (`1008`, `1009`, `1013`, `4429`), including over a message the socket refused for its own size cap, which never reaches the gate ([`MessageGate::too_large`](crate::websocket::MessageGate::too_large)) |
 //! | [`RELOADS`] `tollgate_reloads_total` | counter | `source`, `outcome` | configurations a [`LiveEngine`](crate::live::LiveEngine) was given: `source` `api` (a call), `file` (the watched file changed) or `signal` (`SIGHUP`); `outcome` `applied` or `refused` (invalid: the running limits stayed) |
@@ -41,6 +44,12 @@ pub const STORE_FAILURES: &str = "tollgate_store_failures_total";
 pub const LEASES_IN_USE: &str = "tollgate_leases_in_use";
 /// Concurrency leases refused, by `limiter` and `scope`.
 pub const LEASE_REFUSALS: &str = "tollgate_lease_refusals_total";
+/// An adaptive concurrency limit's cap, by `limiter`.
+pub const ADAPTIVE_LIMIT: &str = "tollgate_adaptive_limit";
+/// An adaptive concurrency limit's last window's mean latency, by `limiter`.
+pub const ADAPTIVE_LATENCY: &str = "tollgate_adaptive_latency_seconds";
+/// A gradient limit's measured minimum latency, by `limiter`.
+pub const ADAPTIVE_MIN_LATENCY: &str = "tollgate_adaptive_min_latency_seconds";
 /// WebSocket messages decided, by `outcome`.
 pub const WEBSOCKET_MESSAGES: &str = "tollgate_websocket_messages_total";
 /// WebSocket connections closed by a gate, by `code`.
@@ -59,6 +68,9 @@ pub fn describe() {
         describe_counter!(STORE_FAILURES, "Rate-limit store failures, by policy and the failure mode that decided");
         describe_gauge!(LEASES_IN_USE, "Concurrency leases held in this process, by limiter");
         describe_counter!(LEASE_REFUSALS, "Concurrency leases refused, by limiter and scope");
+        describe_gauge!(ADAPTIVE_LIMIT, "An adaptive concurrency limit's current cap, by limiter");
+        describe_gauge!(ADAPTIVE_LATENCY, Unit::Seconds, "Mean latency of an adaptive limit's last window, by limiter");
+        describe_gauge!(ADAPTIVE_MIN_LATENCY, Unit::Seconds, "Minimum latency a gradient limit measured, by limiter");
         describe_counter!(WEBSOCKET_MESSAGES, "WebSocket messages decided, by outcome");
         describe_counter!(WEBSOCKET_CLOSES, "WebSocket connections closed over a limit, by close code");
         describe_counter!(RELOADS, "Configurations given to a live engine, by source and outcome (applied, refused)");
@@ -199,12 +211,42 @@ impl LeaseMetrics {
     }
 }
 
+/// An adaptive limit's gauges, registered when its first window closes.
+#[derive(Default)]
+pub(crate) struct AdaptiveMetrics {
+    #[cfg(feature = "metrics")]
+    gauges: std::sync::OnceLock<[metrics::Gauge; 3]>,
+}
+
+impl AdaptiveMetrics {
+    /// A window of the limit of `limiter` closed: its cap, mean latency and minimum latency
+    /// (nanoseconds; 0 for none).
+    pub(crate) fn window(&self, limiter: &'static str, limit: u32, latency: u64, min_latency: u64) {
+        #[cfg(feature = "metrics")]
+        {
+            let [cap, mean, min] = self.gauges.get_or_init(|| {
+                [
+                    metrics::gauge!(ADAPTIVE_LIMIT, "limiter" => limiter),
+                    metrics::gauge!(ADAPTIVE_LATENCY, "limiter" => limiter),
+                    metrics::gauge!(ADAPTIVE_MIN_LATENCY, "limiter" => limiter),
+                ]
+            });
+            cap.set(f64::from(limit));
+            mean.set(latency as f64 / 1e9);
+            min.set(min_latency as f64 / 1e9);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (limiter, limit, latency, min_latency);
+    }
+}
+
 /// A lease refused.
 pub(crate) fn lease_refused(limiter: &'static str, scope: ConcurrencyScope) {
     let scope = match scope {
         ConcurrencyScope::PerKey => "per_key",
         ConcurrencyScope::Global => "global",
         ConcurrencyScope::StoreUnavailable => "store_unavailable",
+        ConcurrencyScope::Adaptive => "adaptive",
     };
     count(LEASE_REFUSALS, [("limiter", limiter), ("scope", scope)]);
 }

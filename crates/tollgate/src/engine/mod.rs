@@ -91,6 +91,7 @@ use http::{Method, StatusCode};
 
 use self::plan::Leases;
 use crate::client_ip::ClientIpResolver;
+use crate::concurrency::adaptive::LatencySample;
 use crate::concurrency::{ConcurrencyDenied, ConcurrencyLimiter, ConnectionLease, LeaseStore};
 use crate::config::{Config, RouteLimits};
 use crate::decision::{Admission, Admitted, Decision};
@@ -694,9 +695,15 @@ fn less_headroom(a: &crate::decision::LimitHeaders, b: &crate::decision::LimitHe
 }
 
 /// The upgraded socket's share of a WebSocket connection lease: the lease, the route's message
-/// limits and the key its per-key message limits count by.
-fn upgrade_lease(ws: &WebSocketLimits, lease: ConnectionLease, key: Key<'_>) -> UpgradeLease {
-    UpgradeLease::new(lease, Arc::clone(&ws.messages), key.to_owned_key())
+/// limits and the key its per-key message limits count by; with the lease's adaptive latency
+/// sample apart, as the sample ends with the upgrade's response and the lease with the socket.
+fn upgrade_lease(
+    ws: &WebSocketLimits,
+    mut lease: ConnectionLease,
+    key: Key<'_>,
+) -> (UpgradeLease, Option<LatencySample>) {
+    let sample = lease.take_sample();
+    (UpgradeLease::new(lease, Arc::clone(&ws.messages), key.to_owned_key()), sample)
 }
 
 /// The key a lease of `kind` is counted by; requests without one share a key (as a policy's

@@ -8,6 +8,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::body::BodyCharge;
 use crate::concurrency::ConnectionLease;
+use crate::concurrency::adaptive::{LatencySample, Outcome};
 use crate::decision::{Admitted, Decision, LimitHeaders};
 use crate::headers::{HeaderOptions, HeaderSink};
 use crate::websocket::UpgradeLease;
@@ -54,6 +55,10 @@ impl ResponsePlan {
         leases: Option<Box<Leases>>,
     ) -> (Self, Duration) {
         let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
+        let mut leases = leases;
+        if let Some(leases) = leases.as_mut().filter(|_| !wait.is_zero()) {
+            leases.delayed(wait);
+        }
         (ResponsePlan { shown: Shown::of(headers, limit), leases }, wait)
     }
 
@@ -65,9 +70,10 @@ impl ResponsePlan {
     }
 
     /// Finishes the response of status `status`: writes the rate-limit headers into `headers`,
-    /// releases a WebSocket lease the handler did not take (with a warning when the upgrade
-    /// succeeded: the connection is then not counted), and returns the in-flight lease, for the
-    /// response body to hold until it is finished or dropped.
+    /// records the response's latency and outcome (a 5xx fails) under the route's adaptive
+    /// limits, releases a WebSocket lease the handler did not take (with a warning when the
+    /// upgrade succeeded: the connection is then not counted), and returns the in-flight lease,
+    /// for the response body to hold until it is finished or dropped.
     ///
     /// `headers` is the response's `http` 1.x map, or any [`HeaderSink`] (an adapter's own map).
     #[inline(always)]
@@ -124,17 +130,34 @@ impl Shown {
 }
 
 /// The concurrency leases a request holds: the in-flight lease, which the response body takes
-/// over, and a WebSocket connection lease, which the upgraded socket takes over.
+/// over, and a WebSocket connection lease, which the upgraded socket takes over — with the
+/// latency sample of the connection's adaptive limit, which ends with the upgrade's response (the
+/// in-flight lease carries its own).
 #[derive(Debug)]
 pub(crate) struct Leases {
     pub(crate) lease: Option<ConnectionLease>,
     pub(crate) upgrade: Option<UpgradeLease>,
+    pub(crate) upgrade_sample: Option<LatencySample>,
 }
 
 impl Leases {
     #[inline]
-    pub(crate) fn boxed(lease: Option<ConnectionLease>, upgrade: Option<UpgradeLease>) -> Option<Box<Self>> {
-        (lease.is_some() || upgrade.is_some()).then(|| Box::new(Leases { lease, upgrade }))
+    pub(crate) fn boxed(
+        lease: Option<ConnectionLease>,
+        upgrade: Option<(UpgradeLease, Option<LatencySample>)>,
+    ) -> Option<Box<Self>> {
+        let (upgrade, upgrade_sample) = upgrade.map_or((None, None), |(u, s)| (Some(u), s));
+        (lease.is_some() || upgrade.is_some()).then(|| Box::new(Leases { lease, upgrade, upgrade_sample }))
+    }
+
+    /// The application is called `wait` after the leases were taken: latencies count from then.
+    fn delayed(&mut self, wait: Duration) {
+        if let Some(sample) = self.lease.as_mut().and_then(ConnectionLease::sample_mut) {
+            sample.delayed(wait);
+        }
+        if let Some(sample) = &mut self.upgrade_sample {
+            sample.delayed(wait);
+        }
     }
 
     /// The in-flight lease for the response body; warns when an upgrade's lease was not taken.
@@ -142,7 +165,14 @@ impl Leases {
     /// once (the WebSocket lease counts the connection from then on), whatever its framework
     /// makes of the upgraded response's body.
     fn hand_over(self, status: StatusCode) -> Option<ConnectionLease> {
-        let Leases { lease, upgrade } = self;
+        let Leases { mut lease, upgrade, upgrade_sample } = self;
+        let outcome = Outcome::of(status);
+        if let Some(lease) = &mut lease {
+            lease.record(outcome);
+        }
+        if let Some(sample) = upgrade_sample {
+            sample.record(outcome);
+        }
         let lease = lease.filter(|_| status != StatusCode::SWITCHING_PROTOCOLS);
         if let Some(upgrade) = &upgrade
             && upgrade.release_untaken()

@@ -4,7 +4,7 @@ use super::{Engine, Limits};
 use crate::concurrency::{ConcurrencyDenied, ConcurrencyScope};
 use crate::key::Key;
 use crate::policy::Policy;
-use crate::stats::{LeaseStats, PolicyStats, Snapshot, TopKey};
+use crate::stats::{AdaptiveStats, LeaseStats, PolicyStats, Snapshot, TopKey};
 use crate::store::Store;
 
 impl<St: Store> Engine<St> {
@@ -58,6 +58,7 @@ impl<St: Store> Engine<St> {
                         in_use: u64::try_from(limiter.in_use()).unwrap_or(u64::MAX),
                         refused: self.lease_refusals.of(limiter.name()),
                         refused_per_second: None,
+                        adaptive: limiter.adaptive_limit().map(AdaptiveStats::of),
                     }),
                 }
             }
@@ -85,6 +86,7 @@ impl<St: Store> Engine<St> {
             ConcurrencyScope::PerKey => "concurrency_per_key",
             ConcurrencyScope::Global => "concurrency_global",
             ConcurrencyScope::StoreUnavailable => "concurrency_store_unavailable",
+            ConcurrencyScope::Adaptive => "concurrency_adaptive",
         };
         self.lease_refusals.refused(denied.name, reason, key);
     }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::concurrency::{AdaptiveAlgorithm, AdaptiveSettings};
 use crate::engine::Engine;
 use crate::policy::{Limit, Policy, carries};
 use crate::store::Store;
@@ -115,34 +116,48 @@ impl Changes {
 
     /// The concurrency limiters' changes: by name, their caps.
     fn limiters<St: Store>(&mut self, old: &Engine<St>, new: &Engine<St>) {
-        let limiters = |engine: &Engine<St>| -> Vec<(String, Option<u32>, Option<u32>)> {
-            let mut out: Vec<(String, Option<u32>, Option<u32>)> = Vec::new();
+        type Caps = (Option<u32>, Option<u32>, Option<AdaptiveSettings>);
+        let limiters = |engine: &Engine<St>| -> Vec<(String, Caps)> {
+            let mut out: Vec<(String, Caps)> = Vec::new();
             for (_, limits) in engine.all_limits() {
                 let websocket = limits.websocket.as_ref().map(|ws| &ws.connections);
                 for l in limits.in_flight.iter().chain(websocket) {
-                    if !out.iter().any(|(n, ..)| n == l.name()) {
-                        out.push((l.name().to_owned(), l.per_key_cap(), l.global_cap()));
+                    if !out.iter().any(|(n, _)| n == l.name()) {
+                        let adaptive = l.adaptive_limit().map(|a| *a.settings());
+                        out.push((l.name().to_owned(), (l.per_key_cap(), l.global_cap(), adaptive)));
                     }
                 }
             }
             out
         };
         let (was, now) = (limiters(old), limiters(new));
-        let caps = |per_key: Option<u32>, global: Option<u32>| {
-            let cap = |c: Option<u32>| c.map_or_else(|| "none".to_owned(), |c| c.to_string());
-            format!("per key {}, global {}", cap(per_key), cap(global))
+        let caps = |(per_key, global, adaptive): &Caps| {
+            let cap = |c: &Option<u32>| c.map_or_else(|| "none".to_owned(), |c| c.to_string());
+            let mut text = format!("per key {}, global {}", cap(per_key), cap(global));
+            if let Some(a) = adaptive {
+                let algorithm = match a.algorithm {
+                    AdaptiveAlgorithm::Gradient { tolerance, probe_every } => {
+                        format!("gradient tolerance {tolerance} probe every {probe_every:?}")
+                    }
+                    AdaptiveAlgorithm::Aimd { latency_threshold, increase } => {
+                        format!("aimd threshold {latency_threshold:?} increase {increase}")
+                    }
+                };
+                text += &format!(", adaptive {algorithm} {}..={} from {}", a.min, a.max, a.initial);
+            }
+            text
         };
-        for (name, per_key, global) in &now {
-            match was.iter().find(|(n, ..)| n == name) {
+        for (name, limits) in &now {
+            match was.iter().find(|(n, _)| n == name) {
                 None => self.added.push(name.clone()),
-                Some((_, p, g)) if (p, g) != (per_key, global) => {
-                    self.changed.push(format!("{name}: {} -> {}", caps(*p, *g), caps(*per_key, *global)));
+                Some((_, before)) if before != limits => {
+                    self.changed.push(format!("{name}: {} -> {}", caps(before), caps(limits)));
                 }
                 Some(_) => self.unchanged += 1,
             }
         }
-        for (name, ..) in &was {
-            if !now.iter().any(|(n, ..)| n == name) {
+        for (name, _) in &was {
+            if !now.iter().any(|(n, _)| n == name) {
                 self.removed.push(name.clone());
             }
         }

@@ -69,7 +69,9 @@
 //!     "store": { ...store... }
 //!   } ],
 //!   "leases": [ { "name": "ws", "kind": "websocket", "routes": ["/ws"],   // kind: in_flight | websocket
-//!                 "in_use": 3, "refused": 1, "refused_per_second": 0.0 } ],
+//!                 "in_use": 3, "refused": 1, "refused_per_second": 0.0,
+//!                 "adaptive": { "algorithm": "gradient", "limit": 24,     // only for an adaptive limit
+//!                               "latency_ms": 21.5, "min_latency_ms": 18.2 } } ],  // null until measured
 //!   "store": { "kind": "redis", "state": "unavailable",  // the worst of the policies' stores; null without policies
 //!              "breaker": "open",                        // open | closed; null for a store without one
 //!              "detail": "...", "counters": { "near_cache_hits": 8 } },
@@ -80,7 +82,8 @@
 //!
 //! `state` is `ok`, `degraded` or `unavailable`. A top key's `count` is at least its true count
 //! and at most `error` more; `reason` is the last it was refused for (a policy's reasons, or
-//! `concurrency_per_key`, `concurrency_global`, `concurrency_store_unavailable` for a lease a
+//! `concurrency_per_key`, `concurrency_global`, `concurrency_store_unavailable`,
+//! `concurrency_adaptive` for a lease a
 //! concurrency limit refused, its `policy` then the limiter's name). Keys are shown as their
 //! [`Key`](crate::Key)'s `Display`: an address, text, escaped bytes, or `sha256:...` for a key
 //! longer than 64 bytes.
@@ -263,6 +266,38 @@ pub struct LeaseStats {
     pub refused: u64,
     /// Refused per second over the sampler's interval.
     pub refused_per_second: Option<f64>,
+    /// Its adaptive limit, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveStats>,
+}
+
+/// An [adaptive limit](crate::AdaptiveLimit) now.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct AdaptiveStats {
+    /// `gradient` or `aimd`.
+    pub algorithm: &'static str,
+    /// The cap now.
+    pub limit: u32,
+    /// The mean latency of its last window, in milliseconds (`None` before one closed).
+    pub latency_ms: Option<f64>,
+    /// The minimum latency a gradient limit measured, in milliseconds.
+    pub min_latency_ms: Option<f64>,
+}
+
+impl AdaptiveStats {
+    pub(crate) fn of(limit: &crate::AdaptiveLimit) -> Self {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        AdaptiveStats {
+            algorithm: match limit.settings().algorithm {
+                crate::concurrency::AdaptiveAlgorithm::Aimd { .. } => "aimd",
+                _ => "gradient",
+            },
+            limit: limit.current(),
+            latency_ms: ms(limit.latency()),
+            min_latency_ms: ms(limit.min_latency()),
+        }
+    }
 }
 
 /// How a store is doing: what [`Store::health`](crate::Store::health) answers.

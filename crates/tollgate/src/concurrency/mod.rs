@@ -18,6 +18,8 @@
 //! assert!(limiter.try_acquire(Key::Text("alice")).is_ok());
 //! ```
 
+pub mod adaptive;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +33,9 @@ use crate::policy::FailureMode;
 use crate::store::StoreError;
 use crate::store::table::{Full, Table};
 
+use adaptive::LatencySample;
+pub use adaptive::{AdaptiveAlgorithm, AdaptiveBuilder, AdaptiveLimit, AdaptiveSettings, Outcome};
+
 /// Which cap refused a lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -41,6 +46,9 @@ pub enum ConcurrencyScope {
     Global,
     /// The shared [`LeaseStore`] failed and the limiter fails closed (adapters answer 503).
     StoreUnavailable,
+    /// The [adaptive limit](AdaptiveLimit) is full: the service is at what it can take now
+    /// (adapters answer 503).
+    Adaptive,
 }
 
 /// A refused lease.
@@ -75,7 +83,7 @@ impl ConcurrencyDenied {
             allowed: false,
             reason: match self.scope {
                 ConcurrencyScope::StoreUnavailable => Reason::StoreUnavailable,
-                ConcurrencyScope::PerKey | ConcurrencyScope::Global => Reason::RateLimited,
+                ConcurrencyScope::PerKey | ConcurrencyScope::Global | ConcurrencyScope::Adaptive => Reason::RateLimited,
             },
             policy: self.name,
             limit: None,
@@ -84,12 +92,14 @@ impl ConcurrencyDenied {
         }
     }
 
-    /// 429 when the client holds its maximum; 503 when the global cap is full or the lease store
-    /// is down (the server, not the client, is at its limit).
+    /// 429 when the client holds its maximum; 503 when the global or adaptive cap is full or the
+    /// lease store is down (the server, not the client, is at its limit).
     pub fn status(&self) -> http::StatusCode {
         match self.scope {
             ConcurrencyScope::PerKey => http::StatusCode::TOO_MANY_REQUESTS,
-            ConcurrencyScope::Global | ConcurrencyScope::StoreUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+            ConcurrencyScope::Global | ConcurrencyScope::StoreUnavailable | ConcurrencyScope::Adaptive => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -119,6 +129,8 @@ pub trait LeaseStore: Send + Sync + 'static {
 #[must_use = "the place is given back as soon as the lease is dropped"]
 pub struct ConnectionLease {
     kind: LeaseKind,
+    /// Under an adaptive limit: when the request started, for [`ConnectionLease::record`].
+    sample: Option<LatencySample>,
 }
 
 enum LeaseKind {
@@ -153,7 +165,33 @@ impl fmt::Debug for ConnectionLease {
 impl ConnectionLease {
     /// A lease given back by `release` (for distributed stores).
     pub fn from_release(release: impl LeaseRelease) -> Self {
-        Self { kind: LeaseKind::Custom(Some(Box::new(release))) }
+        Self::of(LeaseKind::Custom(Some(Box::new(release))))
+    }
+
+    fn of(kind: LeaseKind) -> Self {
+        Self { kind, sample: None }
+    }
+
+    /// Tells the limiter's [adaptive limit](AdaptiveLimit), if it has one, how the request went,
+    /// once its response is ready: its latency (from the lease's acquisition) and outcome count
+    /// in the limit's measuring window. Once per lease (later calls do nothing); a lease dropped
+    /// without it — a request cancelled — is not counted. The middleware calls it with the
+    /// response's status; call it yourself when you take leases by hand. The place is still held
+    /// until the lease is dropped.
+    pub fn record(&mut self, outcome: Outcome) {
+        if let Some(sample) = self.sample.take() {
+            sample.record(outcome);
+        }
+    }
+
+    /// The lease's latency sample, to be recorded apart from it (a WebSocket connection's lease
+    /// lives as long as the socket; its sample ends with the upgrade's response).
+    pub(crate) fn take_sample(&mut self) -> Option<LatencySample> {
+        self.sample.take()
+    }
+
+    pub(crate) fn sample_mut(&mut self) -> Option<&mut LatencySample> {
+        self.sample.as_mut()
     }
 }
 
@@ -211,6 +249,7 @@ struct Inner {
     name: &'static str,
     per_key_cap: Option<u32>,
     global_cap: Option<u32>,
+    adaptive: Option<AdaptiveLimit>,
     max_keys: usize,
     shared: Option<Arc<dyn DynLeaseStore>>,
     failure: FailureMode,
@@ -240,6 +279,7 @@ impl fmt::Debug for ConcurrencyLimiter {
             .field("name", &self.inner.name)
             .field("per_key", &self.inner.per_key_cap)
             .field("global", &self.inner.global_cap)
+            .field("adaptive", &self.inner.adaptive)
             .field("shared", &self.inner.shared.is_some())
             .field("failure_mode", &self.inner.failure)
             .field("in_use", &self.in_use())
@@ -252,6 +292,7 @@ struct Settings {
     name: &'static str,
     per_key_cap: Option<u32>,
     global_cap: Option<u32>,
+    adaptive: Option<AdaptiveLimit>,
     max_keys: usize,
     shared: Option<Arc<dyn DynLeaseStore>>,
     failure: FailureMode,
@@ -264,6 +305,7 @@ impl ConcurrencyLimiter {
             name: intern(&name.into()),
             per_key_cap: None,
             global_cap: None,
+            adaptive: None,
             max_keys: crate::store::DEFAULT_MAX_KEYS,
             shared: None,
             // With a shared store, its outage leaves each instance its own caps.
@@ -277,6 +319,7 @@ impl ConcurrencyLimiter {
             name: i.name,
             per_key_cap: i.per_key_cap,
             global_cap: i.global_cap,
+            adaptive: i.adaptive.clone(),
             max_keys: i.max_keys,
             shared: i.shared.clone(),
             failure: i.failure,
@@ -295,11 +338,15 @@ impl ConcurrencyLimiter {
     }
 
     fn with_counts(s: Settings, counts: Arc<Counts>) -> Self {
+        if let Some(adaptive) = &s.adaptive {
+            adaptive.name(s.name);
+        }
         Self {
             inner: Arc::new(Inner {
                 name: s.name,
                 per_key_cap: s.per_key_cap,
                 global_cap: s.global_cap,
+                adaptive: s.adaptive,
                 max_keys: s.max_keys,
                 shared: s.shared,
                 failure: s.failure,
@@ -314,7 +361,8 @@ impl ConcurrencyLimiter {
     /// leases until enough are given back; none is taken away. Used when a new configuration
     /// replaces a running one ([`LiveEngine`](crate::live::LiveEngine)), so that the requests and
     /// sockets open across a reload stay counted. The per-key table is `previous`'s, with its
-    /// bound on keys.
+    /// bound on keys. An [adaptive limit](Self::adaptive) carries on from `previous`'s
+    /// ([`AdaptiveLimit::continuing`]): what it learned stays.
     ///
     /// ```
     /// use tollgate::{ConcurrencyLimiter, Key};
@@ -330,7 +378,11 @@ impl ConcurrencyLimiter {
     /// ```
     #[must_use]
     pub fn keeping_counts_of(&self, previous: &ConcurrencyLimiter) -> Self {
-        let settings = Settings { max_keys: previous.inner.max_keys, ..self.settings() };
+        let adaptive = match (&self.inner.adaptive, &previous.inner.adaptive) {
+            (Some(new), Some(old)) => Some(new.continuing(old)),
+            (new, _) => new.clone(),
+        };
+        let settings = Settings { max_keys: previous.inner.max_keys, adaptive, ..self.settings() };
         Self::with_counts(settings, Arc::clone(&previous.inner.counts))
     }
 
@@ -365,6 +417,21 @@ impl ConcurrencyLimiter {
     #[must_use]
     pub fn global(self, n: u32) -> Self {
         Self::build(Settings { global_cap: Some(n), ..self.settings() })
+    }
+
+    /// At most what `limit` allows now, in all, in this process: a cap that follows the
+    /// service's latency and failures (see [`adaptive`]). Refusals say
+    /// [`ConcurrencyScope::Adaptive`] (503). Each lease's latency counts once the request's
+    /// [outcome is recorded](ConnectionLease::record) — the middleware records it when the
+    /// response is ready. With a [`global`](Self::global) cap too, the lower of the two holds.
+    #[must_use]
+    pub fn adaptive(self, limit: AdaptiveLimit) -> Self {
+        Self::build(Settings { adaptive: Some(limit), ..self.settings() })
+    }
+
+    /// The adaptive limit, if the limiter has one.
+    pub fn adaptive_limit(&self) -> Option<&AdaptiveLimit> {
+        self.inner.adaptive.as_ref()
     }
 
     /// Tracks at most about `n` keys holding leases at once (to within each shard's slack, as
@@ -445,6 +512,7 @@ impl ConcurrencyLimiter {
     /// failures; [`FailureMode::Open`] admits uncounted ones) — else as [`Self::try_acquire`].
     pub async fn acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
         let inner = &self.inner;
+        // An adaptive cap counts this process only: it measures this process's latency.
         let Some(store) = inner.shared.as_ref().filter(|_| inner.per_key_cap.is_some() || inner.global_cap.is_some())
         else {
             return self.try_acquire(key);
@@ -456,7 +524,12 @@ impl ConcurrencyLimiter {
         let local = self.try_acquire(key)?;
         match store.acquire_boxed(inner.name, key, inner.per_key_cap, inner.global_cap).await {
             Ok(Ok(lease)) => {
-                Ok(ConnectionLease { kind: LeaseKind::Shared { local: Box::new(local), lease: Box::new(lease) } })
+                let mut local = local;
+                let sample = local.sample.take();
+                Ok(ConnectionLease {
+                    kind: LeaseKind::Shared { local: Box::new(local), lease: Box::new(lease) },
+                    sample,
+                })
             }
             Ok(Err(denied)) => {
                 observe::lease_refused(inner.name, denied.scope);
@@ -466,7 +539,7 @@ impl ConcurrencyLimiter {
                 tracing::warn!(limiter = %inner.name, %error, mode = ?inner.failure, "concurrency lease store failed");
                 observe::store_failure(inner.name, inner.failure);
                 match inner.failure {
-                    FailureMode::Open => Ok(ConnectionLease { kind: LeaseKind::Uncounted }),
+                    FailureMode::Open => Ok(ConnectionLease::of(LeaseKind::Uncounted)),
                     FailureMode::Closed => {
                         observe::lease_refused(inner.name, ConcurrencyScope::StoreUnavailable);
                         Err(ConcurrencyDenied { name: inner.name, scope: ConcurrencyScope::StoreUnavailable, limit: 0 })
@@ -489,17 +562,27 @@ impl ConcurrencyLimiter {
         };
         // Counted globally even without a global cap, for `in_use`.
         let global_cap = inner.global_cap.map_or(usize::MAX, |g| g as usize);
-        if counts
-            .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < global_cap).then_some(n + 1))
-            .is_err()
+        let adaptive_cap = inner.adaptive.as_ref().map_or(usize::MAX, |a| a.current() as usize);
+        let cap = global_cap.min(adaptive_cap);
+        let held = match counts.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
         {
-            return Err(denied(ConcurrencyScope::Global, inner.global_cap.unwrap_or(0)));
-        }
+            Ok(before) => before + 1,
+            Err(held) => {
+                return Err(match &inner.adaptive {
+                    Some(adaptive) if adaptive_cap < global_cap => {
+                        adaptive.note_in_use(held);
+                        denied(ConcurrencyScope::Adaptive, u32::try_from(adaptive_cap).unwrap_or(u32::MAX))
+                    }
+                    _ => denied(ConcurrencyScope::Global, inner.global_cap.unwrap_or(0)),
+                });
+            }
+        };
         counts.metrics.leases(counts.name, 1);
         // From here the global place is held by `lease`: any early return gives it back.
-        let mut lease =
-            ConnectionLease { kind: LeaseKind::Memory { counts: Arc::clone(counts), key: None, global: true } };
+        let mut lease = ConnectionLease::of(LeaseKind::Memory { counts: Arc::clone(counts), key: None, global: true });
+        if let Some(adaptive) = &inner.adaptive {
+            lease.sample = Some(adaptive.admitted(held));
+        }
         let Some(cap) = inner.per_key_cap else { return Ok(lease) };
         let got = counts.per_key.with(
             &key,
