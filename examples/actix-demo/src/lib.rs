@@ -25,8 +25,12 @@ mod server_options;
 #[path = "../../live_config.rs"]
 mod live_config;
 
+#[path = "../../simulated_service.rs"]
+mod simulated_service;
+
 pub use live_config::{Reload, log_to_stderr};
 pub use server_options::ServerOptions;
+pub use simulated_service::Workers;
 
 /// The built-in limits, shared with the other demos.
 pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
@@ -74,12 +78,14 @@ pub fn limits_with_redis(config: &Config, store: &RedisStore) -> Result<RateLimi
     RateLimit::from_config_with_leases(config, store, store)
 }
 
-/// The demo's routes (`GET /api/hello`, `POST /api/echo`, `GET /ws`), unlimited.
+/// The demo's routes (`GET /api/hello`, `POST /api/echo`, `GET /api/work` — the
+/// [simulated service](Workers) — and `GET /ws`), unlimited.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/api/hello", web::get().to(hello))
         .route("/api/hello", web::head().to(hello))
         .route("/api/echo", web::post().to(echo))
+        .route("/api/work", web::get().to(|| Workers::get().work()))
         .route("/ws", web::get().to(ws));
 }
 

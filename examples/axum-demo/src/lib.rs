@@ -36,8 +36,12 @@ mod server_options;
 #[path = "../../live_config.rs"]
 mod live_config;
 
+#[path = "../../simulated_service.rs"]
+mod simulated_service;
+
 pub use live_config::{Reload, log_to_stderr};
 pub use server_options::ServerOptions;
+pub use simulated_service::Workers;
 
 /// The built-in limits, shared with the other demos.
 pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
@@ -162,9 +166,14 @@ async fn dashboard(State(stats): State<Arc<StatsState>>, request: Request) -> Re
     ([(CONTENT_TYPE, dashboard::CONTENT_TYPE), (CACHE_CONTROL, "no-store")], dashboard::HTML).into_response()
 }
 
-/// The demo's routes, unlimited (the benchmark's baseline).
+/// The demo's routes, unlimited (the benchmark's baseline): `GET /api/hello`, `POST /api/echo`,
+/// `GET /api/work` (the [simulated service](Workers)) and `GET /ws` (WebSocket echo).
 pub fn routes() -> Router {
-    Router::new().route("/api/hello", get(hello)).route("/api/echo", post(echo)).route("/ws", get(ws))
+    Router::new()
+        .route("/api/hello", get(hello))
+        .route("/api/echo", post(echo))
+        .route("/api/work", get(|| Workers::get().work()))
+        .route("/ws", get(ws))
 }
 
 async fn hello() -> &'static str {

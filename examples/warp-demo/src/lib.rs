@@ -25,8 +25,12 @@ mod server_options;
 #[path = "../../live_config.rs"]
 mod live_config;
 
+#[path = "../../simulated_service.rs"]
+mod simulated_service;
+
 pub use live_config::{Reload, log_to_stderr};
 pub use server_options::ServerOptions;
+pub use simulated_service::Workers;
 
 /// The built-in limits, shared with the other demos.
 pub const DEFAULT_CONFIG: &str = include_str!("../../demo-config.toml");
@@ -72,9 +76,11 @@ pub fn limits_with_redis(config: &Config, store: &RedisStore) -> Result<RateLimi
     RateLimit::from_config_with_leases(config, store, store)
 }
 
-/// The demo's routes: `GET /api/hello`, `POST /api/echo`, `GET /ws` (WebSocket echo).
+/// The demo's routes: `GET /api/hello`, `POST /api/echo`, `GET /api/work` (the
+/// [simulated service](Workers)), `GET /ws` (WebSocket echo).
 pub fn routes() -> BoxedFilter<(Response,)> {
     let hello = warp::get().and(warp::path!("api" / "hello")).map(|| "hello");
+    let work = warp::get().and(warp::path!("api" / "work")).then(|| Workers::get().work());
     let echo = warp::post()
         .and(warp::path!("api" / "echo"))
         .and(warp::body::bytes())
@@ -91,7 +97,7 @@ pub fn routes() -> BoxedFilter<(Response,)> {
             }
         })
     });
-    hello.or(echo).or(ws).map(Reply::into_response).boxed()
+    hello.or(echo).or(work).or(ws).map(Reply::into_response).boxed()
 }
 
 /// `routes` with `GET /metrics`: the metrics `recorder` holds (tollgate's among them, see
