@@ -638,3 +638,37 @@ async fn a_get_only_route_limit_counts_head_too() {
     }
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn an_adaptive_limit_counts_5xx_and_service_errors_as_failures() {
+    // Latency never over the threshold; each response a window of its own; halved on a failure.
+    let limit = tollgate::AdaptiveLimit::aimd(Duration::from_secs(10))
+        .bounds(1, 100)
+        .initial(40)
+        .backoff(0.5)
+        .window(Duration::from_nanos(1))
+        .min_samples(1)
+        .build()
+        .unwrap();
+    let limiter = ConcurrencyLimiter::new("api").adaptive(limit.clone());
+    let layer = RateLimitLayer::with_limits(Limits::new().in_flight(limiter.clone())).axum_body();
+    // A service error is a fault no real server produces on demand: the service here makes one.
+    let service = layer.layer(tower::service_fn(|request: axum::extract::Request| async move {
+        match request.uri().path() {
+            "/ok" => Ok(Response::new(axum::body::Body::from("ok"))),
+            "/fails" => Ok(Response::builder().status(502).body(axum::body::Body::empty()).unwrap()),
+            _ => Err(std::io::Error::other("the service broke")),
+        }
+    }));
+    let call = |path: &'static str| {
+        let service = service.clone();
+        async move { service.oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap()).await }
+    };
+    assert_eq!(call("/ok").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(limit.current(), 40, "a success: one in flight of 40 is no reason to grow");
+    assert_eq!(call("/fails").await.unwrap().status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(limit.current(), 20, "a 5xx fails");
+    assert!(call("/broken").await.is_err());
+    assert_eq!(limit.current(), 10, "a service error fails");
+    assert_eq!(limiter.in_use(), 0, "every lease given back");
+}

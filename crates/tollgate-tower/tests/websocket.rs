@@ -543,3 +543,34 @@ async fn an_upgrade_on_a_route_without_websocket_limits_gets_the_cores_500() {
         Ok(_) => panic!("a socket opened without limits"),
     }
 }
+
+#[tokio::test]
+async fn an_adaptive_limit_caps_open_sockets_and_learns_from_the_upgrades() {
+    // AIMD over a threshold every upgrade exceeds, every response a window of its own: each
+    // upgrade's latency (recorded when the 101 is sent, not when the socket closes) backs the cap
+    // off by one, from 4.
+    let limit = tollgate::AdaptiveLimit::aimd(Duration::from_nanos(1))
+        .bounds(1, 10)
+        .initial(4)
+        .window(Duration::from_nanos(1))
+        .min_samples(1)
+        .build()
+        .unwrap();
+    let s = server(ConcurrencyLimiter::new("ws").adaptive(limit.clone()), MessageLimits::new(), None).await;
+    let mut a = connect(s.addr).await.unwrap();
+    let b = connect(s.addr).await.unwrap();
+    assert_eq!(
+        (limit.current(), s.connections.in_use()),
+        (2, 2),
+        "two upgrades measured; the sockets hold their places"
+    );
+    assert!(limit.latency().is_some_and(|l| l > Duration::ZERO && l < Duration::from_secs(10)));
+    // Two open, a cap of 2: the server is at what it takes now (503, not the client's 429).
+    assert_eq!(refused_status(connect(s.addr).await), (503, "1".to_owned()));
+    echoed(&mut a, "still served").await;
+    drop((a, b));
+    wait_for_in_use(&s.connections, 0).await;
+    let _c = connect(s.addr).await.unwrap();
+    assert_eq!(limit.current(), 1);
+    assert_eq!(refused_status(connect(s.addr).await).0, 503);
+}

@@ -88,8 +88,13 @@ where
         let service = Rc::clone(&self.service);
         ResponseFuture::boxed(Box::pin(async move {
             tokio::time::sleep(wait).await;
-            let inner = service.call(request).await?;
-            Ok(finish(inner, response, body.as_deref()))
+            match service.call(request).await {
+                Ok(inner) => Ok(finish(inner, response, body.as_deref())),
+                Err(error) => {
+                    response.failed();
+                    Err(error)
+                }
+            }
         }))
     }
 }
@@ -122,8 +127,13 @@ where
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
-    let inner = service.call(request).await?;
-    Ok(finish(inner, response, body.as_deref()))
+    match service.call(request).await {
+        Ok(inner) => Ok(finish(inner, response, body.as_deref())),
+        Err(error) => {
+            response.failed();
+            Err(error)
+        }
+    }
 }
 
 /// Gives the handler what the plan leaves it: the WebSocket lease in the extensions, and the
@@ -263,7 +273,13 @@ where
                 None => Poll::Ready(Err(actix_web::error::ErrorInternalServerError("polled after completion"))),
             },
             StateProj::Inner { future, plan, body } => {
-                let response = ready!(future.poll(cx))?;
+                let response = match ready!(future.poll(cx)) {
+                    Ok(response) => response,
+                    Err(error) => {
+                        std::mem::take(plan).failed();
+                        return Poll::Ready(Err(error));
+                    }
+                };
                 Poll::Ready(Ok(finish(response, std::mem::take(plan), body.as_deref())))
             }
             StateProj::Boxed { future } => future.as_mut().poll(cx),

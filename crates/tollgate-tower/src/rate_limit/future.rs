@@ -105,7 +105,13 @@ where
                 // what that does (as tower's own middleware does): marking the state finished here
                 // costs every request about 37 instructions (measured).
                 StateProj::Inner { future, plan, meter } => {
-                    let response = ready!(future.poll(cx))?;
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            std::mem::take(plan).failed();
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     // A body cut off while it streamed: the core's refusal, whatever the service
                     // made of the error (the request's leases go with the plan).
                     if let Some(refused) = meter.as_deref().and_then(BodyMeter::refused) {

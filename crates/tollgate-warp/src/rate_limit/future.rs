@@ -100,7 +100,13 @@ where
                     }
                 },
                 StateProj::Inner { future, plan, meter } => {
-                    let mut response = ready!(future.poll(cx))?;
+                    let mut response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            std::mem::take(plan).failed();
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     // The body was cut off while the application read it: whatever it answered
                     // (warp rejects a body it could not read with 400), the client gets the
                     // core's refusal — the 413 a declared length over the largest body gets, the

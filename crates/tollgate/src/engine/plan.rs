@@ -84,6 +84,16 @@ impl ResponsePlan {
             Some(leases) => leases.hand_over(status),
         }
     }
+
+    /// The application gave no response: its service returned an error (which the framework
+    /// turns into an answer of its own). The request counts as failed under the route's adaptive
+    /// limits, as a 5xx would, and its leases are given back.
+    #[cold]
+    pub fn failed(self) {
+        if let Some(leases) = self.leases {
+            drop(leases.hand_over(StatusCode::INTERNAL_SERVER_ERROR));
+        }
+    }
 }
 
 /// What an allowed response's rate-limit headers show, kept from the check: as little as the
