@@ -460,9 +460,7 @@ impl State {
         let (limit, probing, next_probe) = match settings.algorithm {
             // The minimum is measured first, at `min`, unless a previous limit measured it.
             AdaptiveAlgorithm::Gradient { .. } if baseline == 0 => (settings.min, Some(limit), now),
-            AdaptiveAlgorithm::Gradient { probe_every, .. } => {
-                (limit, None, now.saturating_add(jittered(probe_every, now)))
-            }
+            AdaptiveAlgorithm::Gradient { probe_every, .. } => (limit, None, next_probe(probe_every, now)),
             AdaptiveAlgorithm::Aimd { .. } => (limit, None, u64::MAX),
         };
         Self {
@@ -541,8 +539,7 @@ impl State {
                 if let Some(restore) = control.probing.take() {
                     // The probe's window: requests at `min` in flight, the service unqueued.
                     self.baseline.store(mean, Ordering::Relaxed);
-                    control.next_probe =
-                        if probe_every.is_zero() { u64::MAX } else { now.saturating_add(jittered(probe_every, now)) };
+                    control.next_probe = next_probe(probe_every, now);
                     restore
                 } else if now >= control.next_probe {
                     control.probing = Some(limit);
@@ -587,12 +584,16 @@ impl State {
     }
 }
 
-/// `every` plus up to 1/8 more, so that instances started together do not all probe at once.
-fn jittered(every: Duration, seed: u64) -> u64 {
+/// When the probe after one at `now` is due: `every` later, plus up to 1/8 more so that instances
+/// started together do not all probe at once; never for `every` zero (only the startup probe).
+fn next_probe(every: Duration, now: u64) -> u64 {
+    if every.is_zero() {
+        return u64::MAX;
+    }
     let every = u64::try_from(every.as_nanos()).unwrap_or(u64::MAX);
     let spread = every / 8;
-    let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-    every.saturating_add(if spread == 0 { 0 } else { mixed % spread })
+    let mixed = now.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    now.saturating_add(every).saturating_add(if spread == 0 { 0 } else { mixed % spread })
 }
 
 #[cfg(test)]

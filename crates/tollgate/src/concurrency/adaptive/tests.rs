@@ -260,6 +260,16 @@ fn a_reload_carries_what_was_learned() {
     assert_eq!((new.current(), new.min_latency()), (10, Some(Duration::from_millis(10))), "clamped, no new probe");
     let reloaded = ConcurrencyLimiter::new("t").adaptive(build(100)).keeping_counts_of(&limiter);
     assert!(reloaded.adaptive_limit().unwrap().same(&old));
+    // Probing only at startup: a limit carried on does not probe again.
+    let once =
+        AdaptiveLimit::gradient().bounds(2, 100).probe_every(Duration::ZERO).clock(clock.clone()).build().unwrap();
+    let once = once.continuing(&old);
+    let limiter = ConcurrencyLimiter::new("t").adaptive(once.clone());
+    for _ in 0..30 {
+        requests(&limiter, &clock, 10, Duration::from_millis(10), Outcome::Succeeded);
+        assert!(once.current() >= 20, "never back to `min`: {}", once.current());
+    }
+    assert!(once.current() > 20, "grown while in use: {}", once.current());
 }
 
 #[test]
