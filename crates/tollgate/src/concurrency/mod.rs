@@ -246,13 +246,7 @@ impl<L: LeaseStore> DynLeaseStore for L {
 }
 
 struct Inner {
-    name: &'static str,
-    per_key_cap: Option<u32>,
-    global_cap: Option<u32>,
-    adaptive: Option<AdaptiveLimit>,
-    max_keys: usize,
-    shared: Option<Arc<dyn DynLeaseStore>>,
-    failure: FailureMode,
+    settings: Settings,
     counts: Arc<Counts>,
 }
 
@@ -276,18 +270,19 @@ pub struct ConcurrencyLimiter {
 impl fmt::Debug for ConcurrencyLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConcurrencyLimiter")
-            .field("name", &self.inner.name)
-            .field("per_key", &self.inner.per_key_cap)
-            .field("global", &self.inner.global_cap)
-            .field("adaptive", &self.inner.adaptive)
-            .field("shared", &self.inner.shared.is_some())
-            .field("failure_mode", &self.inner.failure)
+            .field("name", &self.inner.settings.name)
+            .field("per_key", &self.inner.settings.per_key_cap)
+            .field("global", &self.inner.settings.global_cap)
+            .field("adaptive", &self.inner.settings.adaptive)
+            .field("shared", &self.inner.settings.shared.is_some())
+            .field("failure_mode", &self.inner.settings.failure)
             .field("in_use", &self.in_use())
             .finish()
     }
 }
 
 /// What a limiter is built from: everything but its counts.
+#[derive(Clone)]
 struct Settings {
     name: &'static str,
     per_key_cap: Option<u32>,
@@ -314,16 +309,7 @@ impl ConcurrencyLimiter {
     }
 
     fn settings(&self) -> Settings {
-        let i = &self.inner;
-        Settings {
-            name: i.name,
-            per_key_cap: i.per_key_cap,
-            global_cap: i.global_cap,
-            adaptive: i.adaptive.clone(),
-            max_keys: i.max_keys,
-            shared: i.shared.clone(),
-            failure: i.failure,
-        }
+        self.inner.settings.clone()
     }
 
     fn build(s: Settings) -> Self {
@@ -341,18 +327,7 @@ impl ConcurrencyLimiter {
         if let Some(adaptive) = &s.adaptive {
             adaptive.name(s.name);
         }
-        Self {
-            inner: Arc::new(Inner {
-                name: s.name,
-                per_key_cap: s.per_key_cap,
-                global_cap: s.global_cap,
-                adaptive: s.adaptive,
-                max_keys: s.max_keys,
-                shared: s.shared,
-                failure: s.failure,
-                counts,
-            }),
-        }
+        Self { inner: Arc::new(Inner { settings: s, counts }) }
     }
 
     /// This limiter counting on with `previous`'s places: the leases `previous` gave out count
@@ -378,11 +353,11 @@ impl ConcurrencyLimiter {
     /// ```
     #[must_use]
     pub fn keeping_counts_of(&self, previous: &ConcurrencyLimiter) -> Self {
-        let adaptive = match (&self.inner.adaptive, &previous.inner.adaptive) {
+        let adaptive = match (&self.inner.settings.adaptive, &previous.inner.settings.adaptive) {
             (Some(new), Some(old)) => Some(new.continuing(old)),
             (new, _) => new.clone(),
         };
-        let settings = Settings { max_keys: previous.inner.max_keys, adaptive, ..self.settings() };
+        let settings = Settings { max_keys: previous.inner.settings.max_keys, adaptive, ..self.settings() };
         Self::with_counts(settings, Arc::clone(&previous.inner.counts))
     }
 
@@ -399,12 +374,12 @@ impl ConcurrencyLimiter {
 
     /// The most leases one key may hold, if capped.
     pub fn per_key_cap(&self) -> Option<u32> {
-        self.inner.per_key_cap
+        self.inner.settings.per_key_cap
     }
 
     /// The most leases held in all, if capped.
     pub fn global_cap(&self) -> Option<u32> {
-        self.inner.global_cap
+        self.inner.settings.global_cap
     }
 
     /// At most `n` at once per key.
@@ -431,7 +406,7 @@ impl ConcurrencyLimiter {
 
     /// The adaptive limit, if the limiter has one.
     pub fn adaptive_limit(&self) -> Option<&AdaptiveLimit> {
-        self.inner.adaptive.as_ref()
+        self.inner.settings.adaptive.as_ref()
     }
 
     /// Tracks at most about `n` keys holding leases at once (to within each shard's slack, as
@@ -486,13 +461,13 @@ impl ConcurrencyLimiter {
 
     /// The name.
     pub fn name(&self) -> &str {
-        self.inner.name
+        self.inner.settings.name
     }
 
     /// Whether [`Self::try_acquire`] decides: the counts are in this process's memory (no
     /// shared store), so no future is needed.
     pub fn decides_at_once(&self) -> bool {
-        self.inner.shared.is_none()
+        self.inner.settings.shared.is_none()
     }
 
     /// How many leases this process holds in all (shared ones included).
@@ -513,7 +488,11 @@ impl ConcurrencyLimiter {
     pub async fn acquire(&self, key: Key<'_>) -> Result<ConnectionLease, ConcurrencyDenied> {
         let inner = &self.inner;
         // An adaptive cap counts this process only: it measures this process's latency.
-        let Some(store) = inner.shared.as_ref().filter(|_| inner.per_key_cap.is_some() || inner.global_cap.is_some())
+        let Some(store) = inner
+            .settings
+            .shared
+            .as_ref()
+            .filter(|_| inner.settings.per_key_cap.is_some() || inner.settings.global_cap.is_some())
         else {
             return self.try_acquire(key);
         };
@@ -522,7 +501,8 @@ impl ConcurrencyLimiter {
         // restart or failover), this process alone never holds more counted places than a cap.
         // It is also the place the fallback hands out when the store fails.
         let local = self.try_acquire(key)?;
-        match store.acquire_boxed(inner.name, key, inner.per_key_cap, inner.global_cap).await {
+        match store.acquire_boxed(inner.settings.name, key, inner.settings.per_key_cap, inner.settings.global_cap).await
+        {
             Ok(Ok(lease)) => {
                 let mut local = local;
                 let sample = local.sample.take();
@@ -532,17 +512,21 @@ impl ConcurrencyLimiter {
                 })
             }
             Ok(Err(denied)) => {
-                observe::lease_refused(inner.name, denied.scope);
+                observe::lease_refused(inner.settings.name, denied.scope);
                 Err(denied)
             }
             Err(error) => {
-                tracing::warn!(limiter = %inner.name, %error, mode = ?inner.failure, "concurrency lease store failed");
-                observe::store_failure(inner.name, inner.failure);
-                match inner.failure {
+                tracing::warn!(limiter = %inner.settings.name, %error, mode = ?inner.settings.failure, "concurrency lease store failed");
+                observe::store_failure(inner.settings.name, inner.settings.failure);
+                match inner.settings.failure {
                     FailureMode::Open => Ok(ConnectionLease::of(LeaseKind::Uncounted)),
                     FailureMode::Closed => {
-                        observe::lease_refused(inner.name, ConcurrencyScope::StoreUnavailable);
-                        Err(ConcurrencyDenied { name: inner.name, scope: ConcurrencyScope::StoreUnavailable, limit: 0 })
+                        observe::lease_refused(inner.settings.name, ConcurrencyScope::StoreUnavailable);
+                        Err(ConcurrencyDenied {
+                            name: inner.settings.name,
+                            scope: ConcurrencyScope::StoreUnavailable,
+                            limit: 0,
+                        })
                     }
                     _ => Ok(local),
                 }
@@ -557,33 +541,33 @@ impl ConcurrencyLimiter {
         let inner = &self.inner;
         let counts = &inner.counts;
         let denied = |scope, limit| {
-            observe::lease_refused(inner.name, scope);
-            ConcurrencyDenied { name: inner.name, scope, limit }
+            observe::lease_refused(inner.settings.name, scope);
+            ConcurrencyDenied { name: inner.settings.name, scope, limit }
         };
         // Counted globally even without a global cap, for `in_use`.
-        let global_cap = inner.global_cap.map_or(usize::MAX, |g| g as usize);
-        let adaptive_cap = inner.adaptive.as_ref().map_or(usize::MAX, |a| a.current() as usize);
+        let global_cap = inner.settings.global_cap.map_or(usize::MAX, |g| g as usize);
+        let adaptive_cap = inner.settings.adaptive.as_ref().map_or(usize::MAX, |a| a.current() as usize);
         let cap = global_cap.min(adaptive_cap);
         let held = match counts.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
         {
             Ok(before) => before + 1,
             Err(held) => {
-                return Err(match &inner.adaptive {
+                return Err(match &inner.settings.adaptive {
                     Some(adaptive) if adaptive_cap < global_cap => {
                         adaptive.note_in_use(held);
                         denied(ConcurrencyScope::Adaptive, u32::try_from(adaptive_cap).unwrap_or(u32::MAX))
                     }
-                    _ => denied(ConcurrencyScope::Global, inner.global_cap.unwrap_or(0)),
+                    _ => denied(ConcurrencyScope::Global, inner.settings.global_cap.unwrap_or(0)),
                 });
             }
         };
         counts.metrics.leases(counts.name, 1);
         // From here the global place is held by `lease`: any early return gives it back.
         let mut lease = ConnectionLease::of(LeaseKind::Memory { counts: Arc::clone(counts), key: None, global: true });
-        if let Some(adaptive) = &inner.adaptive {
+        if let Some(adaptive) = &inner.settings.adaptive {
             lease.sample = Some(adaptive.admitted(held));
         }
-        let Some(cap) = inner.per_key_cap else { return Ok(lease) };
+        let Some(cap) = inner.settings.per_key_cap else { return Ok(lease) };
         let got = counts.per_key.with(
             &key,
             0,
