@@ -23,9 +23,6 @@ use tollgate_conformance::{DEMOS, Demo, Mode, Server, TRUSTED_PROXY};
 /// measure the machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The simulated work per request (the demo's default).
-const WORK: Duration = Duration::from_millis(20);
-
 /// The route's limiter, as `/stats` names it.
 const LIMITER: &str = "in_flight:/api/work";
 
