@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+const DEFAULT_WORKERS: usize = 16;
+const DEFAULT_WORK: Duration = Duration::from_millis(20);
+
+static WORKERS: OnceLock<Workers> = OnceLock::new();
+
 /// The worker pool of the process (one, whatever runtime threads or framework workers ask).
 #[derive(Debug)]
 pub struct Workers {
@@ -20,26 +25,32 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// The process's pool, sized from the environment at first use; a value that does not parse
-    /// is reported on stderr and the default kept.
+    /// Sizes the process's pool from the environment; a demo calls it at start-up, so that a
+    /// value that does not parse stops it with a message naming the variable. Later calls, and
+    /// [`Workers::get`] before any, keep the first pool.
+    pub fn init() -> Result<&'static Workers, String> {
+        let size = match std::env::var("TOLLGATE_DEMO_WORKERS") {
+            Ok(text) => match text.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(format!("TOLLGATE_DEMO_WORKERS={text:?}: expected a whole number above 0")),
+            },
+            Err(_) => DEFAULT_WORKERS,
+        };
+        let work = match std::env::var("TOLLGATE_DEMO_WORK") {
+            Ok(text) => {
+                tollgate::quota::parse_duration(&text).map_err(|e| format!("TOLLGATE_DEMO_WORK={text:?}: {e}"))?
+            }
+            Err(_) => DEFAULT_WORK,
+        };
+        Ok(WORKERS.get_or_init(|| Workers { pool: Semaphore::new(size), work, size }))
+    }
+
+    /// The process's pool: the one [`Workers::init`] made, else the default one.
     pub fn get() -> &'static Workers {
-        static WORKERS: OnceLock<Workers> = OnceLock::new();
-        WORKERS.get_or_init(|| {
-            let size = match std::env::var("TOLLGATE_DEMO_WORKERS") {
-                Ok(text) => text.trim().parse().ok().filter(|&n| n > 0).unwrap_or_else(|| {
-                    eprintln!("TOLLGATE_DEMO_WORKERS={text:?} is not a positive number; using 16");
-                    16
-                }),
-                Err(_) => 16,
-            };
-            let work = match std::env::var("TOLLGATE_DEMO_WORK") {
-                Ok(text) => tollgate::quota::parse_duration(&text).unwrap_or_else(|e| {
-                    eprintln!("TOLLGATE_DEMO_WORK={text:?}: {e}; using 20ms");
-                    Duration::from_millis(20)
-                }),
-                Err(_) => Duration::from_millis(20),
-            };
-            Workers { pool: Semaphore::new(size), work, size }
+        WORKERS.get_or_init(|| Workers {
+            pool: Semaphore::new(DEFAULT_WORKERS),
+            work: DEFAULT_WORK,
+            size: DEFAULT_WORKERS,
         })
     }
 

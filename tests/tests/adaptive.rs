@@ -9,7 +9,7 @@
 //!
 //! With `TOLLGATE_ADAPTIVE_TRACE=<dir>` the stepped-load test writes what it saw every 100 ms to
 //! `<dir>/<demo>-<N>.csv`, which `scripts/adaptive-plot.sh` draws (README's chart).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -51,10 +51,9 @@ async fn server(live: &LiveEngine) -> (SocketAddr, Arc<Seen>) {
             "/count",
             get(move || async move {
                 let n = a.counted.fetch_add(1, Ordering::AcqRel) + 1;
-                if n == a.switch_at.load(Ordering::Acquire) {
-                    if let Some(switch) = a.switch.lock().unwrap().take() {
-                        switch();
-                    }
+                let switch = (n == a.switch_at.load(Ordering::Acquire)).then(|| a.switch.lock().unwrap().take());
+                if let Some(switch) = switch.flatten() {
+                    switch();
                 }
                 "counted"
             }),

@@ -1,6 +1,7 @@
 //! Run with: cargo run -p axum-demo
 //!
-//! Serves `GET /api/hello`, `POST /api/echo` and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
+//! Serves `GET /api/hello`, `POST /api/echo`, `GET /api/work` (a simulated service of
+//! `TOLLGATE_DEMO_WORKERS` workers behind an adaptive limit) and `GET /ws` (WebSocket echo) on `TOLLGATE_ADDR`
 //! (default `127.0.0.1:3000`) with the limits of the TOML file in `TOLLGATE_CONFIG`, or the
 //! built-in ones (printed at start-up) — the file reloaded while it serves, when it changes and
 //! on `SIGHUP` (`TOLLGATE_RELOAD=file`, `signal` or `off` to choose; a file that does not
@@ -38,6 +39,7 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     axum_demo::log_to_stderr();
     let options = axum_demo::ServerOptions::from_env()?;
+    axum_demo::Workers::init()?;
     let reload = axum_demo::Reload::from_env()?;
     let path = std::env::var_os("TOLLGATE_CONFIG").map(PathBuf::from);
     let config = match &path {
