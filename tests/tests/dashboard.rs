@@ -81,6 +81,13 @@ async fn shows_refusals(browser: &mut Browser, server: Server) {
     drop((a, b));
     let none = "document.getElementById('active').textContent === '0'";
     browser.wait_for(&page, none, SHOWN_WITHIN).await.unwrap_or_else(|e| fail(format!("sockets closed: {e}")));
+
+    // The adaptive limit of `GET /api/work` shows its cap beside what it holds (the route's
+    // `min`, 4, while it measures its minimum latency, then its initial 20), with what it measured.
+    let adaptive = "[...document.querySelectorAll('#leases tr')].some((tr) => \
+        tr.cells[0].textContent === 'in_flight:/api/work' && tr.cells[1].textContent === 'in flight · adaptive gradient' \
+        && /^0 \\/ (4|20)$/.test(tr.cells[3].textContent) && tr.cells[3].title.startsWith('adaptive (gradient): cap'))";
+    browser.wait_for(&page, adaptive, SHOWN_WITHIN).await.unwrap_or_else(|e| fail(format!("the adaptive cap: {e}")));
     browser.close(page).await.unwrap_or_else(|e| fail(e));
 }
 
