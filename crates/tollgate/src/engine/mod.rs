@@ -384,7 +384,7 @@ impl<St: Store> Engine<St> {
             }
             Some(BodyBytes::WhileStreaming(policy)) => body_bytes = Some(BodyCharge::new(policy, &keys, self.headers)),
         }
-        let leases = self.leases(limits, &keys)?;
+        let leases = self.leases(limits, &keys, allowed.as_ref())?;
         let (response, wait) = ResponsePlan::new(self.headers, allowed, leases);
         Ok(Admit { wait, max_body: limits.max_body, body_bytes, response })
     }
@@ -413,7 +413,7 @@ impl<St: Store> Engine<St> {
             }
             Some(BodyBytes::WhileStreaming(policy)) => body_bytes = Some(BodyCharge::new(policy, &keys, self.headers)),
         }
-        let leases = self.acquire_leases(limits, &keys).await?;
+        let leases = self.acquire_leases(limits, &keys, allowed.as_ref()).await?;
         let (response, wait) = ResponsePlan::new(self.headers, allowed, leases);
         Ok(Admit { wait, max_body: limits.max_body, body_bytes, response })
     }
@@ -528,15 +528,27 @@ impl<St: Store> Engine<St> {
     /// The in-flight lease and the WebSocket connection lease the route asks for (see
     /// [`Engine::lease_plan`]), on limiters that count in this process; a route without
     /// concurrency limits is decided inline.
+    /// `allowed` is the policies' admission: the application is called after its wait, and the
+    /// leases' latencies count from then.
     #[inline(always)]
-    fn leases(&self, limits: &Limits<St>, keys: &RequestKeys<'_>) -> Result<Option<Box<Leases>>, Box<Refusal>> {
+    fn leases(
+        &self,
+        limits: &Limits<St>,
+        keys: &RequestKeys<'_>,
+        allowed: Option<&Admitted>,
+    ) -> Result<Option<Box<Leases>>, Box<Refusal>> {
         if !limits.takes_leases() {
             return Ok(None);
         }
-        self.take_leases(limits, keys)
+        self.take_leases(limits, keys, allowed)
     }
 
-    fn take_leases(&self, limits: &Limits<St>, keys: &RequestKeys<'_>) -> Result<Option<Box<Leases>>, Box<Refusal>> {
+    fn take_leases(
+        &self,
+        limits: &Limits<St>,
+        keys: &RequestKeys<'_>,
+        allowed: Option<&Admitted>,
+    ) -> Result<Option<Box<Leases>>, Box<Refusal>> {
         let (in_flight, websocket) = self.lease_plan(limits, keys);
         let refuse = |denied, key| self.concurrency_refusal(&denied, key);
         let lease = match in_flight {
@@ -549,7 +561,7 @@ impl<St: Store> Engine<St> {
             }
             None => None,
         };
-        Ok(Leases::boxed(lease, upgrade))
+        Ok(delayed(Leases::boxed(lease, upgrade), allowed))
     }
 
     /// [`Engine::leases`] for stores with I/O: the limiters may count in a shared lease store.
@@ -557,6 +569,7 @@ impl<St: Store> Engine<St> {
         &self,
         limits: &Limits<St>,
         keys: &RequestKeys<'_>,
+        allowed: Option<&Admitted>,
     ) -> Result<Option<Box<Leases>>, Box<Refusal>> {
         if !limits.takes_leases() {
             return Ok(None);
@@ -573,7 +586,7 @@ impl<St: Store> Engine<St> {
             }
             None => None,
         };
-        Ok(Leases::boxed(lease, upgrade))
+        Ok(delayed(Leases::boxed(lease, upgrade), allowed))
     }
 
     /// 429 when the key holds its maximum, 503 when the global cap is full or the shared lease
@@ -694,6 +707,17 @@ fn less_headroom(a: &crate::decision::LimitHeaders, b: &crate::decision::LimitHe
     u128::from(a_left) * u128::from(b_limit) < u128::from(b_left) * u128::from(a_limit)
 }
 
+/// `leases`, their latencies counted from when the application is called: after the wait of the
+/// policies' admission `allowed` (the delay action).
+fn delayed(mut leases: Option<Box<Leases>>, allowed: Option<&Admitted>) -> Option<Box<Leases>> {
+    if let (Some(leases), Some(allowed)) = (&mut leases, allowed)
+        && !allowed.wait.is_zero()
+    {
+        leases.delayed(allowed.wait);
+    }
+    leases
+}
+
 /// The upgraded socket's share of a WebSocket connection lease: the lease, the route's message
 /// limits and the key its per-key message limits count by; with the lease's adaptive latency
 /// sample apart, as the sample ends with the upgrade's response and the lease with the socket.
@@ -717,12 +741,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use std::net::IpAddr;
+    use std::time::Duration;
 
     use http::HeaderMap;
 
     use super::*;
-    use crate::Limit;
     use crate::request::RequestHeaders;
+    use crate::{Limit, OnExceed};
 
     /// A `POST /echo` declaring a body of `length` bytes.
     struct Post {
@@ -780,6 +805,43 @@ mod tests {
         assert_eq!(shown(&engine, &Post::of(1)), ("20".into(), "16".into()));
         // 600 bytes: 299/1000 of the bytes, 15/20 of the requests: the bytes again.
         assert_eq!(shown(&engine, &Post::of(600)), ("1000".into(), "299".into()));
+    }
+
+    #[test]
+    fn a_delayed_request_s_latency_counts_from_when_it_goes() {
+        let clock = crate::ManualClock::new();
+        let store = MemoryStore::builder().clock(clock.clone()).build();
+        let delayed = Policy::builder("delayed")
+            .limit(
+                Limit::new("one_per_second", "1/s".parse().unwrap())
+                    .key(KeyKind::ip())
+                    .on_exceed(OnExceed::Delay { max_wait: Duration::from_secs(5) }),
+            )
+            .build_with(store)
+            .unwrap();
+        let adaptive = crate::AdaptiveLimit::aimd(Duration::from_millis(500))
+            .initial(10)
+            .window(Duration::from_nanos(1))
+            .min_samples(1)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let limits =
+            Limits::empty().policy(delayed).in_flight(ConcurrencyLimiter::new("work").adaptive(adaptive.clone()));
+        let engine = Engine::new(limits);
+        let first = engine.check_now(engine.limits_for(&Post::of(0)), &Post::of(0)).unwrap();
+        assert_eq!(first.wait, Duration::ZERO);
+        clock.advance(Duration::from_millis(100));
+        drop(first.response.apply(StatusCode::OK, &mut HeaderMap::new()));
+        assert_eq!(adaptive.latency(), Some(Duration::from_millis(100)));
+        // The second waits 900 ms for its turn, then its application takes 100 ms: a latency of
+        // 100 ms, not 1 s (which would be over the threshold of 500 ms and back the cap off).
+        let second = engine.check_now(engine.limits_for(&Post::of(0)), &Post::of(0)).unwrap();
+        assert_eq!(second.wait, Duration::from_millis(900));
+        clock.advance(Duration::from_millis(1_000));
+        drop(second.response.apply(StatusCode::OK, &mut HeaderMap::new()));
+        assert_eq!(adaptive.latency(), Some(Duration::from_millis(100)));
+        assert_eq!(adaptive.current(), 10);
     }
 
     #[test]

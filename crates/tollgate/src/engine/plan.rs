@@ -55,10 +55,6 @@ impl ResponsePlan {
         leases: Option<Box<Leases>>,
     ) -> (Self, Duration) {
         let Admitted { wait, headers: limit, .. } = allowed.unwrap_or_default();
-        let mut leases = leases;
-        if let Some(leases) = leases.as_mut().filter(|_| !wait.is_zero()) {
-            leases.delayed(wait);
-        }
         (ResponsePlan { shown: Shown::of(headers, limit), leases }, wait)
     }
 
@@ -160,8 +156,9 @@ impl Leases {
         (lease.is_some() || upgrade.is_some()).then(|| Box::new(Leases { lease, upgrade, upgrade_sample }))
     }
 
-    /// The application is called `wait` after the leases were taken: latencies count from then.
-    fn delayed(&mut self, wait: Duration) {
+    /// The application is called `wait` after the leases were taken (the delay action):
+    /// latencies count from then.
+    pub(crate) fn delayed(&mut self, wait: Duration) {
         if let Some(sample) = self.lease.as_mut().and_then(ConnectionLease::sample_mut) {
             sample.delayed(wait);
         }
