@@ -194,3 +194,35 @@ fn websocket_messages_and_closes() {
     assert_eq!(r.counter(WEBSOCKET_MESSAGES, &[("outcome", "closed")]), 1);
     assert_eq!(r.counter(WEBSOCKET_CLOSES, &[("code", "1009")]), 2, "the gate's and the socket's");
 }
+
+#[test]
+fn an_adaptive_limit_reports_its_cap_latency_and_refusals() {
+    use std::time::Duration;
+    use tollgate::concurrency::Outcome;
+    use tollgate::observe::{ADAPTIVE_LATENCY, ADAPTIVE_LIMIT, ADAPTIVE_MIN_LATENCY};
+    use tollgate::{AdaptiveLimit, ConcurrencyScope, ManualClock};
+
+    let clock = ManualClock::new();
+    let recorded = recorded(|| {
+        let limit = AdaptiveLimit::aimd(Duration::from_millis(50))
+            .initial(2)
+            .bounds(1, 10)
+            .min_samples(2)
+            .window(Duration::from_millis(1))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let limiter = ConcurrencyLimiter::new("search").adaptive(limit);
+        let (mut a, mut b) = (limiter.try_acquire(Key::Int(1)).unwrap(), limiter.try_acquire(Key::Int(2)).unwrap());
+        assert_eq!(limiter.try_acquire(Key::Int(3)).unwrap_err().scope, ConcurrencyScope::Adaptive);
+        clock.advance(Duration::from_millis(20));
+        a.record(Outcome::Succeeded);
+        b.record(Outcome::Succeeded);
+        limiter
+    });
+    // Two of 2 held, 20 ms under the 50 ms threshold: one more.
+    assert_eq!(recorded.gauge(ADAPTIVE_LIMIT, &[("limiter", "search")]), 3.0);
+    assert!((recorded.gauge(ADAPTIVE_LATENCY, &[("limiter", "search")]) - 0.020).abs() < 1e-9);
+    assert_eq!(recorded.gauge(ADAPTIVE_MIN_LATENCY, &[("limiter", "search")]), 0.0, "AIMD measures no minimum");
+    assert_eq!(recorded.counter(LEASE_REFUSALS, &[("limiter", "search"), ("scope", "adaptive")]), 1);
+}
