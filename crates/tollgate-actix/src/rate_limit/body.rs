@@ -94,12 +94,12 @@ impl fmt::Debug for CutOff {
 }
 
 impl CutOff {
-    /// The response to a payload cut off, when it was, and its status: the core's refusal (the
-    /// same 413 as for a declared length over the largest body; the body-bytes limit's 429),
-    /// through the refusal hook.
-    pub(crate) fn refused(&self) -> Option<(http::StatusCode, HttpResponse)> {
+    /// The response to a payload cut off, when it was: the core's refusal (the same 413 as for
+    /// a declared length over the largest body; the body-bytes limit's 429), through the refusal
+    /// hook.
+    pub(crate) fn refused(&self) -> Option<HttpResponse> {
         let refusal = self.refusal.take()?;
-        Some((refusal.status(), respond(&refusal, self.hook.as_ref())))
+        Some(respond(&refusal, self.hook.as_ref()))
     }
 }
 

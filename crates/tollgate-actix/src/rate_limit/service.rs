@@ -91,7 +91,7 @@ where
             match service.call(request).await {
                 Ok(inner) => Ok(finish(inner, response, body.as_deref())),
                 Err(error) => {
-                    response.failed();
+                    response.failed(error_status(&error));
                     Err(error)
                 }
             }
@@ -130,7 +130,7 @@ where
     match service.call(request).await {
         Ok(inner) => Ok(finish(inner, response, body.as_deref())),
         Err(error) => {
-            response.failed();
+            response.failed(error_status(&error));
             Err(error)
         }
     }
@@ -186,8 +186,8 @@ fn count_payload<St: Store>(
 /// refusal instead.
 #[inline(always)]
 fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan, body: Option<&CutOff>) -> LimitedResponse<B> {
-    if let Some((status, refused)) = body.and_then(CutOff::refused) {
-        return cut_off(response, plan, status, refused);
+    if let Some(refused) = body.and_then(CutOff::refused) {
+        return cut_off(response, plan, refused);
     }
     let status = http::StatusCode::from_u16(response.status().as_u16()).unwrap_or(http::StatusCode::OK);
     // The core writes its fields straight into actix's map, each converted as it comes.
@@ -195,21 +195,26 @@ fn finish<B>(mut response: ServiceResponse<B>, plan: ResponsePlan, body: Option<
     response.map_body(|_, body| EitherBody::left(ResponseBody::new(body, lease)))
 }
 
+/// The status actix-web answers `error` with, for the core's count of a failed request.
+fn error_status(error: &Error) -> http::StatusCode {
+    http::StatusCode::from_u16(error.as_response_error().status_code().as_u16())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 /// The core's refusal (`refused`, of `status`) in place of the handler's response to a body cut
 /// off while it streamed (a lenient handler's 200 on half the body, or actix's plain-text 413
-/// or 400). The plan is finished with the refusal's status so that its leases are given back
-/// now: no body holds them.
+/// or 400). The plan is dropped so that its leases are given back now: no body holds them.
 #[cold]
 #[inline(never)]
 fn cut_off<B>(
     response: ServiceResponse<B>,
     plan: ResponsePlan,
-    status: http::StatusCode,
     refused: actix_web::HttpResponse,
 ) -> LimitedResponse<B> {
     // The admission's rate-limit headers go nowhere: the refusal carries its own (a 413 none,
-    // as for a declared length; a 429 the body-bytes limit's).
-    drop(plan.apply(status, &mut http::HeaderMap::new()));
+    // as for a declared length; a 429 the body-bytes limit's). An adaptive limit counts nothing
+    // of a request whose body was cut off, as on the other adapters.
+    drop(plan);
     response.into_response(refused).map_into_right_body()
 }
 
@@ -276,7 +281,7 @@ where
                 let response = match ready!(future.poll(cx)) {
                     Ok(response) => response,
                     Err(error) => {
-                        std::mem::take(plan).failed();
+                        std::mem::take(plan).failed(error_status(&error));
                         return Poll::Ready(Err(error));
                     }
                 };

@@ -108,7 +108,7 @@ where
                     let response = match ready!(future.poll(cx)) {
                         Ok(response) => response,
                         Err(error) => {
-                            std::mem::take(plan).failed();
+                            std::mem::take(plan).failed(http::StatusCode::INTERNAL_SERVER_ERROR);
                             return Poll::Ready(Err(error));
                         }
                     };

@@ -103,7 +103,7 @@ where
                     let mut response = match ready!(future.poll(cx)) {
                         Ok(response) => response,
                         Err(error) => {
-                            std::mem::take(plan).failed();
+                            std::mem::take(plan).failed(http::StatusCode::INTERNAL_SERVER_ERROR);
                             return Poll::Ready(Err(error));
                         }
                     };

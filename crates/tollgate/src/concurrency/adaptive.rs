@@ -162,7 +162,7 @@ impl AdaptiveBuilder {
         self
     }
 
-    /// The fewest latencies a window needs before the cap moves (default 10).
+    /// The fewest latencies a window needs before the cap moves (default 10; at most 100,000).
     pub fn min_samples(mut self, n: u32) -> Self {
         self.settings.min_samples = n;
         self
@@ -193,7 +193,11 @@ impl AdaptiveBuilder {
     }
 
     /// Gradient: how often the minimum latency is measured again (default 60 s; zero: only at
-    /// startup). Ignored by AIMD.
+    /// startup; else at least 10 windows). A probe lowers the cap to `min` for one window with
+    /// [`Self::min_samples`] latencies, and at most 10 windows, 20 latencies or a second,
+    /// whichever is longest (places held long, such as WebSocket connections, can keep `min`
+    /// busy: the probe then keeps the minimum it had).
+    /// Ignored by AIMD.
     pub fn probe_every(mut self, every: Duration) -> Self {
         if let AdaptiveAlgorithm::Gradient { probe_every, .. } = &mut self.settings.algorithm {
             *probe_every = every;
@@ -232,7 +236,8 @@ impl AdaptiveBuilder {
             return Err(Error::config(field("min"), s.min, "must be at least 1"));
         }
         if s.max < s.min {
-            return Err(Error::config(field("max"), s.max, format!("must be at least min ({})", s.min)));
+            let default = if s.max == 1000 { "; 1000 is the default" } else { "" };
+            return Err(Error::config(field("max"), s.max, format!("must be at least min ({}){default}", s.min)));
         }
         if !(s.min..=s.max).contains(&s.initial) {
             return Err(Error::config(field("initial"), s.initial, format!("must be within {}..={}", s.min, s.max)));
@@ -240,8 +245,12 @@ impl AdaptiveBuilder {
         if s.window.is_zero() {
             return Err(Error::config(field("window"), format!("{:?}", s.window), "must be longer than zero"));
         }
-        if s.min_samples == 0 {
-            return Err(Error::config(field("min_samples"), s.min_samples, "must be at least 1"));
+        if !(1..=MIN_SAMPLES_BOUND).contains(&s.min_samples) {
+            return Err(Error::config(
+                field("min_samples"),
+                s.min_samples,
+                format!("must be within 1..={MIN_SAMPLES_BOUND}"),
+            ));
         }
         if !(s.backoff > 0.0 && s.backoff < 1.0) {
             return Err(Error::config(field("backoff"), s.backoff, "must be between 0 and 1 (exclusive)"));
@@ -252,6 +261,18 @@ impl AdaptiveBuilder {
         match s.algorithm {
             AdaptiveAlgorithm::Gradient { tolerance, .. } if !(1.0..=100.0).contains(&tolerance) => {
                 return Err(Error::config(field("tolerance"), tolerance, "must be between 1 and 100"));
+            }
+            AdaptiveAlgorithm::Gradient { probe_every, .. }
+                if !probe_every.is_zero() && probe_every < s.window.saturating_mul(PROBE_WINDOWS as u32) =>
+            {
+                return Err(Error::config(
+                    field("probe_every"),
+                    format!("{probe_every:?}"),
+                    format!(
+                        "must be 0 (only at startup) or at least {PROBE_WINDOWS} windows ({:?}): each probe lowers the cap to min",
+                        s.window.saturating_mul(PROBE_WINDOWS as u32)
+                    ),
+                ));
             }
             AdaptiveAlgorithm::Aimd { latency_threshold, .. } if latency_threshold.is_zero() => {
                 return Err(Error::config(
@@ -350,12 +371,8 @@ impl AdaptiveLimit {
         if self.state.settings == previous.state.settings {
             return previous.clone();
         }
-        let learned = Learned {
-            limit: previous.current(),
-            baseline: previous.state.baseline.load(Ordering::Relaxed),
-            latency: previous.state.latency.load(Ordering::Relaxed),
-        };
-        AdaptiveLimit { state: Arc::new(State::new(self.state.settings, Arc::clone(&self.state.clock), Some(learned))) }
+        let learned = previous.state.learned();
+        AdaptiveLimit { state: Arc::new(State::new(self.state.settings, Arc::clone(&self.state.clock), learned)) }
     }
 
     /// Whether `self` and `other` are one limit.
@@ -371,14 +388,14 @@ impl AdaptiveLimit {
     /// A request was admitted, `in_use` now held (itself included); returns its sample.
     #[inline]
     pub(crate) fn admitted(&self, in_use: usize) -> LatencySample {
-        self.note_in_use(in_use);
+        self.state.peak.fetch_max(u32::try_from(in_use).unwrap_or(u32::MAX), Ordering::Relaxed);
         LatencySample { limit: self.clone(), started: self.state.clock.now() }
     }
 
-    /// `in_use` were held at an admission or a refusal: whether the cap was in use.
-    #[inline]
-    pub(crate) fn note_in_use(&self, in_use: usize) {
-        self.state.peak.fetch_max(u32::try_from(in_use).unwrap_or(u32::MAX), Ordering::Relaxed);
+    /// A request was refused with `held` places in use (the cap was in use).
+    #[cold]
+    pub(crate) fn refused(&self, held: usize) {
+        self.state.refused(held);
     }
 }
 
@@ -419,6 +436,23 @@ struct Learned {
     latency: u64,
 }
 
+/// A window's latencies, packed in one word so that one atomic addition counts a latency and
+/// adds it to the sum, and one swap takes both: a latency never lands in one window and its
+/// count in the next. The count in the high bits, the sum in microseconds in the low ones.
+const SUM_BITS: u32 = 44;
+const ONE_SAMPLE: u64 = 1 << SUM_BITS;
+/// The longest latency a sample adds (about 16.8 s; a longer one counts as that, far over any
+/// threshold), and the most samples a window takes before it closes whatever its time: together
+/// they keep the sum under its 44 bits.
+const MAX_SAMPLE_US: u64 = (1 << 24) - 1;
+const MAX_SAMPLES: u64 = 1 << 19;
+/// The most a window may be asked to wait for (the `min_samples` bound), under `MAX_SAMPLES`.
+const MIN_SAMPLES_BOUND: u32 = 100_000;
+/// A probe of the minimum latency ends after this many windows (see `probe_span`) even without
+/// `min_samples` latencies (places held long — WebSocket connections, streamed bodies — can keep
+/// the cap at `min` busy), keeping the minimum it had unless the probe measured some.
+const PROBE_WINDOWS: u64 = 10;
+
 /// The limit's state: the cap and the window's sums in atomics (recorded by every response,
 /// no lock), the decisions between windows behind a mutex only the closer of a window takes.
 struct State {
@@ -426,15 +460,16 @@ struct State {
     clock: Arc<dyn Clock>,
     name: OnceLock<&'static str>,
     limit: AtomicU32,
-    /// The window: when it began, its latencies' sum and count, its failures, and the most held
-    /// at once during it.
+    /// The window: when it began, its latencies (count and sum, packed), its failures, and the
+    /// most held at once during it.
     began: AtomicU64,
-    sum: AtomicU64,
-    count: AtomicU32,
+    samples: AtomicU64,
     failed: AtomicU32,
     peak: AtomicU32,
     /// Requests started before this do not count (a probe of the minimum latency began after).
     epoch: AtomicU64,
+    /// When a probe running now ends at the latest (`u64::MAX`: none running).
+    probe_until: AtomicU64,
     /// The last window's mean latency, and the minimum (gradient), in nanoseconds; 0: none yet.
     latency: AtomicU64,
     baseline: AtomicU64,
@@ -463,17 +498,18 @@ impl State {
             AdaptiveAlgorithm::Gradient { probe_every, .. } => (limit, None, next_probe(probe_every, now)),
             AdaptiveAlgorithm::Aimd { .. } => (limit, None, u64::MAX),
         };
+        let probe_until = if probing.is_some() { now.saturating_add(probe_span(&settings, latency)) } else { u64::MAX };
         Self {
             settings,
             clock,
             name: OnceLock::new(),
             limit: AtomicU32::new(limit),
             began: AtomicU64::new(now),
-            sum: AtomicU64::new(0),
-            count: AtomicU32::new(0),
+            samples: AtomicU64::new(0),
             failed: AtomicU32::new(0),
             peak: AtomicU32::new(0),
             epoch: AtomicU64::new(0),
+            probe_until: AtomicU64::new(probe_until),
             latency: AtomicU64::new(latency),
             baseline: AtomicU64::new(match settings.algorithm {
                 AdaptiveAlgorithm::Gradient { .. } => baseline,
@@ -484,42 +520,79 @@ impl State {
         }
     }
 
+    /// What a reload carries into a limit of other settings: the cap to go back to when a probe
+    /// is running (not `min`), the minimum and the last latency; nothing before the first probe
+    /// measured a minimum (the new limit measures it).
+    fn learned(&self) -> Option<Learned> {
+        let control = self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let baseline = self.baseline.load(Ordering::Relaxed);
+        let measured = baseline > 0 || matches!(self.settings.algorithm, AdaptiveAlgorithm::Aimd { .. });
+        measured.then(|| Learned {
+            limit: control.probing.unwrap_or_else(|| self.limit.load(Ordering::Acquire)),
+            baseline,
+            latency: self.latency.load(Ordering::Relaxed),
+        })
+    }
+
     fn record(&self, started: u64, failed: bool) {
         if started < self.epoch.load(Ordering::Acquire) {
             return;
         }
         let now = self.clock.now();
-        self.sum.fetch_add(now.saturating_sub(started), Ordering::Relaxed);
+        let micros = (now.saturating_sub(started) / 1_000).min(MAX_SAMPLE_US);
         if failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        let count = self.count.fetch_add(1, Ordering::AcqRel) + 1;
-        let window = u64::try_from(self.settings.window.as_nanos()).unwrap_or(u64::MAX);
-        if count >= self.settings.min_samples && now.saturating_sub(self.began.load(Ordering::Acquire)) >= window {
-            self.close_window(now, window);
+        let packed = self.samples.fetch_add(ONE_SAMPLE | micros, Ordering::AcqRel) + (ONE_SAMPLE | micros);
+        let count = packed >> SUM_BITS;
+        let due = now.saturating_sub(self.began.load(Ordering::Acquire)) >= self.window_nanos()
+            && count >= u64::from(self.settings.min_samples);
+        if due || count >= MAX_SAMPLES || now >= self.probe_until.load(Ordering::Acquire) {
+            self.close_window(now);
         }
+    }
+
+    /// A lease was refused with `held` places in use: the cap was in use; and a probe past its
+    /// deadline ends here if no response ends it (every place held long).
+    fn refused(&self, held: usize) {
+        self.peak.fetch_max(u32::try_from(held).unwrap_or(u32::MAX), Ordering::Relaxed);
+        let until = self.probe_until.load(Ordering::Acquire);
+        if until != u64::MAX {
+            let now = self.clock.now();
+            if now >= until {
+                self.close_window(now);
+            }
+        }
+    }
+
+    fn window_nanos(&self) -> u64 {
+        u64::try_from(self.settings.window.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Moves the cap on the window's latencies; one thread at a time (the others go on).
     #[cold]
-    fn close_window(&self, now: u64, window: u64) {
+    fn close_window(&self, now: u64) {
         let Ok(mut control) = self.control.try_lock() else { return };
-        if self.count.load(Ordering::Acquire) < self.settings.min_samples
-            || now.saturating_sub(self.began.load(Ordering::Acquire)) < window
-        {
+        let packed = self.samples.load(Ordering::Acquire);
+        let overdue_probe = control.probing.is_some() && now >= self.probe_until.load(Ordering::Acquire);
+        let due = now.saturating_sub(self.began.load(Ordering::Acquire)) >= self.window_nanos()
+            && packed >> SUM_BITS >= u64::from(self.settings.min_samples);
+        if !due && !overdue_probe && packed >> SUM_BITS < MAX_SAMPLES {
             return; // another thread closed it
         }
-        let count = self.count.swap(0, Ordering::AcqRel);
-        let sum = self.sum.swap(0, Ordering::AcqRel);
+        let packed = self.samples.swap(0, Ordering::AcqRel);
+        let (count, sum_us) = (packed >> SUM_BITS, packed & (ONE_SAMPLE - 1));
         let failed = self.failed.swap(0, Ordering::AcqRel);
         let peak = self.peak.swap(0, Ordering::AcqRel);
         self.began.store(now, Ordering::Release);
-        let mean = (sum / u64::from(count.max(1))).max(1);
-        self.latency.store(mean, Ordering::Relaxed);
+        let mean = (sum_us.saturating_mul(1_000) / count.max(1)).max(1);
+        if count > 0 {
+            self.latency.store(mean, Ordering::Relaxed);
+        }
 
         let s = &self.settings;
         let limit = self.limit.load(Ordering::Acquire);
-        let failing = f64::from(failed) > s.failure_ratio * f64::from(count);
+        let failing = count > 0 && failed as f64 > s.failure_ratio * count as f64;
         let backed_off = || ((f64::from(limit) * s.backoff) as u32).min(limit.saturating_sub(1));
         // Grown only while the cap is in use: a cap twice what is ever held says nothing of
         // what the service could take.
@@ -537,13 +610,20 @@ impl State {
             AdaptiveAlgorithm::Gradient { tolerance, probe_every } => {
                 let baseline = self.baseline.load(Ordering::Relaxed);
                 if let Some(restore) = control.probing.take() {
-                    // The probe's window: requests at `min` in flight, the service unqueued.
-                    self.baseline.store(mean, Ordering::Relaxed);
+                    // The probe's window: requests at `min` in flight, the service unqueued. A
+                    // probe that saw nothing (its deadline passed) or saw the service fail keeps
+                    // the minimum it had.
+                    if count > 0 && !failing {
+                        self.baseline.store(mean, Ordering::Relaxed);
+                    }
+                    self.probe_until.store(u64::MAX, Ordering::Release);
                     control.next_probe = next_probe(probe_every, now);
                     restore
                 } else if now >= control.next_probe {
                     control.probing = Some(limit);
                     self.epoch.store(now, Ordering::Release);
+                    let span = probe_span(s, self.latency.load(Ordering::Relaxed));
+                    self.probe_until.store(now.saturating_add(span), Ordering::Release);
                     s.min
                 } else if failing {
                     backed_off()
@@ -582,6 +662,13 @@ impl State {
         }
         self.metrics.window(self.name.get().copied().unwrap_or(""), next, mean, self.baseline.load(Ordering::Relaxed));
     }
+}
+
+/// How long a probe may last at most: `PROBE_WINDOWS` windows, and long enough for 20 requests
+/// of the last latency measured (`latency`, nanoseconds) one after another, and a second.
+fn probe_span(settings: &AdaptiveSettings, latency: u64) -> u64 {
+    let windows = u64::try_from(settings.window.as_nanos()).unwrap_or(u64::MAX).saturating_mul(PROBE_WINDOWS);
+    windows.max(latency.saturating_mul(20)).max(1_000_000_000)
 }
 
 /// When the probe after one at `now` is due: `every` later, plus up to 1/8 more so that instances

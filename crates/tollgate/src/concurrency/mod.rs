@@ -452,7 +452,9 @@ impl ConcurrencyLimiter {
     /// default) counts in this process's memory with the same caps (the places this process
     /// holds in the store included), [`FailureMode::Open`] admits uncounted (no cap holds while
     /// the store fails, but a process already holding a cap of counted places is refused before
-    /// the store is asked), [`FailureMode::Closed`] refuses ([`ConcurrencyScope::StoreUnavailable`]).
+    /// the store is asked; on a limiter with an [adaptive](Self::adaptive) cap, this process's
+    /// counts and that cap still hold), [`FailureMode::Closed`] refuses
+    /// ([`ConcurrencyScope::StoreUnavailable`]).
     /// Every failure is logged.
     #[must_use]
     pub fn failure_mode(self, mode: FailureMode) -> Self {
@@ -519,6 +521,8 @@ impl ConcurrencyLimiter {
                 tracing::warn!(limiter = %inner.settings.name, %error, mode = ?inner.settings.failure, "concurrency lease store failed");
                 observe::store_failure(inner.settings.name, inner.settings.failure);
                 match inner.settings.failure {
+                    // An adaptive cap is this process's own: it holds whatever the store does.
+                    FailureMode::Open if inner.settings.adaptive.is_some() => Ok(local),
                     FailureMode::Open => Ok(ConnectionLease::of(LeaseKind::Uncounted)),
                     FailureMode::Closed => {
                         observe::lease_refused(inner.settings.name, ConcurrencyScope::StoreUnavailable);
@@ -554,7 +558,7 @@ impl ConcurrencyLimiter {
             Err(held) => {
                 return Err(match &inner.settings.adaptive {
                     Some(adaptive) if adaptive_cap < global_cap => {
-                        adaptive.note_in_use(held);
+                        adaptive.refused(held);
                         denied(ConcurrencyScope::Adaptive, u32::try_from(adaptive_cap).unwrap_or(u32::MAX))
                     }
                     _ => denied(ConcurrencyScope::Global, inner.settings.global_cap.unwrap_or(0)),

@@ -589,8 +589,9 @@ impl<St: Store> Engine<St> {
         Ok(delayed(Leases::boxed(lease, upgrade), allowed))
     }
 
-    /// 429 when the key holds its maximum, 503 when the global cap is full or the shared lease
-    /// store failed closed; rendered as a refusal (`Retry-After: 1`), counted against `key`.
+    /// 429 when the key holds its maximum, 503 when the global or adaptive cap is full or the
+    /// shared lease store failed closed; rendered as a refusal (`Retry-After: 1`), counted
+    /// against `key`.
     fn concurrency_refusal(&self, denied: &ConcurrencyDenied, key: Key<'_>) -> Box<Refusal> {
         self.count_lease_refusal(denied, key);
         Box::new(Refusal::of(&self.headers, denied.decision(), denied.status()))

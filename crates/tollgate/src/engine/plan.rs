@@ -81,13 +81,14 @@ impl ResponsePlan {
         }
     }
 
-    /// The application gave no response: its service returned an error (which the framework
-    /// turns into an answer of its own). The request counts as failed under the route's adaptive
-    /// limits, as a 5xx would, and its leases are given back.
+    /// The application gave no response: its service returned an error, which the framework
+    /// turns into an answer of `status` (a tower or warp error: 500; actix-web's errors carry
+    /// their own). The request counts under the route's adaptive limits as a response of that
+    /// status would (a 5xx fails, a 401 does not), and its leases are given back.
     #[cold]
-    pub fn failed(self) {
+    pub fn failed(self, status: StatusCode) {
         if let Some(leases) = self.leases {
-            drop(leases.hand_over(StatusCode::INTERNAL_SERVER_ERROR));
+            drop(leases.hand_over(status));
         }
     }
 }

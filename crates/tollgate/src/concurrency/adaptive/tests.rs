@@ -116,6 +116,9 @@ impl Sim {
 /// The caps seen from `from_ms` on, and whether every one is within `±share` of `n`.
 fn within(trace: &[Trace], from_ms: u64, n: usize, share: f64) -> Result<(), String> {
     let seen: Vec<u32> = trace.iter().filter(|t| t.at_ms >= from_ms).map(|t| t.limit).collect();
+    if seen.len() < 10 {
+        return Err(format!("only {} windows after {from_ms} ms: {seen:?}", seen.len()));
+    }
     let (low, high) = (n as f64 * (1.0 - share), n as f64 * (1.0 + share));
     match seen.iter().find(|&&l| f64::from(l) < low || f64::from(l) > high) {
         None => Ok(()),
@@ -136,6 +139,8 @@ fn the_gradient_settles_near_the_workers_the_service_has() {
         sim.run(12_000, |_| 3 * n, &mut trace);
         // Settled within 3 s; outside the probes of the minimum latency (every 5 s + up to 1/8),
         // which lower the cap to `min` for one window.
+        let probing = trace.iter().filter(|t| t.at_ms >= 3_000 && t.limit <= 4).count();
+        assert!(probing <= 2, "N = {n}: {probing} traces at `min` after 3 s (one probe window each 5 s)");
         let settled: Vec<Trace> = trace.into_iter().filter(|t| t.limit > 4).collect();
         within(&settled, 3_000, n, 0.3).unwrap_or_else(|e| panic!("N = {n}: {e}"));
         // The admitted requests' latency stays bounded: no more than the cap's queue.
@@ -167,6 +172,7 @@ fn the_cap_follows_load_up_and_down_and_does_not_grow_unused() {
     // 10 clients (a quarter of what the service takes), then 120, then 10 again.
     let load = |t: u64| if (3_000..8_000).contains(&t) { 120 } else { 10 };
     sim.run(11_000, load, &mut trace);
+    assert!(trace.iter().filter(|t| t.at_ms >= 1_000 && t.limit <= 4).count() <= 2, "rare probes only");
     for t in trace.iter().filter(|t| (1_000..3_000).contains(&t.at_ms) && t.limit > 4) {
         assert!(t.limit <= 25, "an unused cap grew: {} at {} ms", t.limit, t.at_ms);
     }
@@ -285,4 +291,63 @@ fn bad_settings_are_errors_naming_the_setting() {
     assert!(err(AdaptiveLimit::gradient().window(Duration::ZERO)).contains("adaptive.window"));
     assert!(err(AdaptiveLimit::aimd(Duration::ZERO)).contains("adaptive.latency_threshold"));
     assert!(err(AdaptiveLimit::aimd(Duration::from_millis(5)).increase(0)).contains("adaptive.increase"));
+}
+
+#[test]
+fn a_probe_that_sees_nothing_ends_at_its_deadline() {
+    // Two sockets held open for good: the startup probe, at `min` = 2, never gets a latency.
+    let clock = ManualClock::new();
+    let limit = AdaptiveLimit::gradient().bounds(2, 100).initial(30).clock(clock.clone()).build().unwrap();
+    let limiter = ConcurrencyLimiter::new("ws").adaptive(limit.clone());
+    let _held = [limiter.try_acquire(Key::Int(1)).unwrap(), limiter.try_acquire(Key::Int(2)).unwrap()];
+    assert_eq!(limiter.try_acquire(Key::Int(3)).unwrap_err().scope, ConcurrencyScope::Adaptive);
+    clock.advance(Duration::from_millis(900));
+    assert!(limiter.try_acquire(Key::Int(3)).is_err(), "still probing before 10 windows");
+    clock.advance(Duration::from_millis(100));
+    // Ten windows on, a refusal ends it: the cap goes back, with no minimum measured.
+    assert!(limiter.try_acquire(Key::Int(3)).is_err());
+    assert_eq!((limit.current(), limit.min_latency()), (30, None));
+    assert!(limiter.try_acquire(Key::Int(3)).is_ok());
+}
+
+#[test]
+fn a_failing_probe_keeps_the_minimum_and_a_reload_mid_probe_keeps_the_cap() {
+    let clock = ManualClock::new();
+    let build = |max: u32| {
+        AdaptiveLimit::gradient()
+            .bounds(2, max)
+            .initial(40)
+            .probe_every(Duration::from_secs(10))
+            .window(Duration::from_millis(1))
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let limit = build(100);
+    let limiter = ConcurrencyLimiter::new("t").adaptive(limit.clone());
+    for _ in 0..5 {
+        requests(&limiter, &clock, 2, Duration::from_millis(10), Outcome::Succeeded);
+    }
+    assert_eq!((limit.current(), limit.min_latency()), (40, Some(Duration::from_millis(10))));
+    // The next probe, entered at the first window after 10 s (+ up to 1/8).
+    clock.advance(Duration::from_millis(11_300));
+    requests(&limiter, &clock, 10, Duration::from_millis(10), Outcome::Succeeded);
+    assert_eq!(limit.current(), 2, "probing");
+    // A reload now carries the cap the probe goes back to, not `min`.
+    let reloaded = build(90).continuing(&limit);
+    assert_eq!((reloaded.current(), reloaded.min_latency()), (40, Some(Duration::from_millis(10))));
+    // The probe's requests fail fast: their 1 ms is not the service's minimum.
+    for _ in 0..5 {
+        requests(&limiter, &clock, 2, Duration::from_millis(1), Outcome::Failed);
+    }
+    assert_eq!((limit.current(), limit.min_latency()), (40, Some(Duration::from_millis(10))));
+}
+
+#[test]
+fn probes_must_leave_room_between_them() {
+    let err = AdaptiveLimit::gradient().probe_every(Duration::from_millis(500)).build().unwrap_err().to_string();
+    assert!(err.contains("adaptive.probe_every") && err.contains("10 windows"), "{err}");
+    assert!(AdaptiveLimit::gradient().probe_every(Duration::from_secs(1)).build().is_ok());
+    let err = AdaptiveLimit::gradient().min_samples(1_000_000).build().unwrap_err().to_string();
+    assert!(err.contains("adaptive.min_samples"), "{err}");
 }
