@@ -643,3 +643,41 @@ async fn in_flight_lease_is_released_when_the_client_drops_a_streaming_response(
     }
     server.stop().await;
 }
+
+/// An error from the service inside the middleware counts under an adaptive limit by the status
+/// actix-web answers it with: a 500 fails, a 401 (an auth middleware refusing) does not.
+#[actix_web::test]
+async fn service_errors_count_under_an_adaptive_limit_by_their_status() {
+    let adaptive = tollgate::AdaptiveLimit::aimd(Duration::from_secs(10))
+        .bounds(1, 100)
+        .initial(40)
+        .backoff(0.5)
+        .window(Duration::from_nanos(1))
+        .min_samples(1)
+        .build()
+        .unwrap();
+    let limit =
+        RateLimit::with_limits(Limits::new().in_flight(ConcurrencyLimiter::new("api").adaptive(adaptive.clone())));
+    let server = serve!(1, move || {
+        App::new()
+            .route("/{any}", web::get().to(|| async { "ok" }))
+            .wrap_fn(|req, srv| {
+                let path = req.path().to_owned();
+                let call = Service::call(srv, req);
+                async move {
+                    match path.as_str() {
+                        "/denied" => Err(actix_web::error::ErrorUnauthorized("who are you")),
+                        "/broken" => Err(actix_web::error::ErrorInternalServerError("broken")),
+                        _ => call.await,
+                    }
+                }
+            })
+            .wrap(limit.clone())
+    });
+    assert_eq!(get(server.addr, "/ok", "").await.status, 200);
+    assert_eq!(adaptive.current(), 40);
+    assert_eq!(get(server.addr, "/denied", "").await.status, 401);
+    assert_eq!(adaptive.current(), 40, "a 401 is no failure of the service");
+    assert_eq!(get(server.addr, "/broken", "").await.status, 500);
+    assert_eq!(adaptive.current(), 20, "a 500 is");
+}

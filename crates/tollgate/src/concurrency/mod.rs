@@ -628,6 +628,34 @@ mod tests {
         assert!(limiter.try_acquire(Key::Int(1)).is_ok());
     }
 
+    /// A lease store that never answers.
+    struct Down;
+
+    impl LeaseStore for Down {
+        fn acquire<'a>(
+            &'a self,
+            _: &'a str,
+            _: Key<'a>,
+            _: Option<u32>,
+            _: Option<u32>,
+        ) -> impl Future<Output = Result<Result<ConnectionLease, ConcurrencyDenied>, StoreError>> + Send + 'a {
+            std::future::ready(Err(StoreError::Unavailable("connection refused".into())))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_adaptive_cap_holds_while_a_failed_open_store_is_down() {
+        let adaptive = AdaptiveLimit::aimd(std::time::Duration::from_secs(1)).bounds(1, 10).initial(2).build().unwrap();
+        let open = ConcurrencyLimiter::new("t").per_key(5).shared(Down).failure_mode(FailureMode::Open);
+        let (a, b) = (open.acquire(Key::Int(1)).await.unwrap(), open.acquire(Key::Int(1)).await.unwrap());
+        assert_eq!(open.in_use(), 0, "failed open: uncounted");
+        drop((a, b));
+        let capped = open.adaptive(adaptive);
+        let _held = (capped.acquire(Key::Int(1)).await.unwrap(), capped.acquire(Key::Int(2)).await.unwrap());
+        assert_eq!(capped.in_use(), 2, "the places under the adaptive cap are counted");
+        assert_eq!(capped.acquire(Key::Int(3)).await.unwrap_err().scope, ConcurrencyScope::Adaptive);
+    }
+
     #[test]
     fn per_key_refusal_gives_the_global_place_back() {
         let limiter = ConcurrencyLimiter::new("t").per_key(1).global(10);
