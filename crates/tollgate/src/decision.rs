@@ -50,6 +50,26 @@ impl Reason {
             Reason::KeyTableFull => "key_table_full",
         }
     }
+
+    /// The reasons there are.
+    pub(crate) const COUNT: usize = 9;
+
+    /// Its place among [`Reason::COUNT`], for tables with a slot per reason (the stats
+    /// counters, the metrics handles).
+    #[inline(always)]
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Reason::Allowed => 0,
+            Reason::AllowListed => 1,
+            Reason::RateLimited => 2,
+            Reason::Blocked => 3,
+            Reason::DenyListed => 4,
+            Reason::KeyMissing => 5,
+            Reason::StoreUnavailable => 6,
+            Reason::StoreUnavailableFailedOpen => 7,
+            Reason::KeyTableFull => 8,
+        }
+    }
 }
 
 /// The standing of the limit a decision reports (the one that refused, or the one with the

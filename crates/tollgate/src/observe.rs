@@ -95,14 +95,14 @@ pub(crate) struct PolicyMetrics {
 
 #[cfg(feature = "metrics")]
 struct PolicyHandles {
-    /// By [`reason_index`].
+    /// By [`Reason::index`].
     decisions: [metrics::Counter; REASONS.len()],
     seconds: metrics::Histogram,
 }
 
-/// Every reason, in [`reason_index`]'s order.
+/// Every reason, in [`Reason::index`]'s order.
 #[cfg(feature = "metrics")]
-const REASONS: [Reason; 9] = [
+const REASONS: [Reason; Reason::COUNT] = [
     Reason::Allowed,
     Reason::AllowListed,
     Reason::RateLimited,
@@ -113,21 +113,6 @@ const REASONS: [Reason; 9] = [
     Reason::StoreUnavailableFailedOpen,
     Reason::KeyTableFull,
 ];
-
-#[cfg(feature = "metrics")]
-const fn reason_index(reason: Reason) -> usize {
-    match reason {
-        Reason::Allowed => 0,
-        Reason::AllowListed => 1,
-        Reason::RateLimited => 2,
-        Reason::Blocked => 3,
-        Reason::DenyListed => 4,
-        Reason::KeyMissing => 5,
-        Reason::StoreUnavailable => 6,
-        Reason::StoreUnavailableFailedOpen => 7,
-        Reason::KeyTableFull => 8,
-    }
-}
 
 impl PolicyMetrics {
     #[cfg(feature = "metrics")]
@@ -143,7 +128,7 @@ impl PolicyMetrics {
     pub(crate) fn decision(&self, policy: &'static str, reason: Reason, delayed: bool) {
         self.counts.decision(reason, delayed);
         #[cfg(feature = "metrics")]
-        self.handles(policy).decisions[reason_index(reason)].increment(1);
+        self.handles(policy).decisions[reason.index()].increment(1);
         #[cfg(not(feature = "metrics"))]
         let _ = policy;
     }
@@ -305,7 +290,7 @@ mod tests {
     #[test]
     fn reasons_are_listed_in_their_index_order() {
         for (i, reason) in REASONS.iter().enumerate() {
-            assert_eq!(reason_index(*reason), i, "{reason:?}");
+            assert_eq!(reason.index(), i, "{reason:?}");
         }
     }
 }

@@ -18,31 +18,15 @@ use crate::key::Key;
 /// Stripes of counters per policy: threads are spread over them, so that few share a line.
 const STRIPES: usize = 8;
 
-/// Counter slots of a stripe: one per [`Reason`], then the delayed admissions, then the store
-/// failures.
-const SLOTS: usize = 11;
+/// Counter slots of a stripe: one per [`Reason`] (at its [`Reason::index`]), then the delayed
+/// admissions, then the store failures.
+const SLOTS: usize = Reason::COUNT + 2;
 
 /// The slot of admissions that waited (the delay action).
-const DELAYED: usize = 9;
+const DELAYED: usize = Reason::COUNT;
 
 /// The slot of store failures (whatever the failure mode made of them).
-const STORE_FAILURES: usize = 10;
-
-/// The slot of `reason`.
-#[inline(always)]
-const fn slot(reason: Reason) -> usize {
-    match reason {
-        Reason::Allowed => 0,
-        Reason::AllowListed => 1,
-        Reason::RateLimited => 2,
-        Reason::Blocked => 3,
-        Reason::DenyListed => 4,
-        Reason::KeyMissing => 5,
-        Reason::StoreUnavailable => 6,
-        Reason::StoreUnavailableFailedOpen => 7,
-        Reason::KeyTableFull => 8,
-    }
-}
+const STORE_FAILURES: usize = Reason::COUNT + 1;
 
 /// One thread's counters, alone in its cache lines (128 bytes: two lines, as the adjacent-line
 /// prefetcher of x86 pulls pairs).
@@ -89,7 +73,7 @@ impl DecisionCounters {
     /// A decision for `reason`, which made the request wait `delayed`.
     #[inline(always)]
     pub(crate) fn decision(&self, reason: Reason, delayed: bool) {
-        self.add(slot(reason));
+        self.add(reason.index());
         if delayed {
             self.add(DELAYED);
         }
@@ -108,7 +92,7 @@ impl DecisionCounters {
                 *sum = sum.wrapping_add(count.load(Ordering::Relaxed));
             }
         }
-        let at = |reason| sums[slot(reason)];
+        let at = |reason: Reason| sums[reason.index()];
         DecisionCounts {
             allowed: at(Reason::Allowed),
             allow_listed: at(Reason::AllowListed),
